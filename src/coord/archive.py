@@ -1,0 +1,319 @@
+"""The archiving step: GNU tar | compressor | coord (sha256) -> <archive>.partial, every tar message classified.
+
+Processes, so no per-file Python work sits in the hot path:
+
+    tar --create ... .  --stdout-->  zstd -T0 / gzip  --stdout-->  coord: sha256 + write to the .partial file
+        |--index (one line per member, via a pipe)--> coord: entry count, digest, per-directory listing
+        |--stderr--> coord: every line classified (problems.py)
+
+The archive is written under a `.partial` name. This module never renames it: the runner publishes it only
+after validation. On any exception (Ctrl-C included) the children are killed and the partial file removed,
+so a failed run never leaves a file that looks like a backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from coord.consistency import ArchivedTree, Consistency, assess_consistency
+from coord.excludes import ExcludeMatcher
+from coord.policy import Compression
+from coord.problems import EntryProblem, ProblemKind, classify_tar_line
+
+CHUNK_SIZE = 1 << 20
+TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+ProgressCallback = Callable[[int, int], None]  # (entries archived so far, compressed bytes written so far)
+
+
+def compressor_command(compression: Compression) -> list[str]:
+    if compression is Compression.ZSTD:
+        return ["zstd", "-q", "-c", "-3", "-T0"]
+    return ["gzip", "-c", "-6"]
+
+
+def decompressor_command(compression: Compression) -> list[str]:
+    if compression is Compression.ZSTD:
+        return ["zstd", "-q", "-d", "-c"]
+    return ["gzip", "-d", "-c"]
+
+
+def archive_suffix(compression: Compression) -> str:
+    return ".tar.zst" if compression is Compression.ZSTD else ".tar.gz"
+
+
+def compression_of(path: Path) -> Compression:
+    """The compression of an archive, from its name (the manifest records it too)."""
+    name = path.name.removesuffix(".gpg").removesuffix(".partial")
+    if name.endswith(".tar.gz"):
+        return Compression.GZIP
+    return Compression.ZSTD
+
+
+@dataclass
+class ArchiveOutcome:
+    """What one archiving step produced. `problems` holds every classified tar message, critical ones included."""
+
+    partial_path: Path
+    size: int = 0
+    sha256: str = ""
+    entries: int = 0
+    entries_digest: str = ""
+    problems: list[EntryProblem] = field(default_factory=list)
+    consistency: Consistency | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def critical(self) -> list[EntryProblem]:
+        return [p for p in self.problems if p.kind is ProblemKind.CRITICAL]
+
+    def of_kind(self, kind: ProblemKind) -> list[EntryProblem]:
+        return [p for p in self.problems if p.kind is kind]
+
+
+class _LineCollector(threading.Thread):
+    """Reads a text pipe to its end in the background, handing each line to `on_line`."""
+
+    def __init__(self, stream: BinaryIO, on_line: Callable[[str], None]) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.on_line = on_line
+
+    def run(self) -> None:
+        with self.stream:
+            for raw in self.stream:
+                self.on_line(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+
+
+def tar_create_command(source: Path, matcher: ExcludeMatcher, index_fd: int) -> list[str]:
+    return [
+        "tar",
+        "--create",
+        "--file=-",
+        f"--directory={source}",
+        "--format=gnu",
+        # uids, not names: a restore on any host (or into a container) gives files back to the same ids.
+        "--numeric-owner",
+        "--sort=name",
+        "--verbose",
+        f"--index-file=/dev/fd/{index_fd}",
+        *matcher.tar_arguments(),
+        ".",
+    ]
+
+
+def _check_source(source: Path) -> EntryProblem | None:
+    try:
+        if not source.is_dir():
+            return EntryProblem(ProblemKind.CRITICAL, ".", f"volume root {source} is missing or not a directory")
+        os.listdir(source)
+    except PermissionError:
+        return EntryProblem(
+            ProblemKind.CRITICAL,
+            ".",
+            f"volume root {source} is not readable (coord must run as root on the host, or as a sidecar with "
+            "the volume mounted)",
+        )
+    except OSError as error:
+        return EntryProblem(ProblemKind.CRITICAL, ".", f"volume root {source}: {error.strerror}")
+    return None
+
+
+def create_archive(
+    source: Path,
+    partial_path: Path,
+    matcher: ExcludeMatcher,
+    compression: Compression,
+    on_progress: ProgressCallback | None = None,
+) -> ArchiveOutcome:
+    """Archive the directory `source` into `partial_path` (created; must not exist).
+
+    Returns the outcome with every problem classified; problems with the source or the destination are
+    CRITICAL problems in the outcome, not exceptions. On an exception (KeyboardInterrupt, SystemExit from a
+    signal) the child processes are killed and `partial_path` removed before it propagates.
+    """
+    outcome = ArchiveOutcome(partial_path=partial_path, started_at=time.time())
+    source_problem = _check_source(source)
+    if source_problem:
+        outcome.problems.append(source_problem)
+        outcome.finished_at = time.time()
+        return outcome
+    try:
+        partial_path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: a full disk must surface at the write that failed, not later in close().
+        output = open(partial_path, "xb", buffering=0)  # noqa: SIM115 - closed in _run_pipeline's finally
+    except OSError as error:
+        _destination_failed(outcome, error)
+        outcome.finished_at = time.time()
+        return outcome
+    try:
+        _run_pipeline(source, output, matcher, compression, outcome, on_progress)
+    except BaseException:
+        partial_path.unlink(missing_ok=True)
+        raise
+    outcome.finished_at = time.time()
+    return outcome
+
+
+def _run_pipeline(
+    source: Path,
+    output: BinaryIO,
+    matcher: ExcludeMatcher,
+    compression: Compression,
+    outcome: ArchiveOutcome,
+    on_progress: ProgressCallback | None,
+) -> None:
+    tree = ArchivedTree()
+    digest = hashlib.sha256()
+    index_lock = threading.Lock()
+
+    def on_index_line(line: str) -> None:
+        with index_lock:
+            tree.add_member(line)
+            digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+
+    tar_messages: list[str] = []
+    compressor_messages: list[str] = []
+    index_read, index_write = os.pipe()
+    tar = compressor = None
+    collectors: list[_LineCollector] = []
+    try:
+        tar = subprocess.Popen(
+            tar_create_command(source, matcher, index_write),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(index_write,),
+            env=TAR_ENVIRONMENT,
+        )
+        os.close(index_write)
+        index_write = -1
+        compressor = subprocess.Popen(
+            compressor_command(compression),
+            stdin=tar.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=TAR_ENVIRONMENT,
+        )
+        assert tar.stdout is not None and tar.stderr is not None
+        assert compressor.stdout is not None and compressor.stderr is not None
+        tar.stdout.close()  # the compressor owns it now; tar gets SIGPIPE if the compressor dies
+        collectors = [
+            _LineCollector(os.fdopen(index_read, "rb"), on_index_line),
+            _LineCollector(tar.stderr, tar_messages.append),
+            _LineCollector(compressor.stderr, compressor_messages.append),
+        ]
+        index_read = -1
+        for collector in collectors:
+            collector.start()
+        written_ok = _pump(compressor.stdout, output, outcome, on_progress, lambda: tree.count)
+        if not written_ok:
+            tar.kill()
+            compressor.kill()
+        tar_status = tar.wait()
+        compressor_status = compressor.wait()
+        for collector in collectors:
+            collector.join()
+        if written_ok:
+            written_ok = _sync(output, outcome)
+    finally:
+        output.close()
+        for process in (tar, compressor):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        for descriptor in (index_read, index_write):
+            if descriptor >= 0:
+                os.close(descriptor)
+
+    outcome.entries = tree.count
+    outcome.entries_digest = digest.hexdigest()
+    for line in tar_messages:
+        problem = classify_tar_line(line)
+        if problem is not None:
+            outcome.problems.append(problem)
+    if written_ok:
+        outcome.problems.extend(_exit_status_problems(tar_status, compressor_status, outcome, compressor_messages))
+    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher)
+
+
+def _exit_status_problems(
+    tar_status: int, compressor_status: int, outcome: ArchiveOutcome, compressor_messages: list[str]
+) -> list[EntryProblem]:
+    """Problems only the exit statuses show: a child killed, or tar failing without saying why."""
+    problems = []
+    if tar_status < 0:
+        problems.append(EntryProblem(ProblemKind.CRITICAL, "", f"tar was killed by signal {-tar_status}"))
+    elif tar_status >= 2 and not outcome.critical:
+        # Exit 2 means a fatal error. A vanished entry seen through a path other than "File removed" (ENOENT
+        # from open/savedir) also gives 2, so exit 2 is fine only when every message was classified.
+        if not any(p.kind is ProblemKind.VANISHED for p in outcome.problems):
+            problems.append(EntryProblem(ProblemKind.CRITICAL, "", f"tar exited with status {tar_status}"))
+    elif tar_status == 1 and not outcome.problems:
+        problems.append(EntryProblem(ProblemKind.CRITICAL, "", "tar exited with status 1 and reported nothing"))
+    if compressor_status != 0:
+        said = "; ".join(compressor_messages) or "no message"
+        problems.append(EntryProblem(ProblemKind.CRITICAL, "", f"compressor exited {compressor_status}: {said}"))
+    return problems
+
+
+def _destination_failed(outcome: ArchiveOutcome, error: OSError) -> None:
+    outcome.problems.append(
+        EntryProblem(ProblemKind.CRITICAL, "", f"cannot write to destination {outcome.partial_path}: {error.strerror}")
+    )
+
+
+def _sync(output: BinaryIO, outcome: ArchiveOutcome) -> bool:
+    try:
+        os.fsync(output.fileno())
+    except OSError as error:
+        _destination_failed(outcome, error)
+        return False
+    return True
+
+
+def _pump(
+    reader: BinaryIO,
+    output: BinaryIO,
+    outcome: ArchiveOutcome,
+    on_progress: ProgressCallback | None,
+    entries_so_far: Callable[[], int],
+) -> bool:
+    """Copy the compressed stream to the output, hashing it. False (with a critical problem) if writing failed."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    size = 0
+    last_report = 0.0
+    with reader:
+        while True:
+            count = reader.readinto(buffer)  # type: ignore[attr-defined]
+            if not count:
+                break
+            chunk = view[:count]
+            try:
+                while chunk:
+                    chunk = chunk[output.write(chunk) :]
+            except OSError as error:
+                _destination_failed(outcome, error)
+                return False
+            chunk = view[:count]
+            digest.update(chunk)
+            size += count
+            if on_progress is not None and time.monotonic() - last_report > 0.2:
+                last_report = time.monotonic()
+                on_progress(entries_so_far(), size)
+    outcome.size = size
+    outcome.sha256 = digest.hexdigest()
+    if on_progress is not None:
+        on_progress(entries_so_far(), size)
+    return True

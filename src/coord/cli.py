@@ -1,0 +1,263 @@
+"""The `coord` command line. Parses options, calls one function, prints; errors become exit codes here only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress as RichProgress
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from coord import __version__
+from coord.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CoordError, PolicyError
+from coord.policy import load_policies, policy_files, render_json_schema
+from coord.results import RunResult, VolumeStatus
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="coord",
+    help=(
+        "Back up Docker named volumes consistently: per-volume policies decide whether containers keep running "
+        "(live), are paused or stopped while their volume is archived.\n\n"
+        "Exit codes: 0 all volumes ok/warning/excluded; 1 a volume failed or the run could not be done; "
+        "2 usage or policy error (nothing touched)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # tracebacks with locals could print secrets; errors are handled below
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+stderr = Console(stderr=True, highlight=False)
+
+PoliciesDir = Annotated[
+    Path,
+    typer.Option(
+        "--policies-dir",
+        envvar="COORD_POLICIES_DIR",
+        help="Directory of policy files (*.yaml), one per workload. Env: COORD_POLICIES_DIR.",
+        show_default=True,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (see README).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"coord {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="coord: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextmanager
+def _handle_errors(as_json: bool = False) -> Iterator[None]:
+    """Turn coord's errors into one message and an exit code; never a traceback for an expected problem."""
+    try:
+        yield
+    except CoordError as error:
+        if as_json:
+            print(json.dumps({"ok": False, "volumes": [], "errors": _error_lines(error)}))
+        stderr.print(f"coord: error: {error.message}", markup=False)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        stderr.print("coord: interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _error_lines(error: CoordError) -> list[str]:
+    return list(error.problems) if isinstance(error, PolicyError) else [error.message]
+
+
+def _run(as_json: bool, work: Callable[[], T]) -> T:
+    with _handle_errors(as_json):
+        return work()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _ConsoleProgress:
+    """Progress of the archiving step on stderr, drawn only on a terminal."""
+
+    def __init__(self) -> None:
+        self._display: RichProgress | None = None
+        self._task: Any = None
+
+    def begin(self, volume: str) -> None:
+        self._display = RichProgress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.fields[entries]:,} entries, {task.fields[written]}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+        )
+        self._display.start()
+        self._task = self._display.add_task(f"archiving {volume}", entries=0, written="0 B")
+
+    def update(self, entries: int, written_bytes: int) -> None:
+        if self._display is not None:
+            self._display.update(self._task, entries=entries, written=_human_size(written_bytes))
+
+    def end(self) -> None:
+        if self._display is not None:
+            self._display.stop()
+            self._display = None
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+_STATUS_LABEL = {
+    VolumeStatus.OK: "OK  ",
+    VolumeStatus.WARNING: "WARN",
+    VolumeStatus.FAILED: "FAIL",
+    VolumeStatus.EXCLUDED: "SKIP",
+}
+
+
+def print_run_summary(result: RunResult) -> None:
+    """One short block per volume: status, what was written, what went wrong."""
+    for volume in result.volumes:
+        head = f"{_STATUS_LABEL[volume.status]} {volume.volume} (policy {volume.policy}, {volume.strategy})"
+        if volume.status is VolumeStatus.EXCLUDED:
+            print(f"{head}: excluded by policy")
+            continue
+        if volume.archive:
+            counts = ", ".join(f"{n} {kind}" for kind, n in volume.warnings.items() if n)
+            print(
+                f"{head}: {volume.entries:,} entries, {_human_size(volume.size)}, verdict {volume.verdict}"
+                + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
+                + (f", warnings: {counts}" if counts else "")
+            )
+            print(f"     -> {volume.archive}")
+            for reason in volume.verdict_reasons:
+                print(f"     {reason}")
+        else:
+            print(head)
+        for container in volume.containers:
+            if container.error:
+                print(f"     container {container.container}: {container.error}")
+        for error in volume.errors:
+            print(f"     error: {error}")
+    for error in result.errors:
+        print(f"error: {error}")
+    failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
+    print(f"{len(result.volumes)} volume(s), {failed} failed" if result.volumes else "no volume selected")
+
+
+@app.command()
+def backup(
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."),
+    ] = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    dest: Annotated[
+        Path | None,
+        typer.Option(help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. "
+                     "Env: COORD_DEST.", envvar="COORD_DEST"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Back up the volumes selected by the policies: archive, validate, write a manifest beside each archive."""
+    from coord.docker_ops import DockerControl
+    from coord.runner import BackupRequest, run_backup
+
+    def work() -> RunResult:
+        if dest is None:
+            from coord.errors import UsageError
+
+            raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
+        request = BackupRequest(policies_dir=policies_dir, dest=dest, policy_names=tuple(policy or ()))
+        load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
+        progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
+        return run_backup(request, DockerControl.connect(), progress)
+
+    result = _run(as_json, work)
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        print_run_summary(result)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@app.command()
+def validate(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False) -> None:
+    """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any."""
+
+    def work() -> list[str]:
+        return [item.name for item in load_policies(policies_dir)]
+
+    names = _run(as_json, work)
+    if as_json:
+        print(json.dumps({"ok": True, "policies": names, "errors": []}))
+    else:
+        print(f"{len(names)} policies valid in {policies_dir}: {', '.join(names)}")
+
+
+@app.command()
+def policies(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False) -> None:
+    """List the policies with the volumes they select and their strategy."""
+
+    def work() -> list[dict[str, Any]]:
+        return [
+            {
+                "policy": item.name,
+                "file": str(item.path),
+                "strategy": item.policy.strategy.value,
+                "volumes": list(item.policy.volumes),
+                "exclude": list(item.policy.exclude),
+                "description": item.policy.description,
+            }
+            for item in load_policies(policies_dir)
+        ]
+
+    rows = _run(as_json, work)
+    if as_json:
+        print(json.dumps({"ok": True, "policies": rows}))
+        return
+    for row in rows:
+        print(f"{row['policy']}: {row['strategy']} {', '.join(row['volumes'])}  ({row['file']})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors: see README, 'Policy files')."""
+    sys.stdout.write(render_json_schema())
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exit_:
+        code = exit_.code
+        # click reports usage errors with 2 already; keep every other code as is
+        sys.exit(code if code is not None else EXIT_OK)
+
+
+__all__ = ["EXIT_USAGE", "app", "main", "policy_files"]

@@ -1,0 +1,211 @@
+"""The few Docker operations coord needs, with retries for transient failures. Nothing else imports the SDK.
+
+Retry policy (tenacity): 5xx answers, connection errors and timeouts are transient and retried with exponential
+backoff; 4xx answers are not (409 "is paused" will not change by asking again), nor is the engine's 500 for
+unpausing a container that is not paused (facts.md). Putting containers back (unpause/start) retries harder
+than quiescing them: giving up there leaves a stack down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import docker
+import docker.errors
+import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from coord.errors import DockerError
+
+log = logging.getLogger("coord.docker")
+T = TypeVar("T")
+
+QUIESCE_ATTEMPTS = 4
+RESTORE_ATTEMPTS = 8
+API_TIMEOUT_S = 60
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for Docker failures worth retrying. APIError is also a RequestException, so it is tested first."""
+    if isinstance(error, docker.errors.NotFound):
+        return False
+    if isinstance(error, docker.errors.APIError):
+        status = error.status_code or 0
+        explanation = str(error.explanation or "")
+        if "is not paused" in explanation:
+            return False
+        return status >= 500
+    return isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "Docker call %s failed (attempt %d): %s; retrying",
+        getattr(state.fn, "__name__", "?"),
+        state.attempt_number,
+        error,
+    )
+
+
+def with_retries(call: Callable[[], T], attempts: int = QUIESCE_ATTEMPTS, *, max_wait_s: float = 8.0) -> T:
+    """Run `call`, retrying transient Docker failures with exponential backoff."""
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.25, max=max_wait_s),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    state: str  # running | paused | exited | created | restarting | dead
+    labels: dict[str, str]
+
+    @property
+    def compose_service(self) -> str | None:
+        return self.labels.get("com.docker.compose.service")
+
+    @property
+    def compose_project(self) -> str | None:
+        return self.labels.get("com.docker.compose.project")
+
+
+def _state_of(attributes: dict) -> str:
+    state = attributes.get("State") or {}
+    if isinstance(state, dict):
+        # A paused container also reports Running == True (facts.md): Paused decides.
+        if state.get("Paused"):
+            return "paused"
+        return str(state.get("Status") or "unknown")
+    return str(state)
+
+
+class DockerControl:
+    """A connection to the engine and the operations coord performs through it."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls) -> DockerControl:
+        """Connect using DOCKER_HOST (or the default socket) and check the engine answers."""
+        try:
+            client = with_retries(lambda: docker.from_env(timeout=API_TIMEOUT_S))
+            with_retries(client.ping)
+        except docker.errors.DockerException as error:
+            raise DockerError(
+                f"cannot reach the Docker engine at {engine_address()}: {error}. Is dockerd running, and may this "
+                "user use its socket? (scripts/ensure-docker.sh starts one on a Debian host)"
+            ) from None
+        except requests.RequestException as error:
+            raise DockerError(f"cannot reach the Docker engine at {engine_address()}: {error}") from None
+        return cls(client)
+
+    def _call(self, what: str, call: Callable[[], T], attempts: int = QUIESCE_ATTEMPTS) -> T:
+        try:
+            return with_retries(call, attempts)
+        except docker.errors.NotFound as error:
+            raise DockerError(f"{what}: not found ({error.explanation})") from None
+        except docker.errors.APIError as error:
+            raise DockerError(f"{what}: the engine answered {error.status_code}: {error.explanation}") from None
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            raise DockerError(f"{what}: {error}") from None
+
+    # Volumes ---------------------------------------------------------------------------------------------------
+
+    def volume_names(self) -> list[str]:
+        volumes = self._call("list volumes", lambda: self.client.volumes.list())
+        return sorted(volume.name for volume in volumes)
+
+    def volume_mountpoint(self, name: str) -> str:
+        volume = self._call(f"inspect volume {name}", lambda: self.client.volumes.get(name))
+        return str(volume.attrs["Mountpoint"])
+
+    # Containers ------------------------------------------------------------------------------------------------
+
+    def containers_using(self, volume: str) -> list[ContainerInfo]:
+        """Containers (any state) that mount the named volume, confirmed by Mounts[].Name.
+
+        The engine's `volume` filter also matches a mount's destination path, so its answer is only a shortlist.
+        """
+        candidates = self._call(
+            f"list containers using {volume}",
+            lambda: self.client.api.containers(all=True, filters={"volume": volume}),
+        )
+        users = []
+        for summary in candidates:
+            mounts = summary.get("Mounts") or []
+            if any(m.get("Type") == "volume" and m.get("Name") == volume for m in mounts):
+                users.append(self.container(summary["Id"]))
+        return sorted(users, key=lambda c: c.name)
+
+    def find_containers(self, reference: str) -> list[ContainerInfo]:
+        """Containers whose name is `reference`, or whose compose service is `reference` ('project/service' too)."""
+        project, _, service = reference.rpartition("/")
+        label_filter = [f"com.docker.compose.service={service}"]
+        if project:
+            label_filter.append(f"com.docker.compose.project={project}")
+        by_label = self._call(
+            f"find containers of service {reference}",
+            lambda: self.client.api.containers(all=True, filters={"label": label_filter}),
+        )
+        found = {summary["Id"] for summary in by_label}
+        if not project:
+            by_name = self._call(
+                f"find container {reference}",
+                lambda: self.client.api.containers(all=True, filters={"name": f"^/{reference}$"}),
+            )
+            found |= {summary["Id"] for summary in by_name}
+        return sorted((self.container(identifier) for identifier in found), key=lambda c: c.name)
+
+    def container(self, identifier: str) -> ContainerInfo:
+        attributes = self._call(
+            f"inspect container {identifier}", lambda: self.client.api.inspect_container(identifier)
+        )
+        return ContainerInfo(
+            id=attributes["Id"],
+            name=str(attributes.get("Name", "")).lstrip("/"),
+            state=_state_of(attributes),
+            labels=dict((attributes.get("Config") or {}).get("Labels") or {}),
+        )
+
+    def container_state(self, identifier: str) -> str | None:
+        """The container's state now, or None when it no longer exists."""
+        try:
+            return self.container(identifier).state
+        except DockerError as error:
+            if "not found" in error.message:
+                return None
+            raise
+
+    def pause(self, identifier: str) -> None:
+        self._call(f"pause {identifier}", lambda: self.client.api.pause(identifier))
+
+    def unpause(self, identifier: str) -> None:
+        self._call(f"unpause {identifier}", lambda: self.client.api.unpause(identifier), RESTORE_ATTEMPTS)
+
+    def stop(self, identifier: str, timeout_s: int) -> None:
+        self._call(f"stop {identifier}", lambda: self.client.api.stop(identifier, timeout=timeout_s))
+
+    def start(self, identifier: str) -> None:
+        self._call(f"start {identifier}", lambda: self.client.api.start(identifier), RESTORE_ATTEMPTS)

@@ -1,0 +1,52 @@
+"""The errors coord raises, each carrying a message an operator can act on, and its exit code.
+
+Exit codes (documented in README.md):
+  0  every volume ok, warning or excluded
+  1  a volume failed, or the run could not be carried out (Docker unreachable, lock held, restore failed)
+  2  usage or policy error: nothing was touched
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CoordError(Exception):
+    """Base of every error coord reports to the operator instead of a traceback."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PolicyError(CoordError):
+    """One or more policy files are invalid. `problems` holds one line per problem, each naming file, line and key."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{len(problems)} policy {noun}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class UsageError(CoordError):
+    """The command line asks for something that cannot be done as stated (unknown policy name, bad path...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class DockerError(CoordError):
+    """The Docker engine refused or failed an operation coord needed."""
+
+
+class LockError(CoordError):
+    """Another coord run holds the state directory's lock."""
+
+
+class RestoreContainersError(CoordError):
+    """A container coord paused or stopped could not be put back. Always loud: the operator must act."""

@@ -1,0 +1,386 @@
+"""Policy files: the model, loading from a directory, and validation errors that name file, line and key.
+
+A policy is one YAML file in the policies directory; its name is the file name without `.yaml`/`.yml`.
+The model below is the single source of truth: validation, defaults and `coord schema` all come from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from coord.errors import PolicyError, UsageError
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+class Strategy(StrEnum):
+    """How the containers using a volume are treated while it is archived."""
+
+    LIVE = "live"
+    PAUSE = "pause"
+    STOP = "stop"
+    EXCLUDE = "exclude"
+
+
+class Compression(StrEnum):
+    ZSTD = "zstd"
+    GZIP = "gzip"
+
+
+class OnAtRisk(StrEnum):
+    WARN = "warn"
+    FAIL = "fail"
+
+
+GLOB_CHARACTERS = set("*?[")
+
+
+def is_glob(pattern: str) -> bool:
+    """True when `pattern` uses glob syntax rather than naming one thing exactly."""
+    return any(character in GLOB_CHARACTERS for character in pattern)
+
+
+def check_volume_pattern(pattern: str) -> str:
+    if not pattern.strip():
+        raise ValueError("a volume pattern must not be empty")
+    if "/" in pattern:
+        raise ValueError(f"'{pattern}' contains '/': volume names never do (give the name, not a path)")
+    return pattern
+
+
+def check_exclude_pattern(pattern: str) -> str:
+    body = pattern.removeprefix("/").rstrip("/")
+    if not body.strip():
+        raise ValueError("an exclude pattern must not be empty")
+    if pattern.startswith("//"):
+        raise ValueError(f"'{pattern}': start with a single '/' to anchor the pattern at the volume root")
+    parts = body.split("/")
+    if ".." in parts or "." in parts or "" in parts:
+        raise ValueError(f"'{pattern}' contains '.', '..' or empty components: patterns are relative to the volume root")
+    if "**" in pattern:
+        raise ValueError(
+            f"'{pattern}': '**' is not supported. '*' matches within one directory level; "
+            "a pattern without '/' matches that name at any depth"
+        )
+    if "\\" in pattern:
+        raise ValueError(f"'{pattern}': backslashes are not supported; match a literal '*' with '[*]'")
+    return pattern
+
+
+VolumePattern = Annotated[
+    str, AfterValidator(check_volume_pattern), Field(examples=["posthog_clickhouse-data", "*clickhouse*"])
+]
+ExcludePattern = Annotated[
+    str, AfterValidator(check_exclude_pattern), Field(examples=["store/*/*/tmp_*", "/preprocessed_configs"])
+]
+
+
+class Policy(BaseModel):
+    """One workload's backup policy: which Docker volumes, and how to keep them consistent while archived."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_enum_values=False,
+        title="coord policy",
+    )
+
+    description: str | None = Field(
+        default=None,
+        description="Free text for people: what this workload is and why it uses this strategy.",
+        examples=["PostHog's ClickHouse: immutable parts, merges deleted in the background."],
+    )
+    volumes: list[VolumePattern] = Field(
+        min_length=1,
+        description=(
+            "Docker named volumes this policy backs up: exact names, or shell globs (*, ?, [abc]) matched "
+            "against the names `docker volume ls` shows. An exact name that does not exist fails the run; "
+            "a glob that matches nothing fails it too, so a renamed stack cannot silently stop being backed up."
+        ),
+        examples=[["posthog_clickhouse-data"], ["*clickhouse*"]],
+    )
+    strategy: Strategy = Field(
+        description=(
+            "live: archive while the containers run; vanished/changed files are warnings, real read errors fail. "
+            "pause: `docker pause` the containers using the volume while it is archived. "
+            "stop: stop them, archive, start them again. exclude: do not back the volume up."
+        ),
+        examples=["live", "pause"],
+    )
+    exclude: list[ExcludePattern] = Field(
+        default_factory=list,
+        description=(
+            "Paths inside the volume left out of the archive, relative to the volume root. '*', '?' and '[...]' "
+            "never match '/'. A pattern containing '/' is anchored at the volume root and matches whole leading "
+            "components (store/*/*/tmp_* excludes store/263/<uuid>/tmp_merge_x and everything below it); a leading "
+            "'/' anchors a single name (/tmp is the root's tmp only). A pattern without '/' matches an entry of that "
+            "name at any depth. An excluded directory excludes its subtree."
+        ),
+        examples=[["store/*/*/tmp_*", "/shadow", "/tmp"]],
+    )
+    compression: Compression = Field(
+        default=Compression.ZSTD,
+        description="Archive compression: zstd (.tar.zst, default, multi-threaded) or gzip (.tar.gz).",
+        examples=["zstd"],
+    )
+    on_at_risk: OnAtRisk = Field(
+        default=OnAtRisk.WARN,
+        description=(
+            "What an `at-risk` verdict does (a directory lost entries and gained new ones while it was read, so "
+            "data may be missing from the archive): warn = status warning, the archive is kept; fail = the "
+            "volume fails and no archive is kept."
+        ),
+        examples=["warn", "fail"],
+    )
+
+    @field_validator("volumes")
+    @classmethod
+    def _unique_volumes(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({p for p in value if value.count(p) > 1})
+        if duplicates:
+            raise ValueError(f"listed more than once: {', '.join(duplicates)}")
+        return value
+
+    def selects(self, volume_name: str) -> bool:
+        return any(fnmatch.fnmatchcase(volume_name, pattern) for pattern in self.volumes)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy and where it came from."""
+
+    name: str
+    path: Path
+    policy: Policy
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file, for editors (yaml-language-server) and other tools."""
+    schema = Policy.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def render_json_schema() -> str:
+    return json.dumps(policy_json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key '{key}' appears twice (first on line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_of(root: yaml.Node | None, location: Sequence[str | int], *, key: bool = False) -> int | None:
+    """The 1-based line of the YAML node at `location` (the key's line when `key`), or of its deepest ancestor."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for step in location:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(step):
+                    line = key_node.start_mark.line + 1
+                    node = None if key and step == location[-1] else value_node
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            return line
+        if node is not None:
+            line = node.start_mark.line + 1
+    return line
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    kind = {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list", dict: "a mapping"}
+    for python_type, word in kind.items():
+        if isinstance(value, python_type) and not (python_type is int and isinstance(value, bool)):
+            shown = repr(value) if isinstance(value, str | int | float | bool) else ""
+            return f"{word} {shown}".strip()
+    return type(value).__name__
+
+
+def _allowed_keys(location: Sequence[str | int]) -> list[str]:
+    model: type[BaseModel] = Policy
+    for step in location[:-1]:
+        field = model.model_fields.get(str(step)) if isinstance(step, str) else None
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif field is not None:
+            inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if inner:
+                model = inner[0]
+    return list(model.model_fields)
+
+
+def _message_for(error: dict[str, Any]) -> str:
+    """Turn one pydantic error into an operator's sentence."""
+    kind = error["type"]
+    location = error["loc"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(location)
+        unknown = str(location[-1])
+        close = difflib.get_close_matches(unknown, allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{unknown}'{hint}; allowed keys: {', '.join(allowed)}"
+    if kind == "missing":
+        return "is required"
+    if kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = ", ".join(re.findall(r"'([^']*)'", expected))
+        return f"'{value}' is not one of {choices}"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind == "too_short":
+        return "must not be empty: list at least one entry"
+    if kind == "list_type":
+        return f"expected a list, got {_describe(value)}"
+    if kind == "string_type":
+        return f"expected a string, got {_describe(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number, got {_describe(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_describe(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_describe(value)}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"expected a mapping of keys, got {_describe(value)}"
+    return str(error["msg"])
+
+
+def _format_location(location: Sequence[str | int]) -> str:
+    text = ""
+    for step in location:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def _where(path: Path, line: int | None) -> str:
+    return f"{path}:{line}" if line else str(path)
+
+
+def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
+    """Validate one policy file's text. Returns the policy (None when invalid) and every problem found."""
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = error.problem or str(error)
+        return None, [f"{where}: YAML syntax error: {problem}"]
+    except yaml.YAMLError as error:
+        return None, [f"{path}: YAML error: {error}"]
+    if data is None:
+        return None, [f"{path}: the file is empty; a policy needs at least 'volumes' and 'strategy'"]
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1 if root is not None else None
+        return None, [
+            f"{_where(path, line)}: expected a mapping of keys (volumes, strategy, ...), got {_describe(data)}"
+        ]
+    try:
+        return Policy.model_validate(data), []
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            location = tuple(item["loc"])
+            line = _line_of(root, location, key=item["type"] == "extra_forbidden")
+            problems.append(f"{_where(path, line)}: {_format_location(location)}: {_message_for(item)}")
+        return None, problems
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The policy files in `directory`, sorted by name."""
+    if not directory.is_dir():
+        raise UsageError(
+            f"policies directory '{directory}' does not exist or is not a directory "
+            "(set --policies-dir or COORD_POLICIES_DIR)"
+        )
+    return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+
+
+def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[LoadedPolicy]:
+    """Load and validate every policy in `directory`; `names` (file names without suffix) must all exist.
+
+    All policies are returned, also when only some are named: which volume belongs to which policy is decided
+    over all of them, and a broken neighbour is reported, not hidden. Raises UsageError for an unknown name and
+    PolicyError listing every problem in every file.
+    """
+    files = policy_files(directory)
+    by_name: dict[str, Path] = {}
+    problems: list[str] = []
+    for path in files:
+        if path.stem in by_name:
+            problems.append(f"{path}: policy '{path.stem}' is also defined by {by_name[path.stem]}")
+        by_name.setdefault(path.stem, path)
+    unknown = [name for name in dict.fromkeys(names or ()) if name not in by_name]
+    if unknown:
+        available = ", ".join(by_name) or "none"
+        raise UsageError(f"no policy named {', '.join(repr(n) for n in unknown)} in {directory} (available: {available})")
+    if not files:
+        raise UsageError(f"no policy files (*.yaml) in {directory}")
+
+    loaded: list[LoadedPolicy] = []
+    for name, path in by_name.items():
+        policy, file_problems = parse_policy(path, path.read_text(encoding="utf-8"))
+        problems.extend(file_problems)
+        if policy is not None:
+            loaded.append(LoadedPolicy(name=name, path=path, policy=policy))
+    problems.extend(_cross_policy_problems(loaded))
+    if problems:
+        raise PolicyError(problems)
+    return loaded
+
+
+def _cross_policy_problems(loaded: Sequence[LoadedPolicy]) -> list[str]:
+    """Problems no single file shows: the same exact volume name claimed by two policies."""
+    owner: dict[str, LoadedPolicy] = {}
+    problems = []
+    for item in loaded:
+        for pattern in item.policy.volumes:
+            if is_glob(pattern):
+                continue
+            if pattern in owner:
+                problems.append(
+                    f"{item.path}: volumes: '{pattern}' is also selected by {owner[pattern].path}; "
+                    "a volume belongs to one policy"
+                )
+            else:
+                owner[pattern] = item
+    return problems

@@ -1,0 +1,97 @@
+"""What a run produced, per volume, and its stable JSON shape (documented in README.md, "JSON output")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from coord.problems import ProblemKind
+
+
+class VolumeStatus(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    FAILED = "failed"
+    EXCLUDED = "excluded"
+
+
+@dataclass
+class ContainerAction:
+    """What coord did to one container around a volume's archiving step, and for how long."""
+
+    container: str
+    id: str
+    action: str  # "paused" | "stopped" | "left-alone" (already paused/stopped: coord does not touch it)
+    prior_state: str
+    seconds: float = 0.0
+    restored: bool = True
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container": self.container,
+            "id": self.id[:12],
+            "action": self.action,
+            "prior_state": self.prior_state,
+            "seconds": round(self.seconds, 3),
+            "restored": self.restored,
+            "error": self.error,
+        }
+
+
+@dataclass
+class VolumeResult:
+    volume: str
+    policy: str
+    strategy: str
+    status: VolumeStatus
+    archive: str | None = None
+    manifest: str | None = None
+    entries: int = 0
+    size: int = 0
+    verdict: str | None = None
+    verdict_reasons: list[str] = field(default_factory=list)
+    warnings: dict[str, int] = field(
+        default_factory=lambda: {kind.value: 0 for kind in ProblemKind if kind is not ProblemKind.CRITICAL}
+    )
+    errors: list[str] = field(default_factory=list)
+    containers: list[ContainerAction] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def downtime_s(self) -> float:
+        """The longest time any one container was paused or stopped for this volume."""
+        return max((c.seconds for c in self.containers if c.action in ("paused", "stopped")), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "volume": self.volume,
+            "policy": self.policy,
+            "strategy": self.strategy,
+            "status": self.status.value,
+            "archive": self.archive,
+            "manifest": self.manifest,
+            "entries": self.entries,
+            "size": self.size,
+            "verdict": self.verdict,
+            "verdict_reasons": self.verdict_reasons,
+            "warnings": dict(self.warnings),
+            "errors": list(self.errors),
+            "downtime_s": round(self.downtime_s, 3),
+            "containers": [c.to_json() for c in self.containers],
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass
+class RunResult:
+    volumes: list[VolumeResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # problems of the run itself (e.g. a container not restored)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(v.status is not VolumeStatus.FAILED for v in self.volumes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "volumes": [v.to_json() for v in self.volumes], "errors": list(self.errors)}
