@@ -252,12 +252,4 @@ def schema() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except SystemExit as exit_:
-        code = exit_.code
-        # click reports usage errors with 2 already; keep every other code as is
-        sys.exit(code if code is not None else EXIT_OK)
-
-
-__all__ = ["EXIT_USAGE", "app", "main", "policy_files"]
+    app()

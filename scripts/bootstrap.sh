@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up everything coord's demo and tests need on a fresh Debian/Ubuntu machine, idempotently:
+# system tools (GNU tar, zstd, gpg, busybox-static, Debian's docker.io), a running Docker engine,
+# the Python environment in .venv, and the offline test images. Safe to run again; fast when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+need_packages=()
+command -v tar >/dev/null || need_packages+=(tar)
+command -v zstd >/dev/null || need_packages+=(zstd)
+command -v gpg >/dev/null || need_packages+=(gnupg)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_packages+=(busybox-static)
+command -v dockerd >/dev/null || need_packages+=(docker.io)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    say "missing: ${need_packages[*]}. Install them (Debian/Ubuntu: apt-get install ${need_packages[*]}) and rerun."
+    exit 1
+  fi
+  say "installing ${need_packages[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+fi
+
+scripts/ensure-docker.sh
+
+if [ ! -x .venv/bin/coord ] || [ pyproject.toml -nt .venv/.installed ]; then
+  say "creating .venv and installing coord with its test tools"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv/.installed
+fi
+
+scripts/build-test-images.sh

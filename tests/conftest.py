@@ -1,0 +1,157 @@
+"""Shared test fixtures: a real Docker engine, throw-away volumes and containers, and a way to run the CLI.
+
+Every Docker object a test creates carries the label coord.test=1 and a unique name, and is removed at the
+end of the test even when it fails (containers are unpaused first so removal cannot hang). Nothing here
+mocks Docker: when no engine answers, the docker tests error out; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGE = "coord-test/busybox:latest"
+TEST_LABEL = "coord.test"
+
+
+@dataclass
+class CoordRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def run_coord(*arguments: str, env: dict[str, str] | None = None, timeout: float = 300, prefix: tuple[str, ...] = ()) -> CoordRun:
+    """Run the real `coord` CLI in a subprocess, as an operator would."""
+    environment = {**os.environ, **(env or {})}
+    completed = subprocess.run(
+        [*prefix, sys.executable, "-m", "coord", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return CoordRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def write_policy(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as error:  # the docker tier must fail loudly, never skip
+        pytest.fail(f"no Docker engine answers ({error}); run scripts/bootstrap.sh first", pytrace=False)
+    try:
+        client.images.get(TEST_IMAGE)
+    except Exception:
+        subprocess.run([str(REPO / "scripts" / "build-test-images.sh")], check=True)
+    yield client
+    _remove_leftovers(client)
+
+
+def _remove_leftovers(client) -> None:
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        _force_remove(container)
+    for volume in client.volumes.list(filters={"label": TEST_LABEL}):
+        volume.remove(force=True)
+
+
+def _force_remove(container) -> None:
+    try:
+        container.reload()
+        if container.attrs["State"].get("Paused"):
+            container.unpause()
+        container.remove(force=True)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    token = uuid.uuid4().hex[:8]
+    return lambda stem: f"coordtest-{token}-{stem}"
+
+
+@pytest.fixture
+def make_volume(docker_client, unique) -> Iterator[Callable[[str], str]]:
+    created: list[str] = []
+
+    def make(stem: str) -> str:
+        name = unique(stem)
+        docker_client.volumes.create(name, labels={TEST_LABEL: "1"})
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            for container in docker_client.containers.list(all=True, filters={"volume": name}):
+                _force_remove(container)
+            docker_client.volumes.get(name).remove(force=True)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def make_container(docker_client, unique) -> Iterator[Callable[..., object]]:
+    created: list[object] = []
+
+    def make(stem: str, command: list[str] | str, volumes: dict[str, str] | None = None, **options) -> object:
+        container = docker_client.containers.run(
+            TEST_IMAGE,
+            command,
+            name=unique(stem),
+            detach=True,
+            labels={TEST_LABEL: "1", **options.pop("labels", {})},
+            volumes={name: {"bind": target, "mode": "rw"} for name, target in (volumes or {}).items()},
+            **options,
+        )
+        created.append(container)
+        return container
+
+    yield make
+    for container in created:
+        _force_remove(container)
+
+
+def volume_path(docker_client, name: str) -> Path:
+    return Path(docker_client.volumes.get(name).attrs["Mountpoint"])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def container_state(docker_client, container) -> str:
+    container.reload()
+    state = container.attrs["State"]
+    return "paused" if state.get("Paused") else state["Status"]
