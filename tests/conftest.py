@@ -35,7 +35,9 @@ class CoordRun:
         return json.loads(self.stdout)
 
 
-def run_coord(*arguments: str, env: dict[str, str] | None = None, timeout: float = 300, prefix: tuple[str, ...] = ()) -> CoordRun:
+def run_coord(
+    *arguments: str, env: dict[str, str] | None = None, timeout: float = 300, prefix: tuple[str, ...] = ()
+) -> CoordRun:
     """Run the real `coord` CLI in a subprocess, as an operator would."""
     environment = {**os.environ, **(env or {})}
     completed = subprocess.run(

@@ -16,8 +16,8 @@ from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from coord import __version__
-from coord.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CoordError, PolicyError
-from coord.policy import load_policies, policy_files, render_json_schema
+from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError
+from coord.policy import load_policies, render_json_schema
 from coord.results import RunResult, VolumeStatus
 
 T = TypeVar("T")
@@ -78,10 +78,11 @@ def _handle_errors(as_json: bool = False) -> Iterator[None]:
     except CoordError as error:
         if as_json:
             print(json.dumps({"ok": False, "volumes": [], "errors": _error_lines(error)}))
-        stderr.print(f"coord: error: {error.message}", markup=False)
+        # plain writes, not rich: an error message must never be re-wrapped to the terminal width
+        print(f"coord: error: {error.message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
-        stderr.print("coord: interrupted", markup=False)
+        print("coord: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
 
 
@@ -174,13 +175,17 @@ def print_run_summary(result: RunResult) -> None:
 def backup(
     policy: Annotated[
         list[str] | None,
-        typer.Option("--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."),
+        typer.Option(
+            "--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."
+        ),
     ] = None,
     policies_dir: PoliciesDir = Path("policies"),
     dest: Annotated[
         Path | None,
-        typer.Option(help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. "
-                     "Env: COORD_DEST.", envvar="COORD_DEST"),
+        typer.Option(
+            help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. Env: COORD_DEST.",
+            envvar="COORD_DEST",
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -67,7 +67,9 @@ def check_exclude_pattern(pattern: str) -> str:
         raise ValueError(f"'{pattern}': start with a single '/' to anchor the pattern at the volume root")
     parts = body.split("/")
     if ".." in parts or "." in parts or "" in parts:
-        raise ValueError(f"'{pattern}' contains '.', '..' or empty components: patterns are relative to the volume root")
+        raise ValueError(
+            f"'{pattern}' contains '.', '..' or empty components: patterns are relative to the volume root"
+        )
     if "**" in pattern:
         raise ValueError(
             f"'{pattern}': '**' is not supported. '*' matches within one directory level; "
@@ -299,7 +301,7 @@ def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
     """Validate one policy file's text. Returns the policy (None when invalid) and every problem found."""
     try:
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -352,7 +354,9 @@ def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[L
     unknown = [name for name in dict.fromkeys(names or ()) if name not in by_name]
     if unknown:
         available = ", ".join(by_name) or "none"
-        raise UsageError(f"no policy named {', '.join(repr(n) for n in unknown)} in {directory} (available: {available})")
+        raise UsageError(
+            f"no policy named {', '.join(repr(n) for n in unknown)} in {directory} (available: {available})"
+        )
     if not files:
         raise UsageError(f"no policy files (*.yaml) in {directory}")
 

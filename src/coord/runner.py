@@ -74,9 +74,7 @@ def plan_volumes(
     operator must say which owns it). An exact name that does not exist, or a glob matching nothing, becomes a
     failed plan: a backup that silently stops covering a volume is worse than a loud failure.
     """
-    exact_owner = {
-        pattern: item for item in policies for pattern in item.policy.volumes if not is_glob(pattern)
-    }
+    exact_owner = {pattern: item for item in policies for pattern in item.policy.volumes if not is_glob(pattern)}
     glob_owner: dict[str, LoadedPolicy] = {}
     missing: list[VolumePlan] = []
     conflicts: list[str] = []
@@ -104,9 +102,7 @@ def plan_volumes(
     owners = {**glob_owner, **exact_owner}
     plans = [plan for plan in missing if plan.policy.name in wanted]
     plans += [
-        VolumePlan(name, owners[name])
-        for name in existing_volumes
-        if name in owners and owners[name].name in wanted
+        VolumePlan(name, owners[name]) for name in existing_volumes if name in owners and owners[name].name in wanted
     ]
     return sorted(plans, key=lambda plan: (plan.policy.name, plan.volume))
 

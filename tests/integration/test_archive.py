@@ -1,0 +1,197 @@
+"""The archiving step on real GNU tar and zstd/gzip in temporary directories (no Docker)."""
+
+import hashlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from coord.archive import create_archive
+from coord.consistency import ArchivedTree, Verdict, assess_consistency
+from coord.excludes import ExcludeMatcher
+from coord.policy import Compression
+from coord.problems import EntryProblem, ProblemKind
+from coord.verify import Expected, compare, read_back
+
+
+def make_tree(root: Path) -> None:
+    (root / "store/263/uuid/all_1_1_0").mkdir(parents=True)
+    (root / "store/263/uuid/all_1_1_0/data.bin").write_bytes(os.urandom(200_000))
+    (root / "store/263/uuid/format_version.txt").write_text("1")
+    (root / "weird name\nwith newline").write_text("x")
+    (root / "link").symlink_to("store/263/uuid/format_version.txt")
+
+
+def listing(archive: Path, compression: Compression) -> list[str]:
+    tool = "zstd" if compression is Compression.ZSTD else "gzip"
+    out = subprocess.run(
+        f"{tool} -dc '{archive}' | tar -tf -",
+        shell=True,
+        capture_output=True,
+        check=True,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+    )
+    return out.stdout.decode().splitlines()
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
+def test_quiet_tree_is_consistent_and_reads_back_identically(tmp_path: Path, compression: Compression) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    partial = tmp_path / "out" / "a.tar.partial"
+    outcome = create_archive(source, partial, ExcludeMatcher.of([]), compression)
+    assert outcome.problems == []
+    assert outcome.consistency is not None and outcome.consistency.verdict is Verdict.CONSISTENT
+    names = listing(partial, compression)
+    assert outcome.entries == len(names) == 9  # ., store, 263, uuid, part, data.bin, format_version, weird, link
+    assert outcome.sha256 == hashlib.sha256(partial.read_bytes()).hexdigest()
+    assert outcome.size == partial.stat().st_size
+    read = read_back(partial, compression)
+    assert compare(read, Expected(outcome.sha256, outcome.entries, outcome.entries_digest)) == []
+
+
+def test_socket_is_skipped_and_excluded_paths_are_recorded(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    (source / "tmp").mkdir()
+    (source / "tmp/scratch").write_text("x")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(source / "server.sock"))
+    try:
+        outcome = create_archive(source, tmp_path / "a.partial", ExcludeMatcher.of(["/tmp"]), Compression.ZSTD)
+    finally:
+        server.close()
+    assert [(p.kind, p.path) for p in outcome.problems] == [(ProblemKind.SKIPPED, "server.sock")]
+    assert outcome.consistency.excluded == ["tmp"]
+    assert outcome.consistency.verdict is Verdict.CONSISTENT
+    assert not any("tmp" in name for name in listing(tmp_path / "a.partial", Compression.ZSTD))
+
+
+def test_missing_volume_root_is_critical_and_writes_nothing(tmp_path: Path) -> None:
+    partial = tmp_path / "out" / "a.partial"
+    outcome = create_archive(tmp_path / "nope", partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    assert [p.kind for p in outcome.problems] == [ProblemKind.CRITICAL]
+    assert "missing or not a directory" in outcome.problems[0].detail
+    assert not partial.exists()
+
+
+def test_unwritable_destination_is_critical(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    blocker = tmp_path / "dest"
+    blocker.write_text("a file where the destination directory should be")
+    outcome = create_archive(source, blocker / "vol" / "a.partial", ExcludeMatcher.of([]), Compression.ZSTD)
+    assert [p.kind for p in outcome.critical] == [ProblemKind.CRITICAL]
+    assert "cannot write to destination" in outcome.critical[0].detail
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=True)
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_full_destination_fails_and_leaves_no_partial(tmp_path: Path, small_filesystem: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(2_000_000))  # incompressible: cannot fit in 256 KiB
+    partial = small_filesystem / "vol" / "a.tar.zst.partial"
+    outcome = create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    assert any("No space left on device" in p.detail for p in outcome.critical), outcome.problems
+    # The runner removes the partial of a failed volume; the archiver leaves it to be removed, never renamed.
+    assert not partial.with_name("a.tar.zst").exists()
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
+def test_read_back_catches_a_corrupted_byte(tmp_path: Path, compression: Compression) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    partial = tmp_path / "a.partial"
+    outcome = create_archive(source, partial, ExcludeMatcher.of([]), compression)
+    data = bytearray(partial.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    partial.write_bytes(bytes(data))
+    problems = compare(
+        read_back(partial, compression), Expected(outcome.sha256, outcome.entries, outcome.entries_digest)
+    )
+    assert any(p.startswith("sha256 mismatch") for p in problems)
+    assert any("decompression failed" in p or "tar could not list" in p or "entry count" in p for p in problems)
+
+
+def test_truncated_archive_fails_read_back(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    partial = tmp_path / "a.partial"
+    outcome = create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    with open(partial, "r+b") as handle:
+        handle.truncate(outcome.size // 2)
+    problems = compare(read_back(partial, Compression.ZSTD), Expected(outcome.sha256, outcome.entries))
+    assert any("decompression failed" in p for p in problems)
+
+
+def test_interrupted_archive_leaves_no_partial(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    partial = tmp_path / "a.partial"
+
+    def interrupt(entries: int, written: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD, on_progress=interrupt)
+    assert not partial.exists()
+
+
+# --- the verdict, from a recorded read and the tree afterwards -------------------------------------------------
+
+
+def read_of(*members: str) -> ArchivedTree:
+    tree = ArchivedTree()
+    for member in members:
+        tree.add_member(member)
+    return tree
+
+
+def test_merge_race_is_at_risk(tmp_path: Path) -> None:
+    # tar listed the table dir with parts A and B, read A, B vanished; a merge wrote C and deleted A and B.
+    table = tmp_path / "store/t"
+    (table / "all_1_2_1").mkdir(parents=True)
+    tree = read_of("./", "./store/", "./store/t/", "./store/t/all_1_1_0/")
+    vanished = [EntryProblem(ProblemKind.VANISHED, "store/t/all_2_2_0", "File removed before we read it")]
+    result = assess_consistency(str(tmp_path), tree, vanished, ExcludeMatcher.of([]))
+    assert result.verdict is Verdict.AT_RISK
+    assert result.at_risk_directories[0].directory == "store/t"
+    assert result.at_risk_directories[0].gained == ["all_1_2_1"]
+    assert result.at_risk_directories[0].lost == ["all_1_1_0", "all_2_2_0"]
+
+
+def test_vanished_without_new_entries_is_fuzzy(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/kept").write_text("x")
+    tree = read_of("./", "./d/", "./d/kept")
+    vanished = [EntryProblem(ProblemKind.VANISHED, "d/gone", "File removed before we read it")]
+    result = assess_consistency(str(tmp_path), tree, vanished, ExcludeMatcher.of([]))
+    assert result.verdict is Verdict.FUZZY
+
+
+def test_new_entry_in_an_excluded_path_does_not_count(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/kept").write_text("x")
+    (tmp_path / "d/tmp_insert_9").mkdir()
+    tree = read_of("./", "./d/", "./d/kept")
+    result = assess_consistency(str(tmp_path), tree, [], ExcludeMatcher.of(["tmp_*"]))
+    assert result.verdict is Verdict.CONSISTENT
+    assert result.excluded == ["d/tmp_insert_9"]
+
+
+def test_shrunk_member_is_at_risk(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    tree = read_of("./", "./f")
+    shrank = [EntryProblem(ProblemKind.SHRANK, "f", "File shrank by 10 bytes; padding with zeros")]
+    assert assess_consistency(str(tmp_path), tree, shrank, ExcludeMatcher.of([])).verdict is Verdict.AT_RISK
