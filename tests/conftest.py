@@ -58,6 +58,14 @@ def write_policy(directory: Path, name: str, text: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own coord state directory (lock, journal), never the machine's /var/lib/coord."""
+    state = tmp_path / "coord-state"
+    monkeypatch.setenv("COORD_STATE_DIR", str(state))
+    return state
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     import docker

@@ -16,9 +16,11 @@ from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from coord import __version__
-from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError
+from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.policy import load_policies, render_json_schema
 from coord.results import RunResult, VolumeStatus
+from coord.runner import DEFAULT_STATE_DIR
+from coord.signals import Interrupted
 
 T = TypeVar("T")
 
@@ -48,6 +50,22 @@ PoliciesDir = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (see README).")]
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        envvar="COORD_STATE_DIR",
+        help="Where coord keeps its lock and its journal of containers it paused or stopped. Env: COORD_STATE_DIR.",
+    ),
+]
+LockTimeout = Annotated[
+    float,
+    typer.Option("--lock-timeout", help="Seconds to wait for another coord run to finish before giving up (exit 1)."),
+]
+PolicyNames = Annotated[
+    list[str] | None,
+    typer.Option("--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."),
+]
 
 
 def _version(value: bool) -> None:
@@ -81,6 +99,11 @@ def _handle_errors(as_json: bool = False) -> Iterator[None]:
         # plain writes, not rich: an error message must never be re-wrapped to the terminal width
         print(f"coord: error: {error.message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
+    except Interrupted as interruption:
+        if as_json:
+            print(json.dumps({"ok": False, "volumes": [], "errors": [f"interrupted by {interruption}"]}))
+        print(f"coord: interrupted by {interruption}; every container coord changed was put back", file=sys.stderr)
+        raise typer.Exit(interruption.exit_code) from None
     except KeyboardInterrupt:
         print("coord: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -161,10 +184,15 @@ def print_run_summary(result: RunResult) -> None:
         else:
             print(head)
         for container in volume.containers:
+            if container.action in ("paused", "stopped"):
+                back = "back" if container.restored else "NOT BACK"
+                print(f"     {container.action} {container.container} for {container.seconds:.2f}s, {back}")
             if container.error:
                 print(f"     container {container.container}: {container.error}")
         for error in volume.errors:
             print(f"     error: {error}")
+    for line in result.recovered:
+        print(f"recovered from an earlier run: {line}")
     for error in result.errors:
         print(f"error: {error}")
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
@@ -173,12 +201,7 @@ def print_run_summary(result: RunResult) -> None:
 
 @app.command()
 def backup(
-    policy: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."
-        ),
-    ] = None,
+    policy: PolicyNames = None,
     policies_dir: PoliciesDir = Path("policies"),
     dest: Annotated[
         Path | None,
@@ -187,18 +210,25 @@ def backup(
             envvar="COORD_DEST",
         ),
     ] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    lock_timeout: LockTimeout = 0.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Back up the volumes selected by the policies: archive, validate, write a manifest beside each archive."""
+    """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
+    validate, write a manifest beside each archive. Runs `coord recover` first."""
     from coord.docker_ops import DockerControl
     from coord.runner import BackupRequest, run_backup
 
     def work() -> RunResult:
         if dest is None:
-            from coord.errors import UsageError
-
             raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-        request = BackupRequest(policies_dir=policies_dir, dest=dest, policy_names=tuple(policy or ()))
+        request = BackupRequest(
+            policies_dir=policies_dir,
+            dest=dest,
+            policy_names=tuple(policy or ()),
+            state_dir=state_dir,
+            lock_timeout_s=lock_timeout,
+        )
         load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
         progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
         return run_backup(request, DockerControl.connect(), progress)
@@ -209,6 +239,73 @@ def backup(
     else:
         print_run_summary(result)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@app.command()
+def plan(
+    policy: PolicyNames = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take."""
+    from coord.docker_ops import DockerControl
+    from coord.plan import describe_group, group_volumes, plan_volumes
+
+    def work() -> list[dict[str, Any]]:
+        loaded = load_policies(policies_dir, policy or None)
+        docker = DockerControl.connect()
+        plans = plan_volumes(loaded, docker.volume_names(), policy or None)
+        return [
+            {
+                "strategy": group.strategy.value,
+                "volumes": [{"volume": p.volume, "policy": p.policy.name, "error": p.error} for p in group.volumes],
+                "containers": [{"name": c.name, "state": c.state} for c in group.containers],
+                "steps": describe_group(group),
+            }
+            for group in group_volumes(plans, docker)
+        ]
+
+    groups = _run(as_json, work)
+    if as_json:
+        print(json.dumps({"ok": True, "mode": "host", "groups": groups}))
+        return
+    print("coord runs on the host: volumes are read at their Docker Mountpoint")
+    for group in groups:
+        names = ", ".join(f"{v['volume']} (policy {v['policy']})" for v in group["volumes"])
+        print(f"\n{group['strategy']}: {names}")
+        for step in group["steps"]:
+            print(f"  {step}")
+
+
+@app.command()
+def recover(
+    state_dir: StateDir = DEFAULT_STATE_DIR, lock_timeout: LockTimeout = 0.0, as_json: JsonFlag = False
+) -> None:
+    """Put back containers a crashed coord run left paused or stopped (from its journal), remove its partial
+    archives. Only containers still in the state coord put them in are touched. Every backup does this first."""
+    from coord.docker_ops import DockerControl
+    from coord.journal import Journal
+    from coord.lock import run_lock
+    from coord.recovery import RecoveryReport
+    from coord.recovery import recover as recover_journal
+
+    def work() -> RecoveryReport:
+        with run_lock(state_dir, lock_timeout):
+            return recover_journal(Journal(state_dir), DockerControl.connect())
+
+    report = _run(as_json, work)
+    if as_json:
+        print(json.dumps({"ok": not report.errors, **report.to_json()}))
+    else:
+        for line in report.restored:
+            print(line)
+        for path in report.removed_partials:
+            print(f"removed partial archive {path}")
+        for error in report.errors:
+            print(f"error: {error}")
+        if report.nothing_to_do:
+            print("nothing to recover: no container left paused or stopped by coord")
+    raise typer.Exit(EXIT_FAILED if report.errors else EXIT_OK)
 
 
 @app.command()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -209,3 +211,47 @@ class DockerControl:
 
     def start(self, identifier: str) -> None:
         self._call(f"start {identifier}", lambda: self.client.api.start(identifier), RESTORE_ATTEMPTS)
+
+    # Exec ------------------------------------------------------------------------------------------------------
+
+    def exec(self, identifier: str, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+        """Run `argv` in the container; returns (exit code, combined output). Exit code None: timed out.
+
+        The SDK has no exec timeout; the command runs in a worker thread and, on timeout, its process is killed
+        through the host pid the engine reports (possible when coord runs on the host as root).
+        """
+        created = self._call(
+            f"exec in {identifier}", lambda: self.client.api.exec_create(identifier, argv, stdout=True, stderr=True)
+        )
+        exec_id = created["Id"]
+        output: dict[str, bytes] = {}
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                output["data"] = self.client.api.exec_start(exec_id, stream=False, demux=False) or b""
+            except BaseException as error:  # reported below, in the caller's thread
+                failure.append(error)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            self._kill_exec(exec_id)
+            return None, ""
+        if failure:
+            error = failure[0]
+            if isinstance(error, docker.errors.APIError):
+                raise DockerError(f"exec in {identifier}: the engine answered {error.status_code}: {error.explanation}")
+            raise DockerError(f"exec in {identifier}: {error}")
+        inspected = self._call("inspect exec", lambda: self.client.api.exec_inspect(exec_id))
+        text = output.get("data", b"").decode("utf-8", "replace")
+        return inspected.get("ExitCode"), text
+
+    def _kill_exec(self, exec_id: str) -> None:
+        try:
+            pid = self.client.api.exec_inspect(exec_id).get("Pid")
+            if pid:
+                os.kill(int(pid), signal.SIGKILL)
+        except (docker.errors.DockerException, requests.RequestException, OSError) as error:
+            log.warning("could not kill timed-out exec %s: %s", exec_id[:12], error)

@@ -88,6 +88,59 @@ ExcludePattern = Annotated[
 ]
 
 
+class OnHookError(StrEnum):
+    FAIL = "fail"
+    CONTINUE = "continue"
+
+
+class Hook(BaseModel):
+    """A command run inside a container with `docker exec` around the archiving step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container: str = Field(
+        min_length=1,
+        description="Container to exec in: a container name, a compose service, or project/service.",
+        examples=["posthog-clickhouse-1", "clickhouse"],
+    )
+    exec: list[str] = Field(
+        min_length=1,
+        description="The command and its arguments (no shell: write [sh, -c, '...'] for one).",
+        examples=[["clickhouse-client", "--query", "SYSTEM STOP MERGES"]],
+    )
+    timeout_s: int = Field(
+        default=60, ge=1, le=3600, description="Seconds before the hook counts as failed.", examples=[60]
+    )
+
+
+class Hooks(BaseModel):
+    """Commands run in containers before and after the archiving step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    before: list[Hook] = Field(
+        default_factory=list,
+        description=(
+            "Run in order before the containers are paused or stopped (exec cannot run in a paused container). "
+            "A failing hook fails the volume without archiving, unless on_error is continue."
+        ),
+        examples=[[{"container": "clickhouse", "exec": ["clickhouse-client", "-q", "SYSTEM STOP MERGES"]}]],
+    )
+    after: list[Hook] = Field(
+        default_factory=list,
+        description=(
+            "Run in order after the containers are back (unpaused or started), whenever the before hooks ran, "
+            "also when archiving failed."
+        ),
+        examples=[[{"container": "clickhouse", "exec": ["clickhouse-client", "-q", "SYSTEM START MERGES"]}]],
+    )
+    on_error: OnHookError = Field(
+        default=OnHookError.FAIL,
+        description="fail: a failing before hook fails the volume (nothing archived); continue: log it and archive.",
+        examples=["fail"],
+    )
+
+
 class Policy(BaseModel):
     """One workload's backup policy: which Docker volumes, and how to keep them consistent while archived."""
 
@@ -144,6 +197,34 @@ class Policy(BaseModel):
             "volume fails and no archive is kept."
         ),
         examples=["warn", "fail"],
+    )
+    containers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More containers to pause or stop with the ones that mount the volume, e.g. an app that writes "
+            "through the database: container names, compose services, or project/service."
+        ),
+        examples=[["posthog-worker-1", "plugins"]],
+    )
+    stop_timeout: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="strategy stop: seconds a container gets to shut down cleanly before it is killed.",
+        examples=[30],
+    )
+    stop_order: list[str] = Field(
+        default_factory=list,
+        description=(
+            "strategy stop: containers (names or services) to stop first, in this order; the others follow in "
+            "name order. They are started again in the reverse order, so list writers before the database."
+        ),
+        examples=[["worker", "web"]],
+    )
+    hooks: Hooks = Field(
+        default_factory=Hooks,
+        description="Commands run with docker exec before and after the archiving step.",
+        examples=[{"before": [{"container": "clickhouse", "exec": ["clickhouse-client", "-q", "SYSTEM STOP MERGES"]}]}],
     )
 
     @field_validator("volumes")

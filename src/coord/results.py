@@ -57,6 +57,7 @@ class VolumeResult:
     )
     errors: list[str] = field(default_factory=list)
     containers: list[ContainerAction] = field(default_factory=list)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
 
     @property
@@ -80,6 +81,7 @@ class VolumeResult:
             "errors": list(self.errors),
             "downtime_s": round(self.downtime_s, 3),
             "containers": [c.to_json() for c in self.containers],
+            "hooks": self.hooks,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -88,10 +90,16 @@ class VolumeResult:
 class RunResult:
     volumes: list[VolumeResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # problems of the run itself (e.g. a container not restored)
+    recovered: list[str] = field(default_factory=list)  # what this run put back after an earlier, dead run
 
     @property
     def ok(self) -> bool:
         return not self.errors and all(v.status is not VolumeStatus.FAILED for v in self.volumes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "volumes": [v.to_json() for v in self.volumes], "errors": list(self.errors)}
+        return {
+            "ok": self.ok,
+            "volumes": [v.to_json() for v in self.volumes],
+            "errors": list(self.errors),
+            "recovered": list(self.recovered),
+        }

@@ -1,21 +1,21 @@
 """One backup run from start to finish.
 
-    load policies -> plan (which volume, which policy) -> for each volume:
-        quiesce per strategy -> archive to .partial -> restore containers -> decide status
-        -> read back and compare -> publish (rename) -> write manifest
+    load policies -> plan -> lock -> recover what a dead run left -> for each quiesce group:
+        before hooks -> pause/stop (journaled) -> archive each volume to .partial -> unpause/start -> after hooks
+        -> per volume: decide status -> read back and compare -> publish (rename) -> write manifest
 
-Policy problems are raised before anything is touched. Problems of one volume fail that volume, not the run.
+Policy problems are raised before anything is touched. Problems of one volume fail that volume, not the run;
+containers or after hooks that could not be put right are run-level errors (exit 1, loud).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -24,16 +24,24 @@ from coord import __version__
 from coord.archive import ArchiveOutcome, archive_suffix, create_archive
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
-from coord.errors import CoordError, PolicyError
+from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
+from coord.hooks import HookRun, run_hook
+from coord.journal import Journal, JournalEntry
+from coord.lock import run_lock
 from coord.manifest import MANIFEST_FORMAT, fsync_directory, manifest_path_for, write_json_atomically
-from coord.policy import LoadedPolicy, OnAtRisk, Strategy, is_glob, load_policies
+from coord.plan import QuiesceGroup, VolumePlan, group_volumes, plan_volumes
+from coord.policy import LoadedPolicy, OnAtRisk, OnHookError, Strategy, load_policies
 from coord.problems import ProblemKind
-from coord.results import RunResult, VolumeResult, VolumeStatus
+from coord.recovery import recover
+from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
+from coord.signals import termination_raises
 from coord.strategies import quiesced
 from coord.verify import Expected, compare, read_back
 
 log = logging.getLogger("coord")
+
+DEFAULT_STATE_DIR = Path("/var/lib/coord")
 
 
 class Progress(Protocol):
@@ -49,62 +57,8 @@ class BackupRequest:
     policies_dir: Path
     dest: Path
     policy_names: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class VolumePlan:
-    """One volume to back up under one policy, or a pattern that matched nothing (`error`)."""
-
-    volume: str
-    policy: LoadedPolicy
-    error: str | None = None
-
-    @property
-    def strategy(self) -> Strategy:
-        return self.policy.policy.strategy
-
-
-def plan_volumes(
-    policies: Sequence[LoadedPolicy], existing_volumes: Sequence[str], selected: Sequence[str] | None = None
-) -> list[VolumePlan]:
-    """Decide which policy backs up which existing volume, for the `selected` policies (all when None).
-
-    Ownership is decided over all policies, selected or not, so `--policy a` never takes a volume that policy b
-    names exactly. An exact name beats a glob; two policies whose globs match one volume is a PolicyError (the
-    operator must say which owns it). An exact name that does not exist, or a glob matching nothing, becomes a
-    failed plan: a backup that silently stops covering a volume is worse than a loud failure.
-    """
-    exact_owner = {pattern: item for item in policies for pattern in item.policy.volumes if not is_glob(pattern)}
-    glob_owner: dict[str, LoadedPolicy] = {}
-    missing: list[VolumePlan] = []
-    conflicts: list[str] = []
-    for item in policies:
-        for pattern in item.policy.volumes:
-            if not is_glob(pattern):
-                if pattern not in existing_volumes and item.policy.strategy is not Strategy.EXCLUDE:
-                    missing.append(VolumePlan(pattern, item, f"volume '{pattern}' does not exist (docker volume ls)"))
-                continue
-            matches = [name for name in existing_volumes if fnmatch.fnmatchcase(name, pattern)]
-            if not matches and item.policy.strategy is not Strategy.EXCLUDE:
-                missing.append(VolumePlan(pattern, item, f"pattern '{pattern}' matches no volume (docker volume ls)"))
-            for name in matches:
-                if name in exact_owner:
-                    continue
-                owner = glob_owner.setdefault(name, item)
-                if owner.name != item.name:
-                    conflicts.append(
-                        f"{item.path}: volumes: '{name}' is matched by policy '{owner.name}' and by '{item.name}'; "
-                        "name it exactly in the one that should own it"
-                    )
-    if conflicts:
-        raise PolicyError(conflicts)
-    wanted = set(selected) if selected else {item.name for item in policies}
-    owners = {**glob_owner, **exact_owner}
-    plans = [plan for plan in missing if plan.policy.name in wanted]
-    plans += [
-        VolumePlan(name, owners[name]) for name in existing_volumes if name in owners and owners[name].name in wanted
-    ]
-    return sorted(plans, key=lambda plan: (plan.policy.name, plan.volume))
+    state_dir: Path = DEFAULT_STATE_DIR
+    lock_timeout_s: float = 0.0
 
 
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
@@ -136,82 +90,186 @@ def decide_status(outcome: ArchiveOutcome, on_at_risk: OnAtRisk) -> tuple[Volume
 
 
 def run_backup(request: BackupRequest, docker: DockerControl, progress: Progress | None = None) -> RunResult:
-    """Back up every volume the selected policies cover. Raises PolicyError/UsageError before touching anything."""
+    """Back up every volume the selected policies cover.
+
+    Raises PolicyError/UsageError before anything is touched, LockError when another run holds the state
+    directory, Interrupted on SIGTERM/SIGINT (after every container was put back).
+    """
     policies = load_policies(request.policies_dir, request.policy_names or None)
     plans = plan_volumes(policies, docker.volume_names(), request.policy_names or None)
+    journal = Journal(request.state_dir)
     result = RunResult()
-    for plan in plans:
-        result.volumes.append(back_up_volume(plan, request.dest, docker, progress))
+    with run_lock(request.state_dir, request.lock_timeout_s), termination_raises():
+        recovery = recover(journal, docker)
+        result.recovered = recovery.restored + [f"removed {path}" for path in recovery.removed_partials]
+        result.errors.extend(recovery.errors)
+        for group in group_volumes(plans, docker):
+            volumes, errors = back_up_group(group, request.dest, docker, journal, progress)
+            result.volumes.extend(volumes)
+            result.errors.extend(errors)
     return result
 
 
-def back_up_volume(
-    plan: VolumePlan, dest: Path, docker: DockerControl, progress: Progress | None = None
-) -> VolumeResult:
-    """Archive one volume under its policy. Never raises for a problem of this volume: it fails the result."""
-    policy = plan.policy.policy
-    result = VolumeResult(
+@dataclass
+class _Job:
+    """One volume's way through its group: plan, result so far, and where its archive goes."""
+
+    plan: VolumePlan
+    result: VolumeResult
+    source: Path | None = None
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    clock: float = field(default_factory=time.monotonic)
+    final: Path | None = None
+    partial_entry: JournalEntry | None = None
+    outcome: ArchiveOutcome | None = None
+
+    @property
+    def partial(self) -> Path:
+        assert self.final is not None
+        return self.final.with_name(self.final.name + ".partial")
+
+
+def back_up_group(
+    group: QuiesceGroup, dest: Path, docker: DockerControl, journal: Journal, progress: Progress | None = None
+) -> tuple[list[VolumeResult], list[str]]:
+    """Back up the volumes of one quiesce group.
+
+    Returns their results and the run-level errors: containers or after hooks that could not be put right,
+    which the operator must act on. Containers come back as soon as the data is read, before validation.
+    """
+    jobs = [_Job(plan, _new_result(plan)) for plan in group.volumes]
+    runnable: list[_Job] = []
+    for job in jobs:
+        if job.plan.error or job.plan.volume in group.errors:
+            job.result.errors.append(job.plan.error or group.errors[job.plan.volume])
+        elif job.plan.strategy is Strategy.EXCLUDE:
+            job.result.status = VolumeStatus.EXCLUDED
+        else:
+            try:
+                job.source = Path(docker.volume_mountpoint(job.plan.volume))
+                runnable.append(job)
+            except CoordError as error:
+                job.result.errors.append(error.message)
+    if not runnable:
+        return [job.result for job in jobs], []
+
+    policies = list({job.plan.policy.name: job.plan.policy for job in runnable}.values())
+    hook_runs, hooked, blocked = _run_before_hooks(policies, docker)
+    actions: list[ContainerAction] = []
+    quiesce_error: str | None = None
+    try:
+        if blocked is None:
+            with quiesced(group, docker, journal, actions):
+                for job in runnable:
+                    _archive(job, dest, journal, progress)
+    except CoordError as error:
+        quiesce_error = f"could not {group.strategy.value} containers: {error.message}"
+    finally:
+        for item in reversed(hooked):
+            for hook in item.policy.hooks.after:
+                hook_runs.append(run_hook(hook, "after", item.name, docker))
+
+    run_errors = [f"container {a.container}: {a.error}" for a in actions if not a.restored and a.error]
+    run_errors += [f"policy {run.policy}: {run.error}" for run in hook_runs if run.phase == "after" and run.error]
+    for job in runnable:
+        name = job.plan.policy.name
+        job.result.containers = actions
+        job.result.hooks = [run.to_json() for run in hook_runs if run.policy == name]
+        job.result.errors += [r.error for r in hook_runs if r.policy == name and r.phase == "before" and r.error]
+        if blocked or quiesce_error:
+            if quiesce_error:
+                job.result.errors.append(quiesce_error)
+            continue
+        _finish(job, journal)
+        if job.result.status is VolumeStatus.OK and job.result.errors:  # a before hook failed under continue
+            job.result.status = VolumeStatus.WARNING
+    return [job.result for job in jobs], run_errors
+
+
+def _run_before_hooks(
+    policies: list[LoadedPolicy], docker: DockerControl
+) -> tuple[list[HookRun], list[LoadedPolicy], str | None]:
+    """Run before hooks in policy order. Returns the runs, the policies whose hooks started (their after hooks
+    must run), and the error that blocks archiving (a failing hook under on_error: fail), if any."""
+    runs: list[HookRun] = []
+    hooked: list[LoadedPolicy] = []
+    for item in policies:
+        hooked.append(item)
+        for hook in item.policy.hooks.before:
+            run = run_hook(hook, "before", item.name, docker)
+            runs.append(run)
+            if run.error and item.policy.hooks.on_error is OnHookError.FAIL:
+                run.error += " (nothing archived: hooks.on_error is fail)"
+                return runs, hooked, run.error
+    return runs, hooked, None
+
+
+def _new_result(plan: VolumePlan) -> VolumeResult:
+    return VolumeResult(
         volume=plan.volume, policy=plan.policy.name, strategy=plan.strategy.value, status=VolumeStatus.FAILED
     )
-    if plan.error:
-        result.errors.append(plan.error)
-        return result
-    if plan.strategy is Strategy.EXCLUDE:
-        result.status = VolumeStatus.EXCLUDED
-        return result
-    started = datetime.now(UTC)
-    clock = time.monotonic()
+
+
+def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None) -> None:
+    """Archive one volume to its .partial file, journaled so a crash of coord leaves nothing behind."""
+    policy = job.plan.policy.policy
+    job.started = datetime.now(UTC)
+    job.clock = time.monotonic()
     try:
-        source = Path(docker.volume_mountpoint(plan.volume))
-        final = archive_path(dest, plan.volume, started, archive_suffix(policy.compression))
-    except CoordError as error:
-        result.errors.append(error.message)
-        return result
+        job.final = archive_path(dest, job.plan.volume, job.started, archive_suffix(policy.compression))
     except OSError as error:
-        result.errors.append(f"destination {dest}: {error.strerror}")
-        return result
-    partial = final.with_name(final.name + ".partial")
-    matcher = ExcludeMatcher.of(policy.exclude)
-    log.info("%s: archiving %s (policy %s, strategy %s)", plan.volume, source, plan.policy.name, plan.strategy)
+        job.result.errors.append(f"destination {dest}: {error.strerror}")
+        return
+    assert job.source is not None
+    job.partial_entry = journal.record("partial", str(job.partial), "writing", job.plan.volume)
+    log.info("%s: archiving %s (policy %s, %s)", job.plan.volume, job.source, job.plan.policy.name, job.plan.strategy)
     if progress:
-        progress.begin(plan.volume)
+        progress.begin(job.plan.volume)
     try:
-        with quiesced(plan.strategy) as actions:
-            result.containers = actions
-            outcome = create_archive(
-                source, partial, matcher, policy.compression, progress.update if progress else None
-            )
-    except CoordError as error:
-        result.errors.append(error.message)
-        partial.unlink(missing_ok=True)
-        return result
+        job.outcome = create_archive(
+            job.source,
+            job.partial,
+            ExcludeMatcher.of(policy.exclude),
+            policy.compression,
+            progress.update if progress else None,
+        )
+    except BaseException:
+        journal.clear(job.partial_entry)
+        raise
     finally:
         if progress:
             progress.end()
 
+
+def _finish(job: _Job, journal: Journal) -> None:
+    """Decide the volume's status, read its archive back, and publish it with its manifest, or remove it."""
+    result, outcome = job.result, job.outcome
+    if outcome is None:  # archiving never started (destination problem): the error is already recorded
+        return
     _fill_from_outcome(result, outcome)
+    policy = job.plan.policy.policy
     result.status, errors = decide_status(outcome, policy.on_at_risk)
     result.errors.extend(errors)
     if result.status is not VolumeStatus.FAILED:
-        read = read_back(partial, policy.compression)
+        read = read_back(job.partial, policy.compression)
         mismatches = compare(read, Expected(outcome.sha256, outcome.entries, outcome.entries_digest))
         if mismatches:
             result.status = VolumeStatus.FAILED
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
+    assert job.final is not None and job.partial_entry is not None and job.source is not None
     if result.status is VolumeStatus.FAILED:
-        partial.unlink(missing_ok=True)
-        result.duration_s = time.monotonic() - clock
-        return result
-
-    os.rename(partial, final)
-    fsync_directory(final.parent)
-    result.archive = str(final)
-    result.duration_s = time.monotonic() - clock
-    manifest = manifest_path_for(final)
-    write_json_atomically(manifest, build_manifest(result, plan, source, outcome, started))
-    result.manifest = str(manifest)
-    log.info("%s: %s, verdict %s, %d entries", plan.volume, result.status.value, result.verdict, result.entries)
-    return result
+        job.partial.unlink(missing_ok=True)
+    else:
+        os.rename(job.partial, job.final)
+        fsync_directory(job.final.parent)
+        result.archive = str(job.final)
+        result.duration_s = time.monotonic() - job.clock
+        manifest = manifest_path_for(job.final)
+        write_json_atomically(manifest, build_manifest(result, job.plan, job.source, outcome, job.started))
+        result.manifest = str(manifest)
+    journal.clear(job.partial_entry)
+    result.duration_s = time.monotonic() - job.clock
+    log.info("%s: %s, verdict %s, %d entries", job.plan.volume, result.status.value, result.verdict, result.entries)
 
 
 def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
@@ -263,4 +321,5 @@ def build_manifest(
         "warnings": warnings,
         "containers": [c.to_json() for c in result.containers],
         "downtime_s": round(result.downtime_s, 3),
+        "hooks": result.hooks,
     }

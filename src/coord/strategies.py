@@ -1,30 +1,124 @@
 """Strategies: what happens to the containers using a volume around its archiving step.
 
-Each strategy is a context manager. Entering it quiesces the containers (and registers their restoration at
-once); leaving it, whether archiving succeeded, failed or was interrupted, restores them. This is the one place
-to read to know what happens to a paused or stopped container when archiving fails.
+This is the one place to read to know what happens to a paused or stopped container when archiving fails:
+
+- Entering `quiesced()` pauses (pause) or stops (stop) each container of the group that is running, in stop
+  order. Before each change a journal entry is written and fsynced (journal.py); the restoration is
+  registered the moment the change succeeds. Containers that were not running are left alone and never
+  started: coord only undoes what it did.
+- Leaving the block, however it is left (archive done, archive failed, an exception, Ctrl-C or SIGTERM turned
+  into `Interrupted`), puts every changed container back in reverse order, with SIGTERM/SIGINT held until
+  that is done. A container that cannot be put back does not stop the others from being restored; it is
+  recorded on its action (restored=False, with the command to fix it) and its journal entry is kept so
+  `coord recover` can try again. The runner turns that into a loud run failure.
+- If coord itself dies (SIGKILL, OOM), the journal entries remain and the next `coord backup` or
+  `coord recover` puts those containers back (recovery.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError
+from coord.journal import PAUSED, STOPPED, Journal, JournalEntry
+from coord.plan import QUIESCING, QuiesceGroup
 from coord.policy import Strategy
 from coord.results import ContainerAction
+from coord.signals import deferred
+
+log = logging.getLogger("coord.strategies")
 
 
-class StrategyNotAvailable(CoordError):
-    """The policy names a strategy this version cannot carry out."""
+def put_back(docker: DockerControl, container_id: str, name: str, action: str) -> str | None:
+    """Undo `action` (paused/stopped) on a container if it is still in the state coord put it in.
+
+    Returns None when the container is as it was before coord touched it, or an operator message.
+    Raises nothing for Docker failures (they are in the message); retries happen in docker_ops.
+    """
+    try:
+        state = docker.container_state(container_id)
+        if state is None:
+            return f"container {name} no longer exists; nothing to put back"
+        if action == PAUSED and state == "paused":
+            docker.unpause(container_id)
+        elif action == STOPPED and state in ("exited", "created"):
+            docker.start(container_id)
+        # Otherwise someone already changed it (unpaused or started it by hand): leave it alone.
+        return None
+    except CoordError as error:
+        fix = "docker unpause" if action == PAUSED else "docker start"
+        return f"could not put {name} back ({error.message}); run: {fix} {name}   (or: coord recover)"
 
 
 @contextmanager
-def quiesced(strategy: Strategy) -> Iterator[list[ContainerAction]]:
-    """Hold the volume's containers in the state `strategy` needs for the duration of the block."""
-    if strategy is Strategy.LIVE:
-        yield []
+def quiesced(
+    group: QuiesceGroup, docker: DockerControl, journal: Journal, actions: list[ContainerAction]
+) -> Iterator[list[ContainerAction]]:
+    """Hold the group's containers paused or stopped for the block; put them back however it ends.
+
+    Each container's action is appended to `actions` as it happens, so the caller has the record even when
+    quiescing fails halfway (and the containers already changed were put back).
+    """
+    if group.strategy not in QUIESCING:
+        yield actions
         return
-    raise StrategyNotAvailable(
-        f"strategy '{strategy.value}' is not implemented yet in this version of coord; use 'live' or 'exclude'"
-    )
+    undo: list[Callable[[], None]] = []
+    try:
+        for container in group.containers:
+            action, entry, started = _quiesce_one(container, group, docker, journal)
+            actions.append(action)
+            if entry is not None:
+                undo.append(_restorer(action, entry, started, docker, journal))
+        yield actions
+    finally:
+        with deferred():
+            for restore in reversed(undo):
+                restore()
+
+
+def _quiesce_one(
+    container: ContainerInfo, group: QuiesceGroup, docker: DockerControl, journal: Journal
+) -> tuple[ContainerAction, JournalEntry | None, float]:
+    """Pause or stop one container if it runs. Returns its action, and the journal entry and start time when
+    coord changed it (None when it was left alone)."""
+    state = docker.container_state(container.id)
+    if state != "running":
+        log.info("%s is %s: left alone", container.name, state or "gone")
+        return ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"), None, 0.0
+    verb = PAUSED if group.strategy is Strategy.PAUSE else STOPPED
+    entry = journal.record("container", container.id, verb, container.name)
+    started = time.monotonic()
+    try:
+        if verb == PAUSED:
+            docker.pause(container.id)
+        else:
+            docker.stop(container.id, group.stop_timeout)
+    except CoordError:
+        # The call failed, but the engine may have acted before its answer was lost: restore if it did.
+        now = docker.container_state(container.id)
+        if now not in ("paused", "exited", "created"):
+            journal.clear(entry)
+            raise
+    log.info("%s %s", verb, container.name)
+    return ContainerAction(container.name, container.id, verb, prior_state="running"), entry, started
+
+
+def _restorer(
+    action: ContainerAction, entry: JournalEntry, started: float, docker: DockerControl, journal: Journal
+) -> Callable[[], None]:
+    def restore() -> None:
+        error = put_back(docker, action.id, action.container, action.action)
+        action.seconds = time.monotonic() - started
+        if error is None:
+            journal.clear(entry)
+            log.info("%s back after %.2fs", action.container, action.seconds)
+        else:
+            action.restored = False
+            action.error = error
+            log.error("%s", error)
+
+    return restore

@@ -51,7 +51,10 @@ def test_plain_tar_fails_on_the_churning_volume_but_coord_live_succeeds(churning
     for _ in range(20):
         completed = subprocess.run(
             f"tar -C '{mount}' -cf - . | cat > /dev/null; exit ${{PIPESTATUS[0]}}",
-            shell=True, executable="/bin/bash", capture_output=True, text=True,
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
             env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
         )
         tar_statuses.append(completed.returncode)

@@ -29,7 +29,8 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
             "volumes: [a]\nstrategy: live\nexlude: [tmp]\n",
             [
                 "policies/clickhouse.yaml:3: exlude: unknown key 'exlude' (did you mean 'exclude'?); allowed keys: "
-                "description, volumes, strategy, exclude, compression, on_at_risk"
+                "description, volumes, strategy, exclude, compression, on_at_risk, containers, stop_timeout, "
+                "stop_order, hooks"
             ],
             id="unknown-key",
         ),

@@ -7,6 +7,7 @@
 # "File removed before we read it". Each part's data.bin holds its block numbers, one per line, so a test can
 # prove from an archive which inserts it holds. /data/writer.log gets "<n>" after each committed insert.
 set -eu
+trap 'exit 0' TERM INT  # PID 1 in a container gets no default handlers: without this, docker stop waits
 root=${DATA_DIR:-/data}
 uuid=${TABLE_UUID:-2632a5fb-f759-4d05-824b-dddcb78faff3}
 merge_every=${MERGE_EVERY:-4}
@@ -18,6 +19,7 @@ echo "ATTACH TABLE _ UUID '$uuid' (n UInt64) ENGINE = MergeTree ORDER BY n" > "$
 echo 1 > "$table/format_version.txt"
 n=$(cat "$root/writer.count" 2>/dev/null || echo 0)
 write_part() { # dir first last
+  rm -rf "$1"  # a part half-written when the container was stopped last time
   mkdir "$1"
   seq "$2" "$3" > "$1/data.bin"
   i=0

@@ -1,0 +1,81 @@
+"""What coord changed, durably, so a crashed run can be undone (`coord recover`).
+
+Before coord pauses or stops a container it writes a journal entry (one small JSON file per container under
+<state dir>/journal/, written to a temporary name, fsynced and renamed, the directory fsynced too) and only
+then acts. When the container is back, the entry is deleted. An entry that survives therefore means: a run
+died (SIGKILL, OOM, power) between changing that container and restoring it. Recovery undoes only what an
+entry records, and only while the container is still in the state coord put it in: a container someone
+unpaused or started by hand is left alone.
+
+The same journal records in-progress `.partial` archives so recovery can remove what a dead run left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from coord.manifest import fsync_directory
+
+log = logging.getLogger("coord.journal")
+
+PAUSED = "paused"
+STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    kind: str  # "container" | "partial"
+    key: str  # container id, or the partial file's path
+    action: str  # paused | stopped | writing
+    name: str  # container name, for messages
+    pid: int
+    at: float
+
+    @property
+    def file_name(self) -> str:
+        safe = self.key.replace("/", "%")
+        return f"{self.kind}-{safe}.json"
+
+
+class Journal:
+    """A directory of entries, one per thing coord changed and has not yet put back."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "journal"
+
+    def ensure(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def record(self, kind: str, key: str, action: str, name: str) -> JournalEntry:
+        """Durably write an entry; returns once it is on disk (before the caller acts)."""
+        self.ensure()
+        entry = JournalEntry(kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time())
+        target = self.directory / entry.file_name
+        temporary = target.with_name(f".{target.name}.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(asdict(entry), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        fsync_directory(self.directory)
+        return entry
+
+    def clear(self, entry: JournalEntry) -> None:
+        (self.directory / entry.file_name).unlink(missing_ok=True)
+        fsync_directory(self.directory)
+
+    def entries(self) -> list[JournalEntry]:
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                found.append(JournalEntry(**json.loads(path.read_text(encoding="utf-8"))))
+            except (ValueError, TypeError) as error:
+                log.warning("ignoring unreadable journal entry %s: %s", path, error)
+        return found

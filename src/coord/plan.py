@@ -1,0 +1,217 @@
+"""Planning a run: which policy owns which volume, which containers each touches, and in what order.
+
+`coord plan` prints exactly what `coord backup` will then do, because both use the groups built here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from coord.docker_ops import ContainerInfo, DockerControl
+from coord.errors import CoordError, PolicyError
+from coord.policy import LoadedPolicy, Strategy, is_glob
+
+QUIESCING = (Strategy.PAUSE, Strategy.STOP)
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """One volume to back up under one policy, or a pattern that matched nothing (`error`)."""
+
+    volume: str
+    policy: LoadedPolicy
+    error: str | None = None
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.policy.policy.strategy
+
+
+@dataclass
+class QuiesceGroup:
+    """Volumes archived inside one quiesce window: their containers are paused/stopped once for all of them."""
+
+    strategy: Strategy
+    volumes: list[VolumePlan]
+    containers: list[ContainerInfo] = field(default_factory=list)  # in stop order; restored in reverse
+    users: dict[str, list[str]] = field(default_factory=dict)  # volume -> names of containers mounting it
+    stop_timeout: int = 30
+    errors: dict[str, str] = field(default_factory=dict)  # volume -> why it cannot run
+
+    @property
+    def policies(self) -> list[LoadedPolicy]:
+        seen: dict[str, LoadedPolicy] = {}
+        for plan in self.volumes:
+            seen.setdefault(plan.policy.name, plan.policy)
+        return list(seen.values())
+
+
+def plan_volumes(
+    policies: Sequence[LoadedPolicy], existing_volumes: Sequence[str], selected: Sequence[str] | None = None
+) -> list[VolumePlan]:
+    """Decide which policy backs up which existing volume, for the `selected` policies (all when None).
+
+    Ownership is decided over all policies, selected or not, so `--policy a` never takes a volume that policy b
+    names exactly. An exact name beats a glob; two policies whose globs match one volume is a PolicyError (the
+    operator must say which owns it). An exact name that does not exist, or a glob matching nothing, becomes a
+    failed plan: a backup that silently stops covering a volume is worse than a loud failure.
+    """
+    exact_owner = {pattern: item for item in policies for pattern in item.policy.volumes if not is_glob(pattern)}
+    glob_owner: dict[str, LoadedPolicy] = {}
+    missing: list[VolumePlan] = []
+    conflicts: list[str] = []
+    for item in policies:
+        optional = item.policy.strategy is Strategy.EXCLUDE
+        for pattern in item.policy.volumes:
+            if not is_glob(pattern):
+                if pattern not in existing_volumes and not optional:
+                    missing.append(VolumePlan(pattern, item, f"volume '{pattern}' does not exist (docker volume ls)"))
+                continue
+            matches = [name for name in existing_volumes if fnmatch.fnmatchcase(name, pattern)]
+            if not matches and not optional:
+                missing.append(VolumePlan(pattern, item, f"pattern '{pattern}' matches no volume (docker volume ls)"))
+            for name in matches:
+                if name in exact_owner:
+                    continue
+                owner = glob_owner.setdefault(name, item)
+                if owner.name != item.name:
+                    conflicts.append(
+                        f"{item.path}: volumes: '{name}' is matched by policy '{owner.name}' and by '{item.name}'; "
+                        "name it exactly in the one that should own it"
+                    )
+    if conflicts:
+        raise PolicyError(conflicts)
+    wanted = set(selected) if selected else {item.name for item in policies}
+    owners = {**glob_owner, **exact_owner}
+    plans = [plan for plan in missing if plan.policy.name in wanted]
+    plans += [
+        VolumePlan(name, owners[name]) for name in existing_volumes if owners.get(name) and owners[name].name in wanted
+    ]
+    return sorted(plans, key=lambda plan: (plan.policy.name, plan.volume))
+
+
+def resolve_containers(reference: str, docker: DockerControl) -> list[ContainerInfo]:
+    found = docker.find_containers(reference)
+    if not found:
+        raise CoordError(f"containers: '{reference}' matches no container (by name or compose service)")
+    return found
+
+
+def group_volumes(plans: Sequence[VolumePlan], docker: DockerControl) -> list[QuiesceGroup]:
+    """Group the runnable plans so that a container shared by several volumes is quiesced once.
+
+    Volumes are grouped when their policies agree (same strategy and stop timeout) and their container sets
+    overlap; each group's containers are in stop order (policy stop_order first, then by name).
+    """
+    groups: list[QuiesceGroup] = []
+    for plan in plans:
+        if plan.error or plan.strategy is Strategy.EXCLUDE:
+            groups.append(QuiesceGroup(plan.strategy, [plan]))
+            continue
+        policy = plan.policy.policy
+        group = QuiesceGroup(plan.strategy, [plan], stop_timeout=policy.stop_timeout)
+        try:
+            users = docker.containers_using(plan.volume)
+            group.users[plan.volume] = [c.name for c in users]
+            if plan.strategy in QUIESCING:
+                extra = [c for reference in policy.containers for c in resolve_containers(reference, docker)]
+                group.containers = _unique(users + extra)
+        except CoordError as error:
+            group.errors[plan.volume] = f"policy {plan.policy.name}: {error.message}"
+        groups.append(group)
+    return _order_containers(_merge_overlapping(groups))
+
+
+def _unique(containers: list[ContainerInfo]) -> list[ContainerInfo]:
+    return list({c.id: c for c in containers}.values())
+
+
+def _merge_overlapping(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
+    merged: list[QuiesceGroup] = []
+    for group in groups:
+        ids = {c.id for c in group.containers}
+        target = next(
+            (
+                other
+                for other in merged
+                if ids
+                and other.strategy is group.strategy
+                and other.stop_timeout == group.stop_timeout
+                and ids & {c.id for c in other.containers}
+            ),
+            None,
+        )
+        if target is None:
+            merged.append(group)
+            continue
+        target.volumes += group.volumes
+        target.containers = _unique(target.containers + group.containers)
+        target.users.update(group.users)
+        target.errors.update(group.errors)
+    return merged
+
+
+def _order_containers(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
+    for group in groups:
+        order = [reference for item in group.policies for reference in item.policy.stop_order]
+
+        def rank(container: ContainerInfo, order: list[str] = order) -> tuple[int, str]:
+            for index, reference in enumerate(order):
+                if reference in (container.name, container.compose_service) or reference == (
+                    f"{container.compose_project}/{container.compose_service}"
+                ):
+                    return index, container.name
+            return len(order), container.name
+
+        group.containers.sort(key=rank)
+    return groups
+
+
+def describe_group(group: QuiesceGroup) -> list[str]:
+    """The actions coord takes for this group, in order, as an operator reads them."""
+    lines: list[str] = []
+    names = ", ".join(plan.volume for plan in group.volumes)
+    if len(group.volumes) > 1:
+        lines.append(f"volumes {names} share containers: they are quiesced once, for all of them")
+    for plan in group.volumes:
+        if plan.error:
+            lines.append(f"{plan.volume}: FAILS: {plan.error}")
+        elif plan.volume in group.errors:
+            lines.append(f"{plan.volume}: FAILS: {group.errors[plan.volume]}")
+    if group.strategy is Strategy.EXCLUDE or all(p.error or p.volume in group.errors for p in group.volumes):
+        if group.strategy is Strategy.EXCLUDE:
+            lines.append(f"{names}: excluded by policy: nothing archived, no container touched")
+        return lines
+    step = 1
+
+    def add(text: str) -> None:
+        nonlocal step
+        lines.append(f"{step}. {text}")
+        step += 1
+
+    for item in group.policies:
+        for hook in item.policy.hooks.before:
+            add(f"exec in {hook.container}: {' '.join(hook.exec)} (before hook of {item.name}, {hook.timeout_s}s)")
+    verbs = {Strategy.PAUSE: ("pause", "unpause"), Strategy.STOP: ("stop", "start")}.get(group.strategy)
+    running = [c.name for c in group.containers if c.state == "running"]
+    if verbs:
+        timeout = f" (timeout {group.stop_timeout}s)" if group.strategy is Strategy.STOP else ""
+        add(f"{verbs[0]} {', '.join(running) or 'nothing (no running container)'}, in this order{timeout}")
+        idle = [f"{c.name} ({c.state})" for c in group.containers if c.state != "running"]
+        if idle:
+            lines.append(f"   left alone, not running: {', '.join(idle)}")
+    for plan in group.volumes:
+        if plan.error or plan.volume in group.errors:
+            continue
+        users = group.users.get(plan.volume, [])
+        keep = f" while {', '.join(users)} keep running" if group.strategy is Strategy.LIVE and users else ""
+        add(f"archive {plan.volume} (policy {plan.policy.name}, {plan.strategy.value}){keep}")
+    if verbs and running:
+        add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
+    for item in group.policies:
+        for hook in item.policy.hooks.after:
+            add(f"exec in {hook.container}: {' '.join(hook.exec)} (after hook of {item.name})")
+    add("read each archive back, check sha256 and entries, publish it and its manifest")
+    return lines
