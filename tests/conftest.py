@@ -1,8 +1,8 @@
 """Shared test fixtures: a real Docker engine, throw-away volumes and containers, and a way to run the CLI.
 
-Every Docker object a test creates carries the label coord.test=1 and a unique name, and is removed at the
-end of the test even when it fails (containers are unpaused first so removal cannot hang). Nothing here
-mocks Docker: when no engine answers, the docker tests error out; they are never skipped.
+Every Docker object a test creates carries the label coord.test.session=<this session> and a unique name,
+and is removed at the end of the test even when it fails (containers are unpaused first so removal cannot
+hang). Nothing here mocks Docker: when no engine answers, the docker tests error out; they are never skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE = "coord-test/busybox:latest"
-TEST_LABEL = "coord.test"
+TEST_LABEL = "coord.test.session"
+SESSION = uuid.uuid4().hex[:12]  # several pytest sessions may share one engine: each cleans up only its own
 
 
 @dataclass
@@ -84,9 +85,10 @@ def docker_client():
 
 
 def _remove_leftovers(client) -> None:
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+    mine = {"label": f"{TEST_LABEL}={SESSION}"}
+    for container in client.containers.list(all=True, filters=mine):
         _force_remove(container)
-    for volume in client.volumes.list(filters={"label": TEST_LABEL}):
+    for volume in client.volumes.list(filters=mine):
         volume.remove(force=True)
 
 
@@ -112,7 +114,7 @@ def make_volume(docker_client, unique) -> Iterator[Callable[[str], str]]:
 
     def make(stem: str) -> str:
         name = unique(stem)
-        docker_client.volumes.create(name, labels={TEST_LABEL: "1"})
+        docker_client.volumes.create(name, labels={TEST_LABEL: SESSION})
         created.append(name)
         return name
 
@@ -136,7 +138,7 @@ def make_container(docker_client, unique) -> Iterator[Callable[..., object]]:
             command,
             name=unique(stem),
             detach=True,
-            labels={TEST_LABEL: "1", **options.pop("labels", {})},
+            labels={TEST_LABEL: SESSION, **options.pop("labels", {})},
             volumes={name: {"bind": target, "mode": "rw"} for name, target in (volumes or {}).items()},
             **options,
         )

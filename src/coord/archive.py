@@ -13,6 +13,7 @@ so a failed run never leaves a file that looks like a backup.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -111,6 +112,12 @@ def tar_create_command(source: Path, matcher: ExcludeMatcher, index_fd: int) -> 
     ]
 
 
+def remove_partial(path: Path) -> None:
+    """Remove a partial archive if there is one (its directory may not even exist)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.unlink()
+
+
 def _check_source(source: Path) -> EntryProblem | None:
     try:
         if not source.is_dir():
@@ -158,7 +165,7 @@ def create_archive(
     try:
         _run_pipeline(source, output, matcher, compression, outcome, on_progress)
     except BaseException:
-        partial_path.unlink(missing_ok=True)
+        remove_partial(partial_path)
         raise
     outcome.finished_at = time.time()
     return outcome

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
 from coord.journal import Journal
 from coord.strategies import put_back
@@ -36,7 +37,7 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
     report = RecoveryReport()
     for entry in journal.entries():
         if entry.kind == "partial":
-            Path(entry.key).unlink(missing_ok=True)
+            remove_partial(Path(entry.key))
             report.removed_partials.append(entry.key)
             journal.clear(entry)
             continue

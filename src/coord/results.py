@@ -22,7 +22,7 @@ class ContainerAction:
 
     container: str
     id: str
-    action: str  # "paused" | "stopped" | "left-alone" (already paused/stopped: coord does not touch it)
+    action: str  # "paused" | "stopped" | "left-alone" (not running: coord does not touch it) | "failed"
     prior_state: str
     seconds: float = 0.0
     restored: bool = True

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coord import __version__
-from coord.archive import ArchiveOutcome, archive_suffix, create_archive
+from coord.archive import ArchiveOutcome, archive_suffix, create_archive, remove_partial
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
@@ -221,11 +221,11 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None)
         job.result.errors.append(f"destination {dest}: {error.strerror}")
         return
     assert job.source is not None
-    job.partial_entry = journal.record("partial", str(job.partial), "writing", job.plan.volume)
-    log.info("%s: archiving %s (policy %s, %s)", job.plan.volume, job.source, job.plan.policy.name, job.plan.strategy)
-    if progress:
-        progress.begin(job.plan.volume)
     try:
+        job.partial_entry = journal.record("partial", str(job.partial), "writing", job.plan.volume)
+        log.info("%s: archiving %s (policy %s)", job.plan.volume, job.source, job.plan.policy.name)
+        if progress:
+            progress.begin(job.plan.volume)
         job.outcome = create_archive(
             job.source,
             job.partial,
@@ -234,7 +234,8 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None)
             progress.update if progress else None,
         )
     except BaseException:
-        journal.clear(job.partial_entry)
+        if job.partial_entry is not None:
+            journal.clear(job.partial_entry)
         raise
     finally:
         if progress:
@@ -258,7 +259,7 @@ def _finish(job: _Job, journal: Journal) -> None:
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
     assert job.final is not None and job.partial_entry is not None and job.source is not None
     if result.status is VolumeStatus.FAILED:
-        job.partial.unlink(missing_ok=True)
+        remove_partial(job.partial)
     else:
         os.rename(job.partial, job.final)
         fsync_directory(job.final.parent)

@@ -69,10 +69,10 @@ def quiesced(
     undo: list[Callable[[], None]] = []
     try:
         for container in group.containers:
-            action, entry, started = _quiesce_one(container, group, docker, journal)
-            actions.append(action)
-            if entry is not None:
-                undo.append(_restorer(action, entry, started, docker, journal))
+            # Signals wait while a container changes state: an API call cut in half would leave coord unsure
+            # what the engine did. They are raised between containers, or during the archive itself.
+            with deferred():
+                _quiesce_one(container, group, docker, journal, actions, undo)
         yield actions
     finally:
         with deferred():
@@ -81,37 +81,43 @@ def quiesced(
 
 
 def _quiesce_one(
-    container: ContainerInfo, group: QuiesceGroup, docker: DockerControl, journal: Journal
-) -> tuple[ContainerAction, JournalEntry | None, float]:
-    """Pause or stop one container if it runs. Returns its action, and the journal entry and start time when
-    coord changed it (None when it was left alone)."""
+    container: ContainerInfo,
+    group: QuiesceGroup,
+    docker: DockerControl,
+    journal: Journal,
+    actions: list[ContainerAction],
+    undo: list[Callable[[], None]],
+) -> None:
+    """Pause or stop one container if it runs: journal first, register the undo, then act."""
     state = docker.container_state(container.id)
     if state != "running":
         log.info("%s is %s: left alone", container.name, state or "gone")
-        return ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"), None, 0.0
+        actions.append(ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"))
+        return
     verb = PAUSED if group.strategy is Strategy.PAUSE else STOPPED
     entry = journal.record("container", container.id, verb, container.name)
-    started = time.monotonic()
+    action = ContainerAction(container.name, container.id, verb, prior_state="running")
+    actions.append(action)
+    # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
+    # so it is right whether the call below succeeds, fails, or fails after the engine acted.
+    undo.append(_restorer(action, entry, time.monotonic(), docker, journal))
     try:
         if verb == PAUSED:
             docker.pause(container.id)
         else:
             docker.stop(container.id, group.stop_timeout)
-    except CoordError:
-        # The call failed, but the engine may have acted before its answer was lost: restore if it did.
-        now = docker.container_state(container.id)
-        if now not in ("paused", "exited", "created"):
-            journal.clear(entry)
-            raise
+    except CoordError as error:
+        action.action = "failed"
+        action.error = f"could not {'pause' if verb == PAUSED else 'stop'}: {error.message}"
+        raise
     log.info("%s %s", verb, container.name)
-    return ContainerAction(container.name, container.id, verb, prior_state="running"), entry, started
 
 
 def _restorer(
     action: ContainerAction, entry: JournalEntry, started: float, docker: DockerControl, journal: Journal
 ) -> Callable[[], None]:
     def restore() -> None:
-        error = put_back(docker, action.id, action.container, action.action)
+        error = put_back(docker, action.id, action.container, entry.action)
         action.seconds = time.monotonic() - started
         if error is None:
             journal.clear(entry)

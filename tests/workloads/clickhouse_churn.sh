@@ -30,7 +30,7 @@ while :; do
   n=$((n + 1))
   write_part "$table/tmp_insert_202601_${n}_${n}_0" "$n" "$n"
   mv "$table/tmp_insert_202601_${n}_${n}_0" "$table/202601_${n}_${n}_0"
-  echo "$n" > "$root/writer.count"
+  echo "$n" > "$root/writer.count.new" && mv "$root/writer.count.new" "$root/writer.count"
   echo "$n" >> "$root/writer.log"
   if [ $((n % merge_every)) -eq 0 ]; then
     first=$((n - merge_every + 1))
