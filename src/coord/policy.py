@@ -216,8 +216,8 @@ class Policy(BaseModel):
     stop_order: list[str] = Field(
         default_factory=list,
         description=(
-            "strategy stop: containers (names or services) to stop first, in this order; the others follow in "
-            "name order. They are started again in the reverse order, so list writers before the database."
+            "strategies pause and stop: containers (names or services) to pause/stop first, in this order; the "
+            "others follow in name order. They come back in the reverse order, so list writers before the database."
         ),
         examples=[["worker", "web"]],
     )

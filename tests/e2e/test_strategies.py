@@ -279,6 +279,30 @@ def test_quiescing_that_keeps_failing_fails_the_volume_cleanly(writer, docker_cl
     assert container_state(docker_client, container) == "running"
 
 
+def test_a_container_that_cannot_be_put_back_is_loud_and_recoverable(writer, docker_client, tmp_path) -> None:
+    volume, container, _ = writer
+    write_policy(tmp_path / "p", "db", policy_text(volume, "pause"))
+    socket_path = Path(f"/tmp/coord-proxy-{os.getpid()}.sock")
+    socket_path.unlink(missing_ok=True)
+    try:
+        with FaultProxy(socket_path, r"/containers/[^/]+/unpause ", fail_count=100):
+            run = backup(tmp_path / "p", tmp_path / "b", env={"DOCKER_HOST": f"unix://{socket_path}"})
+    finally:
+        socket_path.unlink(missing_ok=True)
+    assert run.returncode == 1
+    assert run.json["ok"] is False
+    [error] = run.json["errors"]
+    assert error.startswith(f"container {container.name}: could not put {container.name} back")
+    assert f"run: docker unpause {container.name}   (or: coord recover)" in error
+    [entry] = run.json["volumes"]
+    assert entry["containers"][0]["restored"] is False
+    assert entry["status"] == "ok"  # the archive itself is good; the run fails because of the container
+    assert container_state(docker_client, container) == "paused"
+    run = run_coord("recover", "--json")
+    assert run.returncode == 0 and len(run.json["restored"]) == 1
+    assert container_state(docker_client, container) == "running"
+
+
 def test_hooks_run_outside_the_pause_and_after_hooks_always_run(writer, docker_client, tmp_path) -> None:
     volume, container, mount = writer
     log_hook = "{container: %s, exec: [sh, -c, 'echo %s >> /data/hooks.log']}"
