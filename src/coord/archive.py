@@ -35,10 +35,11 @@ TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin"
 ProgressCallback = Callable[[int, int], None]  # (entries archived so far, compressed bytes written so far)
 
 
-def compressor_command(compression: Compression) -> list[str]:
+def compressor_command(compression: Compression, level: int | None = None, threads: int = 0) -> list[str]:
+    """The compressor reading tar's stream: zstd -3 on every core by default, or gzip -6."""
     if compression is Compression.ZSTD:
-        return ["zstd", "-q", "-c", "-3", "-T0"]
-    return ["gzip", "-c", "-6"]
+        return ["zstd", "-q", "-c", f"-{level or 3}", f"-T{threads}"]
+    return ["gzip", "-c", f"-{level or 6}"]
 
 
 def decompressor_command(compression: Compression) -> list[str]:
@@ -141,6 +142,7 @@ def create_archive(
     matcher: ExcludeMatcher,
     compression: Compression,
     on_progress: ProgressCallback | None = None,
+    compressor: list[str] | None = None,
 ) -> ArchiveOutcome:
     """Archive the directory `source` into `partial_path` (created; must not exist).
 
@@ -163,7 +165,7 @@ def create_archive(
         outcome.finished_at = time.time()
         return outcome
     try:
-        _run_pipeline(source, output, matcher, compression, outcome, on_progress)
+        _run_pipeline(source, output, matcher, compressor or compressor_command(compression), outcome, on_progress)
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -175,7 +177,7 @@ def _run_pipeline(
     source: Path,
     output: BinaryIO,
     matcher: ExcludeMatcher,
-    compression: Compression,
+    compressor_argv: list[str],
     outcome: ArchiveOutcome,
     on_progress: ProgressCallback | None,
 ) -> None:
@@ -205,7 +207,7 @@ def _run_pipeline(
         os.close(index_write)
         index_write = -1
         compressor = subprocess.Popen(
-            compressor_command(compression),
+            compressor_argv,
             stdin=tar.stdout,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

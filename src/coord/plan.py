@@ -13,7 +13,8 @@ from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError, PolicyError
 from coord.policy import LoadedPolicy, Strategy, is_glob
 
-QUIESCING = (Strategy.PAUSE, Strategy.STOP)
+QUIESCING = (Strategy.PAUSE, Strategy.STOP, Strategy.SNAPSHOT)  # strategies that change containers' state
+WITH_CONTAINERS = (*QUIESCING, Strategy.AUTO)  # strategies that need to know the containers
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def group_volumes(plans: Sequence[VolumePlan], docker: DockerControl) -> list[Qu
         try:
             users = docker.containers_using(plan.volume)
             group.users[plan.volume] = [c.name for c in users]
-            if plan.strategy in QUIESCING:
+            if plan.strategy in WITH_CONTAINERS:
                 extra = [c for reference in policy.containers for c in resolve_containers(reference, docker)]
                 group.containers = _unique(users + extra)
         except CoordError as error:
@@ -180,7 +181,8 @@ def describe_group(group: QuiesceGroup) -> list[str]:
             lines.append(f"{plan.volume}: FAILS: {plan.error}")
         elif plan.volume in group.errors:
             lines.append(f"{plan.volume}: FAILS: {group.errors[plan.volume]}")
-    if group.strategy is Strategy.EXCLUDE or all(p.error or p.volume in group.errors for p in group.volumes):
+    runnable = [p for p in group.volumes if not (p.error or p.volume in group.errors)]
+    if group.strategy is Strategy.EXCLUDE or not runnable:
         if group.strategy is Strategy.EXCLUDE:
             lines.append(f"{names}: excluded by policy: nothing archived, no container touched")
         return lines
@@ -194,22 +196,44 @@ def describe_group(group: QuiesceGroup) -> list[str]:
     for item in group.policies:
         for hook in item.policy.hooks.before:
             add(f"exec in {hook.container}: {' '.join(hook.exec)} (before hook of {item.name}, {hook.timeout_s}s)")
-    verbs = {Strategy.PAUSE: ("pause", "unpause"), Strategy.STOP: ("stop", "start")}.get(group.strategy)
+    strategy = group.strategy
+    if strategy is Strategy.AUTO:
+        for plan in runnable:
+            limit = plan.policy.policy.max_vanished
+            add(
+                f"archive {plan.volume} live; keep it unless the verdict is at-risk"
+                + (f" or more than {limit} entries vanished" if limit is not None else "")
+            )
+        escalation = Strategy(group.volumes[0].policy.policy.escalate_to.value)
+        lines.append(f"   otherwise, once, with strategy {escalation.value}:")
+        strategy = escalation
+    verbs = {
+        Strategy.PAUSE: ("pause", "unpause"),
+        Strategy.SNAPSHOT: ("pause", "unpause"),
+        Strategy.STOP: ("stop", "start"),
+    }.get(strategy)
     running = [c.name for c in group.containers if c.state == "running"]
     if verbs:
-        timeout = f" (timeout {group.stop_timeout}s)" if group.strategy is Strategy.STOP else ""
+        timeout = f" (timeout {group.stop_timeout}s)" if strategy is Strategy.STOP else ""
         add(f"{verbs[0]} {', '.join(running) or 'nothing (no running container)'}, in this order{timeout}")
         idle = [f"{c.name} ({c.state})" for c in group.containers if c.state != "running"]
         if idle:
             lines.append(f"   left alone, not running: {', '.join(idle)}")
-    for plan in group.volumes:
-        if plan.error or plan.volume in group.errors:
-            continue
-        users = group.users.get(plan.volume, [])
-        keep = f" while {', '.join(users)} keep running" if group.strategy is Strategy.LIVE and users else ""
-        add(f"archive {plan.volume} (policy {plan.policy.name}, {plan.strategy.value}){keep}")
-    if verbs and running:
-        add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
+    if strategy is Strategy.SNAPSHOT:
+        for plan in runnable:
+            add(f"snapshot {plan.volume}: hard links (or reflinks) under .coord-snapshot-*, no data copied")
+        if verbs and running:
+            add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
+        for plan in runnable:
+            add(f"archive {plan.volume} from its snapshot, then remove the snapshot (policy {plan.policy.name})")
+    else:
+        for plan in runnable:
+            users = group.users.get(plan.volume, [])
+            keep = f" while {', '.join(users)} keep running" if strategy is Strategy.LIVE and users else ""
+            if group.strategy is not Strategy.AUTO or strategy is not Strategy.LIVE:
+                add(f"archive {plan.volume} (policy {plan.policy.name}, {strategy.value}){keep}")
+        if verbs and running:
+            add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
     for item in group.policies:
         for hook in item.policy.hooks.after:
             add(f"exec in {hook.container}: {' '.join(hook.exec)} (after hook of {item.name})")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coord.errors import PolicyError, UsageError
 
@@ -31,6 +31,16 @@ class Strategy(StrEnum):
     PAUSE = "pause"
     STOP = "stop"
     EXCLUDE = "exclude"
+    SNAPSHOT = "snapshot"
+    AUTO = "auto"
+
+
+class Escalation(StrEnum):
+    """What `auto` falls back to when a live read is not good enough."""
+
+    SNAPSHOT = "snapshot"
+    PAUSE = "pause"
+    STOP = "stop"
 
 
 class Compression(StrEnum):
@@ -169,9 +179,12 @@ class Policy(BaseModel):
         description=(
             "live: archive while the containers run; vanished/changed files are warnings, real read errors fail. "
             "pause: `docker pause` the containers using the volume while it is archived. "
-            "stop: stop them, archive, start them again. exclude: do not back the volume up."
+            "stop: stop them, archive, start them again. exclude: do not back the volume up. "
+            "snapshot: pause, hard-link the tree (milliseconds), unpause, archive the links: for stores whose "
+            "files are immutable once written (ClickHouse, Kafka), not for Postgres. auto: try live; if the "
+            "verdict is at-risk or more than max_vanished entries vanished, retry once with escalate_to."
         ),
-        examples=["live", "pause"],
+        examples=["live", "pause", "snapshot"],
     )
     exclude: list[ExcludePattern] = Field(
         default_factory=list,
@@ -197,6 +210,34 @@ class Policy(BaseModel):
             "volume fails and no archive is kept."
         ),
         examples=["warn", "fail"],
+    )
+    escalate_to: Escalation = Field(
+        default=Escalation.PAUSE,
+        description="strategy auto: the strategy of the second attempt when the live read is not good enough.",
+        examples=["snapshot"],
+    )
+    max_vanished: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "strategy auto: escalate when more entries than this vanished during the live read (no limit when "
+            "unset; an at-risk verdict always escalates)."
+        ),
+        examples=[100],
+    )
+    compression_level: int | None = Field(
+        default=None,
+        ge=1,
+        le=19,
+        description="Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+        examples=[3],
+    )
+    compression_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="zstd worker threads; 0 (default) uses every core. gzip is single-threaded.",
+        examples=[0],
     )
     containers: list[str] = Field(
         default_factory=list,
@@ -226,6 +267,12 @@ class Policy(BaseModel):
         description="Commands run with docker exec before and after the archiving step.",
         examples=[{"before": [{"container": "clickhouse", "exec": ["clickhouse-client", "-q", "SYSTEM STOP MERGES"]}]}],
     )
+
+    @model_validator(mode="after")
+    def _level_fits_compression(self) -> Policy:
+        if self.compression is Compression.GZIP and self.compression_level is not None and self.compression_level > 9:
+            raise ValueError(f"compression_level: gzip accepts 1-9, got {self.compression_level}")
+        return self
 
     @field_validator("volumes")
     @classmethod
@@ -348,6 +395,8 @@ def _message_for(error: dict[str, Any]) -> str:
         expected = error.get("ctx", {}).get("expected", "")
         choices = ", ".join(re.findall(r"'([^']*)'", expected))
         return f"'{value}' is not one of {choices}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"{error['msg'].replace('Input should be', 'must be')}, got {_describe(value)}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind == "too_short":
@@ -404,7 +453,8 @@ def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
         for item in error.errors(include_url=False):
             location = tuple(item["loc"])
             line = _line_of(root, location, key=item["type"] == "extra_forbidden")
-            problems.append(f"{_where(path, line)}: {_format_location(location)}: {_message_for(item)}")
+            key = f"{_format_location(location)}: " if location else ""
+            problems.append(f"{_where(path, line)}: {key}{_message_for(item)}")
         return None, problems
 
 

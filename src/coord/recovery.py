@@ -9,6 +9,7 @@ from pathlib import Path
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
 from coord.journal import Journal
+from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
 log = logging.getLogger("coord.recovery")
@@ -17,7 +18,7 @@ log = logging.getLogger("coord.recovery")
 @dataclass
 class RecoveryReport:
     restored: list[str] = field(default_factory=list)  # "unpaused X" / "started X" / "X was already back"
-    removed_partials: list[str] = field(default_factory=list)
+    removed_partials: list[str] = field(default_factory=list)  # partial archives and snapshot directories
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -36,6 +37,11 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
     """
     report = RecoveryReport()
     for entry in journal.entries():
+        if entry.kind == "snapshot":
+            remove_snapshot(Path(entry.key))
+            report.removed_partials.append(entry.key)
+            journal.clear(entry)
+            continue
         if entry.kind == "partial":
             remove_partial(Path(entry.key))
             report.removed_partials.append(entry.key)

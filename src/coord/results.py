@@ -58,6 +58,7 @@ class VolumeResult:
     errors: list[str] = field(default_factory=list)
     containers: list[ContainerAction] = field(default_factory=list)
     hooks: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # strategy auto: each read, in order
     duration_s: float = 0.0
 
     @property
@@ -82,6 +83,7 @@ class VolumeResult:
             "downtime_s": round(self.downtime_s, 3),
             "containers": [c.to_json() for c in self.containers],
             "hooks": self.hooks,
+            "attempts": self.attempts,
             "duration_s": round(self.duration_s, 3),
         }
 

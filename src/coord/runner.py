@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coord import __version__
-from coord.archive import ArchiveOutcome, archive_suffix, create_archive, remove_partial
+from coord.archive import ArchiveOutcome, archive_suffix, compressor_command, create_archive, remove_partial
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
@@ -36,6 +36,14 @@ from coord.problems import ProblemKind
 from coord.recovery import recover
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
 from coord.signals import termination_raises
+from coord.snapshot import (
+    SNAPSHOT_PREFIX,
+    Snapshot,
+    detect_clone_method,
+    remove_snapshot,
+    snapshot_path_for,
+    take_snapshot,
+)
 from coord.strategies import quiesced
 from coord.verify import Expected, compare, read_back
 
@@ -73,14 +81,14 @@ def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Pat
     return candidate
 
 
-def decide_status(outcome: ArchiveOutcome, on_at_risk: OnAtRisk) -> tuple[VolumeStatus, list[str]]:
-    """The volume's status from what archiving found, and the errors that made it fail (if it did)."""
+def decide_status(
+    outcome: ArchiveOutcome, verdict: Verdict | None, reasons: list[str], on_at_risk: OnAtRisk
+) -> tuple[VolumeStatus, list[str]]:
+    """The volume's status from what archiving found and the verdict, and the errors that made it fail."""
     critical = [problem.describe() for problem in outcome.critical]
     if critical:
         return VolumeStatus.FAILED, critical
-    verdict = outcome.consistency.verdict if outcome.consistency else None
     if verdict is Verdict.AT_RISK and on_at_risk is OnAtRisk.FAIL:
-        reasons = outcome.consistency.reasons if outcome.consistency else []
         return VolumeStatus.FAILED, ["verdict at-risk and the policy says on_at_risk: fail: " + "; ".join(reasons)]
     if verdict is not Verdict.CONSISTENT or any(
         outcome.of_kind(kind) for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)
@@ -122,6 +130,10 @@ class _Job:
     final: Path | None = None
     partial_entry: JournalEntry | None = None
     outcome: ArchiveOutcome | None = None
+    snapshot: Snapshot | None = None
+    snapshot_entry: JournalEntry | None = None
+    used: Strategy | None = None  # the strategy of the read that produced `outcome`
+    modified_after_snapshot: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> Path:
@@ -157,13 +169,21 @@ def back_up_group(
     hook_runs, hooked, blocked = _run_before_hooks(policies, docker)
     actions: list[ContainerAction] = []
     quiesce_error: str | None = None
+    attempted = group.strategy
     try:
-        if blocked is None:
-            with quiesced(group, docker, journal, actions):
-                for job in runnable:
-                    _archive(job, dest, journal, progress)
+        if blocked is None and group.strategy is Strategy.AUTO:
+            for job in runnable:
+                job.used = Strategy.LIVE
+                _archive(job, dest, journal, progress)
+            escalating = [job for job in runnable if _escalate_if_needed(job, journal)]
+            if escalating:
+                attempted = Strategy(escalating[0].plan.policy.policy.escalate_to.value)
+                _quiesced_pass(group, attempted, escalating, dest, docker, journal, progress, actions)
+        elif blocked is None:
+            _quiesced_pass(group, group.strategy, runnable, dest, docker, journal, progress, actions)
     except CoordError as error:
-        quiesce_error = f"could not {group.strategy.value} containers: {error.message}"
+        verb = "stop" if attempted is Strategy.STOP else "pause"
+        quiesce_error = f"could not {verb} containers: {error.message}"
     finally:
         for item in reversed(hooked):
             for hook in item.policy.hooks.after:
@@ -184,6 +204,85 @@ def back_up_group(
         if job.result.status is VolumeStatus.OK and job.result.errors:  # a before hook failed under continue
             job.result.status = VolumeStatus.WARNING
     return [job.result for job in jobs], run_errors
+
+
+def _quiesced_pass(
+    group: QuiesceGroup,
+    strategy: Strategy,
+    jobs: list[_Job],
+    dest: Path,
+    docker: DockerControl,
+    journal: Journal,
+    progress: Progress | None,
+    actions: list[ContainerAction],
+) -> None:
+    """Quiesce the group's containers per `strategy` and read the volumes: inside the window (pause, stop), or
+    from snapshots taken inside it and read once the containers run again (snapshot)."""
+    for job in jobs:
+        job.used = strategy
+    with quiesced(group, docker, journal, actions, strategy):
+        if strategy is not Strategy.SNAPSHOT:
+            for job in jobs:
+                _archive(job, dest, journal, progress)
+            return
+        for job in jobs:
+            _take_snapshot(job, journal)
+        unpause_started_ns = time.time_ns()  # a write after this point is a write after the snapshot
+    for job in jobs:
+        if job.snapshot is None:
+            continue
+        job.snapshot.unpaused_at_ns = unpause_started_ns
+        entry = job.snapshot_entry
+        try:
+            _archive(job, dest, journal, progress, source=job.snapshot.path)
+            job.modified_after_snapshot = job.snapshot.modified_since_unpause(_matcher(job))
+        finally:
+            remove_snapshot(job.snapshot.path)
+            journal.clear(entry)
+
+
+def _take_snapshot(job: _Job, journal: Journal) -> None:
+    assert job.source is not None
+    path = snapshot_path_for(job.source)
+    job.snapshot_entry = journal.record("snapshot", str(path), "snapshot", job.plan.volume)
+    try:
+        job.snapshot = take_snapshot(job.source, path, detect_clone_method(job.source))
+    except CoordError as error:
+        journal.clear(job.snapshot_entry)
+        job.result.errors.append(error.message)
+
+
+def _escalate_if_needed(job: _Job, journal: Journal) -> bool:
+    """strategy auto: keep the live archive, or record it as a first attempt and discard it (True)."""
+    outcome = job.outcome
+    if outcome is None or outcome.critical or outcome.consistency is None:
+        return False  # a failure a quieter read would not fix: report it as it is
+    policy = job.plan.policy.policy
+    vanished = len(outcome.of_kind(ProblemKind.VANISHED))
+    reason = None
+    if outcome.consistency.verdict is Verdict.AT_RISK:
+        reason = "verdict at-risk"
+    elif policy.max_vanished is not None and vanished > policy.max_vanished:
+        reason = f"{vanished} entries vanished, more than max_vanished {policy.max_vanished}"
+    if reason is None:
+        return False
+    job.result.attempts.append(
+        {
+            "strategy": Strategy.LIVE.value,
+            "verdict": outcome.consistency.verdict.value,
+            "verdict_reasons": list(outcome.consistency.reasons),
+            "warnings": {k.value: len(outcome.of_kind(k)) for k in ProblemKind if k is not ProblemKind.CRITICAL},
+            "entries": outcome.entries,
+            "duration_s": round(outcome.finished_at - outcome.started_at, 3),
+            "escalated": f"{reason}: retried with {policy.escalate_to.value}",
+        }
+    )
+    remove_partial(job.partial)
+    if job.partial_entry is not None:
+        journal.clear(job.partial_entry)
+    job.outcome = job.final = job.partial_entry = None
+    log.warning("%s: live read not good enough (%s); escalating to %s", job.plan.volume, reason, policy.escalate_to)
+    return True
 
 
 def _run_before_hooks(
@@ -210,8 +309,9 @@ def _new_result(plan: VolumePlan) -> VolumeResult:
     )
 
 
-def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None) -> None:
-    """Archive one volume to its .partial file, journaled so a crash of coord leaves nothing behind."""
+def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None, source: Path | None = None) -> None:
+    """Archive one volume (or its snapshot, `source`) to its .partial file, journaled so a crash of coord
+    leaves nothing behind."""
     policy = job.plan.policy.policy
     job.started = datetime.now(UTC)
     job.clock = time.monotonic()
@@ -227,11 +327,12 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None)
         if progress:
             progress.begin(job.plan.volume)
         job.outcome = create_archive(
-            job.source,
+            source or job.source,
             job.partial,
-            ExcludeMatcher.of(policy.exclude),
+            _matcher(job),
             policy.compression,
             progress.update if progress else None,
+            compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
         )
     except BaseException:
         if job.partial_entry is not None:
@@ -242,14 +343,38 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None)
             progress.end()
 
 
+def _matcher(job: _Job) -> ExcludeMatcher:
+    # A snapshot left by a dead run is never archived, whatever the strategy.
+    return ExcludeMatcher.of([*job.plan.policy.policy.exclude, f"/{SNAPSHOT_PREFIX}*"])
+
+
 def _finish(job: _Job, journal: Journal) -> None:
     """Decide the volume's status, read its archive back, and publish it with its manifest, or remove it."""
     result, outcome = job.result, job.outcome
     if outcome is None:  # archiving never started (destination problem): the error is already recorded
         return
     _fill_from_outcome(result, outcome)
+    if job.modified_after_snapshot:
+        result.verdict = Verdict.AT_RISK.value
+        result.verdict_reasons.append(
+            f"{len(job.modified_after_snapshot)} file(s) were modified in place after the snapshot (e.g. "
+            f"{job.modified_after_snapshot[0]}): a hard link shares their content; use pause or stop here"
+        )
+    if job.plan.strategy is Strategy.AUTO and job.used is not None:
+        result.attempts.append(
+            {
+                "strategy": job.used.value,
+                "verdict": result.verdict,
+                "verdict_reasons": list(result.verdict_reasons),
+                "warnings": dict(result.warnings),
+                "entries": result.entries,
+                "duration_s": round(outcome.finished_at - outcome.started_at, 3),
+                "escalated": None,
+            }
+        )
     policy = job.plan.policy.policy
-    result.status, errors = decide_status(outcome, policy.on_at_risk)
+    verdict = Verdict(result.verdict) if result.verdict else None
+    result.status, errors = decide_status(outcome, verdict, result.verdict_reasons, policy.on_at_risk)
     result.errors.extend(errors)
     if result.status is not VolumeStatus.FAILED:
         read = read_back(job.partial, policy.compression)
@@ -266,7 +391,12 @@ def _finish(job: _Job, journal: Journal) -> None:
         result.archive = str(job.final)
         result.duration_s = time.monotonic() - job.clock
         manifest = manifest_path_for(job.final)
-        write_json_atomically(manifest, build_manifest(result, job.plan, job.source, outcome, job.started))
+        write_json_atomically(
+            manifest,
+            build_manifest(
+                result, job.plan, job.source, outcome, job.started, job.snapshot, job.modified_after_snapshot
+            ),
+        )
         result.manifest = str(manifest)
     journal.clear(job.partial_entry)
     result.duration_s = time.monotonic() - job.clock
@@ -285,7 +415,13 @@ def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
 
 
 def build_manifest(
-    result: VolumeResult, plan: VolumePlan, source: Path, outcome: ArchiveOutcome, started: datetime
+    result: VolumeResult,
+    plan: VolumePlan,
+    source: Path,
+    outcome: ArchiveOutcome,
+    started: datetime,
+    snapshot: Snapshot | None = None,
+    modified: Sequence[str] = (),
 ) -> dict[str, object]:
     """The manifest document: enough to verify the archive and to know how consistent it is, without coord."""
     consistency = outcome.consistency
@@ -323,4 +459,6 @@ def build_manifest(
         "containers": [c.to_json() for c in result.containers],
         "downtime_s": round(result.downtime_s, 3),
         "hooks": result.hooks,
+        "attempts": result.attempts,
+        "snapshot": {"method": snapshot.method.value, "modified_after": modified} if snapshot else None,
     }

@@ -56,14 +56,20 @@ def put_back(docker: DockerControl, container_id: str, name: str, action: str) -
 
 @contextmanager
 def quiesced(
-    group: QuiesceGroup, docker: DockerControl, journal: Journal, actions: list[ContainerAction]
+    group: QuiesceGroup,
+    docker: DockerControl,
+    journal: Journal,
+    actions: list[ContainerAction],
+    strategy: Strategy | None = None,
 ) -> Iterator[list[ContainerAction]]:
-    """Hold the group's containers paused or stopped for the block; put them back however it ends.
+    """Hold the group's containers paused (pause, snapshot) or stopped (stop) for the block; put them back
+    however it ends. `strategy` overrides the group's (auto escalating to pause, stop or snapshot).
 
     Each container's action is appended to `actions` as it happens, so the caller has the record even when
     quiescing fails halfway (and the containers already changed were put back).
     """
-    if group.strategy not in QUIESCING:
+    strategy = strategy or group.strategy
+    if strategy not in QUIESCING:
         yield actions
         return
     undo: list[Callable[[], None]] = []
@@ -72,7 +78,7 @@ def quiesced(
             # Signals wait while a container changes state: an API call cut in half would leave coord unsure
             # what the engine did. They are raised between containers, or during the archive itself.
             with deferred():
-                _quiesce_one(container, group, docker, journal, actions, undo)
+                _quiesce_one(container, strategy, group.stop_timeout, docker, journal, actions, undo)
         yield actions
     finally:
         with deferred():
@@ -82,7 +88,8 @@ def quiesced(
 
 def _quiesce_one(
     container: ContainerInfo,
-    group: QuiesceGroup,
+    strategy: Strategy,
+    stop_timeout: int,
     docker: DockerControl,
     journal: Journal,
     actions: list[ContainerAction],
@@ -94,7 +101,7 @@ def _quiesce_one(
         log.info("%s is %s: left alone", container.name, state or "gone")
         actions.append(ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"))
         return
-    verb = PAUSED if group.strategy is Strategy.PAUSE else STOPPED
+    verb = STOPPED if strategy is Strategy.STOP else PAUSED
     entry = journal.record("container", container.id, verb, container.name)
     action = ContainerAction(container.name, container.id, verb, prior_state="running")
     actions.append(action)
@@ -105,7 +112,7 @@ def _quiesce_one(
         if verb == PAUSED:
             docker.pause(container.id)
         else:
-            docker.stop(container.id, group.stop_timeout)
+            docker.stop(container.id, stop_timeout)
     except CoordError as error:
         action.action = "failed"
         action.error = f"could not {'pause' if verb == PAUSED else 'stop'}: {error.message}"

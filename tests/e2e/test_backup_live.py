@@ -175,13 +175,16 @@ def test_malformed_policy_exits_2_without_touching_docker(tmp_path: Path) -> Non
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     run = run_coord("backup", "--policies-dir", str(policies), "--dest", str(tmp_path / "b"), env=env)
     assert run.returncode == 2
-    assert f"{policies}/clickhouse.yaml:2: strategy: 'puase' is not one of live, pause, stop, exclude" in run.stderr
+    expected = (
+        f"{policies}/clickhouse.yaml:2: strategy: 'puase' is not one of live, pause, stop, exclude, snapshot, auto"
+    )
+    assert expected in run.stderr
     run = run_coord("backup", "--policies-dir", str(policies), "--dest", str(tmp_path / "b"), "--json", env=env)
     assert run.returncode == 2
     assert run.json == {
         "ok": False,
         "volumes": [],
-        "errors": [f"{policies}/clickhouse.yaml:2: strategy: 'puase' is not one of live, pause, stop, exclude"],
+        "errors": [expected],
     }
     assert not (tmp_path / "b").exists()
     run = run_coord("validate", "--policies-dir", str(policies))

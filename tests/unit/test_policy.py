@@ -22,15 +22,15 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
     [
         pytest.param(
             "volumes: [a]\nstrategy: puase\n",
-            ["policies/clickhouse.yaml:2: strategy: 'puase' is not one of live, pause, stop, exclude"],
+            ["policies/clickhouse.yaml:2: strategy: 'puase' is not one of live, pause, stop, exclude, snapshot, auto"],
             id="bad-strategy",
         ),
         pytest.param(
             "volumes: [a]\nstrategy: live\nexlude: [tmp]\n",
             [
                 "policies/clickhouse.yaml:3: exlude: unknown key 'exlude' (did you mean 'exclude'?); allowed keys: "
-                "description, volumes, strategy, exclude, compression, on_at_risk, containers, stop_timeout, "
-                "stop_order, hooks"
+                "description, volumes, strategy, exclude, compression, on_at_risk, escalate_to, max_vanished, "
+                "compression_level, compression_threads, containers, stop_timeout, stop_order, hooks"
             ],
             id="unknown-key",
         ),
@@ -124,7 +124,7 @@ def test_a_directory_reports_every_file_and_cross_file_problems(tmp_path: Path) 
     with pytest.raises(PolicyError) as caught:
         load_policies(tmp_path)
     assert caught.value.problems == [
-        f"{tmp_path}/c.yaml:2: strategy: 'nope' is not one of live, pause, stop, exclude",
+        f"{tmp_path}/c.yaml:2: strategy: 'nope' is not one of live, pause, stop, exclude, snapshot, auto",
         f"{tmp_path}/b.yaml: volumes: 'shared' is also selected by {tmp_path}/a.yaml; a volume belongs to one policy",
     ]
     assert caught.value.exit_code == 2
