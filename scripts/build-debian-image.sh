@@ -24,6 +24,7 @@ cache_dir=${COORD_IMAGE_CACHE:-/var/cache/coord-images}
 # The mirror: whatever apt on this host fetches bookworm from (deb822 .sources or one-line .list files alike).
 # Nothing host-specific is written into the repository; the mirror only enters the digest and the image.
 # --no-release-info: answer from the configuration alone, also before the first `apt-get update`.
+# shellcheck disable=SC2016 # $(FIELD) is apt's own format syntax, not the shell's
 apt_targets=$(apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE) $(REPO_URI)' 2>/dev/null || true)
 mirror=${COORD_DEBIAN_MIRROR:-}
 if [ -z "$mirror" ]; then

@@ -24,7 +24,10 @@
 set -euo pipefail
 say() { printf 'docker-build-pip: %s\n' "$*" >&2; }
 
-[ $# -ge 1 ] && [ -d "$1" ] || { say "usage: $0 CONTEXT_DIR [docker build options...]"; exit 2; }
+if [ $# -lt 1 ] || [ ! -d "$1" ]; then
+  say "usage: $0 CONTEXT_DIR [docker build options...]"
+  exit 2
+fi
 source_context=$1
 shift
 
