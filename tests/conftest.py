@@ -132,9 +132,11 @@ def make_volume(docker_client, unique) -> Iterator[Callable[[str], str]]:
 def make_container(docker_client, unique) -> Iterator[Callable[..., object]]:
     created: list[object] = []
 
-    def make(stem: str, command: list[str] | str, volumes: dict[str, str] | None = None, **options) -> object:
+    def make(
+        stem: str, command: list[str] | str, volumes: dict[str, str] | None = None, image: str = TEST_IMAGE, **options
+    ) -> object:
         container = docker_client.containers.run(
-            TEST_IMAGE,
+            image,
             command,
             name=unique(stem),
             detach=True,
