@@ -13,6 +13,8 @@ command -v zstd >/dev/null || need_packages+=(zstd)
 command -v gpg >/dev/null || need_packages+=(gnupg)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_packages+=(busybox-static)
 command -v dockerd >/dev/null || need_packages+=(docker.io)
+command -v docker-compose >/dev/null || need_packages+=(docker-compose)   # the sidecar example's tests
+command -v debootstrap >/dev/null || need_packages+=(debootstrap)         # offline base image (docs/images.md)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -21,6 +21,7 @@ from coord.policy import load_policies, render_json_schema
 from coord.results import RunResult, VolumeStatus
 from coord.runner import DEFAULT_STATE_DIR
 from coord.signals import Interrupted
+from coord.sources import VolumeSources, own_container_id
 
 T = TypeVar("T")
 
@@ -62,9 +63,24 @@ LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", help="Seconds to wait for another coord run to finish before giving up (exit 1)."),
 ]
+VolumesRoot = Annotated[
+    Path | None,
+    typer.Option(
+        "--volumes-root",
+        envvar="COORD_VOLUMES_ROOT",
+        help="Sidecar mode: volumes are mounted into this container at DIR/<volume name> (default /volumes when "
+        "coord finds itself in a container). Without it, on the host, volumes are read at their Mountpoint. "
+        "Env: COORD_VOLUMES_ROOT.",
+    ),
+]
 PolicyNames = Annotated[
     list[str] | None,
-    typer.Option("--policy", "-p", help="Policy to run (file name without .yaml); repeat for several. Default: all."),
+    typer.Option(
+        "--policy",
+        "-p",
+        metavar="NAME",
+        help="Policy to run (file name without .yaml); repeat for several. Default: all.",
+    ),
 ]
 
 
@@ -148,6 +164,10 @@ class _ConsoleProgress:
             self._display = None
 
 
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def _human_size(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
@@ -212,6 +232,7 @@ def backup(
     ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     lock_timeout: LockTimeout = 0.0,
+    volumes_root: VolumesRoot = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
@@ -228,6 +249,7 @@ def backup(
             policy_names=tuple(policy or ()),
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
+            sources=VolumeSources.detect(volumes_root),
         )
         load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
         progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
@@ -245,6 +267,7 @@ def backup(
 def plan(
     policy: PolicyNames = None,
     policies_dir: PoliciesDir = Path("policies"),
+    volumes_root: VolumesRoot = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take."""
@@ -262,14 +285,19 @@ def plan(
                 "containers": [{"name": c.name, "state": c.state} for c in group.containers],
                 "steps": describe_group(group),
             }
-            for group in group_volumes(plans, docker)
+            for group in group_volumes(plans, docker, own_container_id())
         ]
 
     groups = _run(as_json, work)
+    sources = VolumeSources.detect(volumes_root)
     if as_json:
-        print(json.dumps({"ok": True, "mode": "host", "groups": groups}))
+        print(
+            json.dumps(
+                {"ok": True, "mode": sources.mode, "volumes_root": _text(sources.volumes_root), "groups": groups}
+            )
+        )
         return
-    print("coord runs on the host: volumes are read at their Docker Mountpoint")
+    print(sources.describe())
     for group in groups:
         names = ", ".join(f"{v['volume']} (policy {v['policy']})" for v in group["volumes"])
         print(f"\n{group['strategy']}: {names}")

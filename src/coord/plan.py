@@ -100,8 +100,12 @@ def resolve_containers(reference: str, docker: DockerControl) -> list[ContainerI
     return found
 
 
-def group_volumes(plans: Sequence[VolumePlan], docker: DockerControl) -> list[QuiesceGroup]:
+def group_volumes(
+    plans: Sequence[VolumePlan], docker: DockerControl, own_container: str | None = None
+) -> list[QuiesceGroup]:
     """Group the runnable plans so that a container shared by several volumes is quiesced once.
+
+    `own_container` (coord's own, when it runs as a sidecar mounting the volumes) is never quiesced.
 
     Volumes are grouped when their policies agree (same strategy and stop timeout) and their container sets
     overlap; each group's containers are in stop order (policy stop_order first, then by name).
@@ -114,7 +118,7 @@ def group_volumes(plans: Sequence[VolumePlan], docker: DockerControl) -> list[Qu
         policy = plan.policy.policy
         group = QuiesceGroup(plan.strategy, [plan], stop_timeout=policy.stop_timeout)
         try:
-            users = docker.containers_using(plan.volume)
+            users = [c for c in docker.containers_using(plan.volume) if c.id != own_container]
             group.users[plan.volume] = [c.name for c in users]
             if plan.strategy in WITH_CONTAINERS:
                 extra = [c for reference in policy.containers for c in resolve_containers(reference, docker)]

@@ -44,6 +44,7 @@ from coord.snapshot import (
     snapshot_path_for,
     take_snapshot,
 )
+from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
 from coord.verify import Expected, compare, read_back
 
@@ -67,6 +68,7 @@ class BackupRequest:
     policy_names: Sequence[str] = ()
     state_dir: Path = DEFAULT_STATE_DIR
     lock_timeout_s: float = 0.0
+    sources: VolumeSources = HOST
 
 
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
@@ -111,8 +113,8 @@ def run_backup(request: BackupRequest, docker: DockerControl, progress: Progress
         recovery = recover(journal, docker)
         result.recovered = recovery.restored + [f"removed {path}" for path in recovery.removed_partials]
         result.errors.extend(recovery.errors)
-        for group in group_volumes(plans, docker):
-            volumes, errors = back_up_group(group, request.dest, docker, journal, progress)
+        for group in group_volumes(plans, docker, own_container_id()):
+            volumes, errors = back_up_group(group, request.dest, docker, journal, progress, request.sources)
             result.volumes.extend(volumes)
             result.errors.extend(errors)
     return result
@@ -142,7 +144,12 @@ class _Job:
 
 
 def back_up_group(
-    group: QuiesceGroup, dest: Path, docker: DockerControl, journal: Journal, progress: Progress | None = None
+    group: QuiesceGroup,
+    dest: Path,
+    docker: DockerControl,
+    journal: Journal,
+    progress: Progress | None = None,
+    sources: VolumeSources = HOST,
 ) -> tuple[list[VolumeResult], list[str]]:
     """Back up the volumes of one quiesce group.
 
@@ -158,7 +165,7 @@ def back_up_group(
             job.result.status = VolumeStatus.EXCLUDED
         else:
             try:
-                job.source = Path(docker.volume_mountpoint(job.plan.volume))
+                job.source = sources.path_of(job.plan.volume, docker)
                 runnable.append(job)
             except CoordError as error:
                 job.result.errors.append(error.message)
