@@ -48,6 +48,11 @@ PoliciesDir = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (see README).")]
+DestOption = Annotated[
+    Path | None,
+    typer.Option("--dest", help="Directory holding the archives, as <dest>/<volume>/... Env: COORD_DEST.",
+                 envvar="COORD_DEST"),
+]
 
 
 def _version(value: bool) -> None:
@@ -155,6 +160,8 @@ def print_run_summary(result: RunResult) -> None:
                 + (f", warnings: {counts}" if counts else "")
             )
             print(f"     -> {volume.archive}")
+            for pruned in volume.pruned:
+                print(f"     pruned {pruned} (retention)")
             for reason in volume.verdict_reasons:
                 print(f"     {reason}")
         else:
@@ -164,6 +171,8 @@ def print_run_summary(result: RunResult) -> None:
                 print(f"     container {container.container}: {container.error}")
         for error in volume.errors:
             print(f"     error: {error}")
+        for error in volume.retention_errors:
+            print(f"     retention error: {error}")
     for error in result.errors:
         print(f"error: {error}")
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
@@ -243,6 +252,45 @@ def policies(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = F
         return
     for row in rows:
         print(f"{row['policy']}: {row['strategy']} {', '.join(row['volumes'])}  ({row['file']})")
+
+
+@app.command()
+def prune(
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", "-p", help="Only the volumes of this policy; repeatable.")
+    ] = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    dest: DestOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Apply each policy's retention to the archives under --dest; archives and manifests go together."""
+    from coord.errors import UsageError
+    from coord.retention import PruneResult, prune_all
+
+    def work() -> list[PruneResult]:
+        if dest is None:
+            raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
+        return prune_all(policies_dir, dest, tuple(policy or ()), dry_run)
+
+    results = _run(as_json, work)
+    failed = any(result.errors for result in results)
+    if as_json:
+        print(json.dumps({"ok": not failed, "volumes": [result.to_json() for result in results]}))
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        for result in results:
+            for path, why in result.deleted:
+                print(f"{result.volume}: {verb} {path} ({why})")
+            for path, why in result.kept:
+                print(f"{result.volume}: keep {path} ({why})")
+            for line in result.ignored:
+                print(f"{result.volume}: ignored {line}")
+            for error in result.errors:
+                print(f"{result.volume}: error: {error}")
+        if not results:
+            print("nothing to prune: no policy with 'retention:' covers a volume directory under the destination")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @app.command()

@@ -58,6 +58,8 @@ class VolumeResult:
     errors: list[str] = field(default_factory=list)
     containers: list[ContainerAction] = field(default_factory=list)
     duration_s: float = 0.0
+    pruned: list[str] = field(default_factory=list)  # older archives retention deleted after this backup
+    retention_errors: list[str] = field(default_factory=list)  # the archive is good, but pruning failed
 
     @property
     def downtime_s(self) -> float:
@@ -81,6 +83,8 @@ class VolumeResult:
             "downtime_s": round(self.downtime_s, 3),
             "containers": [c.to_json() for c in self.containers],
             "duration_s": round(self.duration_s, 3),
+            "pruned": list(self.pruned),
+            "retention_errors": list(self.retention_errors),
         }
 
 
@@ -91,7 +95,9 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(v.status is not VolumeStatus.FAILED for v in self.volumes)
+        return not self.errors and all(
+            v.status is not VolumeStatus.FAILED and not v.retention_errors for v in self.volumes
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "volumes": [v.to_json() for v in self.volumes], "errors": list(self.errors)}

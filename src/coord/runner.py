@@ -3,6 +3,7 @@
     load policies -> plan (which volume, which policy) -> for each volume:
         quiesce per strategy -> archive to .partial -> restore containers -> decide status
         -> read back and compare -> publish (rename) -> write manifest
+        -> apply retention (only after a successful backup of that volume)
 
 Policy problems are raised before anything is touched. Problems of one volume fail that volume, not the run.
 """
@@ -30,6 +31,7 @@ from coord.manifest import MANIFEST_FORMAT, fsync_directory, manifest_path_for, 
 from coord.policy import LoadedPolicy, OnAtRisk, Strategy, is_glob, load_policies
 from coord.problems import ProblemKind
 from coord.results import RunResult, VolumeResult, VolumeStatus
+from coord.retention import prune_volume
 from coord.strategies import quiesced
 from coord.verify import Expected, compare, read_back
 
@@ -215,6 +217,11 @@ def back_up_volume(
     write_json_atomically(manifest, build_manifest(result, plan, source, outcome, started))
     result.manifest = str(manifest)
     log.info("%s: %s, verdict %s, %d entries", plan.volume, result.status.value, result.verdict, result.entries)
+    if policy.retention is not None:
+        # Only here, after this volume's archive was validated and published: a failed run deletes nothing.
+        pruned = prune_volume(plan.volume, final.parent, policy.retention, datetime.now(UTC))
+        result.pruned = [path for path, _ in pruned.deleted]
+        result.retention_errors = pruned.errors
     return result
 
 
