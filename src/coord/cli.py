@@ -16,6 +16,7 @@ from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from coord import __version__
+from coord.encrypt import DEFAULT_STATE_DIR
 from coord.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CoordError, PolicyError
 from coord.policy import load_policies, policy_files, render_json_schema
 from coord.results import RunResult, VolumeStatus
@@ -53,6 +54,32 @@ DestOption = Annotated[
     typer.Option("--dest", help="Directory holding the archives, as <dest>/<volume>/... Env: COORD_DEST.",
                  envvar="COORD_DEST"),
 ]
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        envvar="COORD_STATE_DIR",
+        help="coord's own state; the GnuPG home for recipient keys is <state-dir>/gnupg (keep the path short: "
+        "gpg-agent's sockets live there). Env: COORD_STATE_DIR.",
+    ),
+]
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        envvar="COORD_PASSPHRASE_FILE",
+        help="File whose first line is the passphrase (symmetric encryption, or a passphrase-protected secret "
+        "key). Env: COORD_PASSPHRASE_FILE.",
+    ),
+]
+GpgHome = Annotated[
+    Path | None,
+    typer.Option(
+        "--gpg-home",
+        help="GnuPG home holding the secret key of a recipient, for archives encrypted to public keys. "
+        "Default: $GNUPGHOME or ~/.gnupg.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -83,7 +110,7 @@ def _handle_errors(as_json: bool = False) -> Iterator[None]:
     except CoordError as error:
         if as_json:
             print(json.dumps({"ok": False, "volumes": [], "errors": _error_lines(error)}))
-        stderr.print(f"coord: error: {error.message}", markup=False)
+        stderr.print(f"coord: error: {error.message}", markup=False, soft_wrap=True)  # one line: grep-able
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("coord: interrupted", markup=False)
@@ -191,6 +218,16 @@ def backup(
         typer.Option(help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. "
                      "Env: COORD_DEST.", envvar="COORD_DEST"),
     ] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            envvar="COORD_PASSPHRASE_FILE",
+            help="Encrypt (symmetric AES256) the volumes whose policy has no 'encrypt:' with the passphrase on this "
+            "file's first line. Env: COORD_PASSPHRASE_FILE.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: archive, validate, write a manifest beside each archive."""
@@ -202,7 +239,13 @@ def backup(
             from coord.errors import UsageError
 
             raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-        request = BackupRequest(policies_dir=policies_dir, dest=dest, policy_names=tuple(policy or ()))
+        request = BackupRequest(
+            policies_dir=policies_dir,
+            dest=dest,
+            policy_names=tuple(policy or ()),
+            state_dir=state_dir,
+            passphrase_file=passphrase_file,
+        )
         load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
         progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
         return run_backup(request, DockerControl.connect(), progress)
@@ -252,6 +295,57 @@ def policies(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = F
         return
     for row in rows:
         print(f"{row['policy']}: {row['strategy']} {', '.join(row['volumes'])}  ({row['file']})")
+
+
+def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: Path) -> Callable[[], Any]:
+    """Decryption settings, built only when an archive turns out to be encrypted."""
+
+    def build() -> Any:
+        from coord.encrypt import decryption_for
+
+        return decryption_for(gpg_home, passphrase_file, state_dir)
+
+    return build
+
+
+@app.command()
+def verify(
+    archive: Annotated[Path | None, typer.Argument(help="The archive file (its manifest must be beside it).")] = None,
+    latest: Annotated[
+        str | None, typer.Option("--latest", metavar="VOLUME", help="Verify the newest archive of VOLUME under --dest.")
+    ] = None,
+    dest: DestOption = None,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Read a whole archive (decrypting, decompressing), check its sha256 and entries against its manifest.
+
+    Prints one line, OK or FAIL; exit 0 when it verifies, 1 when it does not, 2 for a usage error.
+    """
+    from coord.errors import UsageError
+    from coord.retention import latest_archive
+    from coord.verify import Verification, verify_archive
+
+    def work() -> Verification:
+        if (archive is None) == (latest is None):
+            raise UsageError("give either an ARCHIVE or --latest VOLUME")
+        path = archive
+        if latest is not None:
+            if dest is None:
+                raise UsageError("--latest needs the destination: pass --dest DIR or set COORD_DEST")
+            path = latest_archive(dest / latest)
+            if path is None:
+                return Verification(archive=str(dest / latest), problems=[f"no archive of volume {latest} in {dest}"])
+        assert path is not None
+        if not path.is_file():
+            raise UsageError(f"archive {path} does not exist or is not a file")
+        return verify_archive(path, _decryption(gpg_home, passphrase_file, state_dir))
+
+    result = _run(as_json, work)
+    print(json.dumps(result.to_json()) if as_json else result.verdict())
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 @app.command()

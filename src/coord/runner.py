@@ -1,8 +1,8 @@
 """One backup run from start to finish.
 
     load policies -> plan (which volume, which policy) -> for each volume:
-        quiesce per strategy -> archive to .partial -> restore containers -> decide status
-        -> read back and compare -> publish (rename) -> write manifest
+        quiesce per strategy -> archive to .partial (encrypted on the way when the policy says so)
+        -> restore containers -> decide status -> read back and compare -> publish (rename) -> write manifest
         -> apply retention (only after a successful backup of that volume)
 
 Policy problems are raised before anything is touched. Problems of one volume fail that volume, not the run.
@@ -25,6 +25,7 @@ from coord import __version__
 from coord.archive import ArchiveOutcome, archive_suffix, create_archive
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
+from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for
 from coord.errors import CoordError, PolicyError
 from coord.excludes import ExcludeMatcher
 from coord.manifest import MANIFEST_FORMAT, fsync_directory, manifest_path_for, write_json_atomically
@@ -33,7 +34,7 @@ from coord.problems import ProblemKind
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.retention import prune_volume
 from coord.strategies import quiesced
-from coord.verify import Expected, compare, read_back
+from coord.verify import ReadBack, WrittenArchiveCheck
 
 log = logging.getLogger("coord")
 
@@ -51,6 +52,8 @@ class BackupRequest:
     policies_dir: Path
     dest: Path
     policy_names: Sequence[str] = ()
+    state_dir: Path = DEFAULT_STATE_DIR
+    passphrase_file: Path | None = None  # symmetric encryption for policies without `encrypt:`
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,19 @@ def run_backup(request: BackupRequest, docker: DockerControl, progress: Progress
     plans = plan_volumes(policies, docker.volume_names(), request.policy_names or None)
     result = RunResult()
     for plan in plans:
-        result.volumes.append(back_up_volume(plan, request.dest, docker, progress))
+        options = {"state_dir": request.state_dir, "passphrase_file": request.passphrase_file}
+        result.volumes.append(back_up_volume(plan, request.dest, docker, progress, **options))
     return result
 
 
 def back_up_volume(
-    plan: VolumePlan, dest: Path, docker: DockerControl, progress: Progress | None = None
+    plan: VolumePlan,
+    dest: Path,
+    docker: DockerControl,
+    progress: Progress | None = None,
+    *,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    passphrase_file: Path | None = None,
 ) -> VolumeResult:
     """Archive one volume under its policy. Never raises for a problem of this volume: it fails the result."""
     policy = plan.policy.policy
@@ -169,7 +179,9 @@ def back_up_volume(
     clock = time.monotonic()
     try:
         source = Path(docker.volume_mountpoint(plan.volume))
-        final = archive_path(dest, plan.volume, started, archive_suffix(policy.compression))
+        encryption = encryption_for(policy.encrypt, state_dir, passphrase_file)
+        suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if encryption else "")
+        final = archive_path(dest, plan.volume, started, suffix)
     except CoordError as error:
         result.errors.append(error.message)
         return result
@@ -181,26 +193,29 @@ def back_up_volume(
     log.info("%s: archiving %s (policy %s, strategy %s)", plan.volume, source, plan.policy.name, plan.strategy)
     if progress:
         progress.begin(plan.volume)
+    check = WrittenArchiveCheck(policy.compression, encryption)
     try:
         with quiesced(plan.strategy) as actions:
             result.containers = actions
             outcome = create_archive(
-                source, partial, matcher, policy.compression, progress.update if progress else None
+                source, partial, matcher, policy.compression, progress.update if progress else None, check.write
             )
     except CoordError as error:
         result.errors.append(error.message)
         partial.unlink(missing_ok=True)
         return result
     finally:
+        check.end_writing()
         if progress:
             progress.end()
 
     _fill_from_outcome(result, outcome)
     result.status, errors = decide_status(outcome, policy.on_at_risk)
     result.errors.extend(errors)
+    read = ReadBack()
     if result.status is not VolumeStatus.FAILED:
-        read = read_back(partial, policy.compression)
-        mismatches = compare(read, Expected(outcome.sha256, outcome.entries, outcome.entries_digest))
+        read, mismatches = check.read_back(partial, outcome)
+        result.size = read.size
         if mismatches:
             result.status = VolumeStatus.FAILED
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
@@ -214,7 +229,7 @@ def back_up_volume(
     result.archive = str(final)
     result.duration_s = time.monotonic() - clock
     manifest = manifest_path_for(final)
-    write_json_atomically(manifest, build_manifest(result, plan, source, outcome, started))
+    write_json_atomically(manifest, build_manifest(result, plan, source, outcome, started, read, encryption))
     result.manifest = str(manifest)
     log.info("%s: %s, verdict %s, %d entries", plan.volume, result.status.value, result.verdict, result.entries)
     if policy.retention is not None:
@@ -237,7 +252,13 @@ def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
 
 
 def build_manifest(
-    result: VolumeResult, plan: VolumePlan, source: Path, outcome: ArchiveOutcome, started: datetime
+    result: VolumeResult,
+    plan: VolumePlan,
+    source: Path,
+    outcome: ArchiveOutcome,
+    started: datetime,
+    read: ReadBack | None = None,
+    encryption: Encryption | None = None,
 ) -> dict[str, object]:
     """The manifest document: enough to verify the archive and to know how consistent it is, without coord."""
     consistency = outcome.consistency
@@ -264,8 +285,14 @@ def build_manifest(
         "finished_at": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(),
         "archive": Path(result.archive or "").name,
         "compression": plan.policy.policy.compression.value,
-        "size": outcome.size,
-        "sha256": outcome.sha256,
+        "encryption": encryption.to_manifest() if encryption else None,
+        # sha256/size: the file as on disk (`sha256sum` checks it); stream_*: the compressed tar stream inside it
+        # (the same as the file without encryption; `gpg -d FILE | sha256sum` with it).
+        "size": read.size if read and read.sha256 else outcome.size,
+        "sha256": read.sha256 if read and read.sha256 else outcome.sha256,
+        "stream_size": outcome.size,
+        "stream_sha256": outcome.sha256,
+        "validated_by": WrittenArchiveCheck.method(encryption),
         "entries": outcome.entries,
         "entries_digest": outcome.entries_digest,
         "verdict": result.verdict,
