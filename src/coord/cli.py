@@ -349,6 +349,80 @@ def verify(
 
 
 @app.command()
+def restore(
+    archive: Annotated[Path, typer.Argument(help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")],
+    volume: Annotated[
+        str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
+    ] = None,
+    target_dir: Annotated[
+        Path | None, typer.Option("--target-dir", help="Restore into this directory instead of a volume.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the content of a non-empty volume.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the archive and list what would be written; change nothing.")
+    ] = False,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
+    stop_timeout: Annotated[
+        int, typer.Option("--stop-timeout", help="Seconds a container gets to stop before it is killed.")
+    ] = 30,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore an archive into a volume, exactly (owners, modes, links, mtimes), refusing unsafe archives.
+
+    The whole archive is checked before anything is written; containers using the volume are stopped for the
+    restore and started again afterwards. See docs/restore.md.
+    """
+    from coord.errors import UsageError
+    from coord.restore import RestoreRequest, RestoreResult, restore_settings_for
+    from coord.restore import restore as run_restore
+
+    def work() -> RestoreResult:
+        if (volume is None) == (target_dir is None):
+            raise UsageError("give either --volume NAME or --target-dir DIR")
+        request = RestoreRequest(
+            archive=archive,
+            volume=volume,
+            target_dir=target_dir,
+            force=force,
+            dry_run=dry_run,
+            allowed=restore_settings_for(policies_dir, volume, archive),
+            stop_timeout_s=stop_timeout,
+        )
+        docker = None
+        if volume is not None:
+            from coord.docker_ops import DockerControl
+
+            docker = DockerControl.connect()
+        return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
+
+    result = _run(as_json, work)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    target = f"volume {result.target}" if volume is not None else result.target
+    if result.dry_run:
+        for member in result.members:
+            print(member.describe())
+        state = "would be created" if result.created else (
+            f"holds {len(result.replaced)} entries that would be replaced" if result.replaced else "is empty"
+        )
+        print(f"dry run: {result.entries} entries would be written; {target} {state}")
+        for container in result.containers:
+            print(f"  container {container.container} ({container.prior_state}): {container.action}")
+        return
+    how = "created" if result.created else ("replaced its content" if result.replaced else "was empty")
+    print(f"restored {result.entries} entries from {result.archive} into {target} ({how}) in {result.duration_s:.1f}s")
+    for container in result.containers:
+        back = "put back" if container.restored else f"NOT put back: {container.error}"
+        print(f"  container {container.container}: {container.action} ({container.prior_state} before), {back}")
+
+
+@app.command()
 def prune(
     policy: Annotated[
         list[str] | None, typer.Option("--policy", "-p", help="Only the volumes of this policy; repeatable.")
