@@ -53,6 +53,7 @@ log = logging.getLogger("coord.restore")
 STAGING_PREFIX = ".coord-restore-"
 MAX_SYMLINK_DEPTH = 40  # the kernel's own limit (ELOOP)
 STOP_TIMEOUT_S = 30
+STOPPED_STATES = ("running", "paused", "restarting")  # the container states a restore stops (and restores)
 
 
 class MemberKind(StrEnum):
@@ -514,7 +515,7 @@ def containers_stopped(docker: DockerControl, volume: str, timeout_s: int) -> It
     stopped: list[tuple[ContainerAction, float]] = []
     try:
         for info in docker.containers_using(volume):
-            if info.state not in ("running", "paused", "restarting"):
+            if info.state not in STOPPED_STATES:
                 actions.append(ContainerAction(info.name, info.id, "left-alone", info.state))
                 continue
             began = time.monotonic()
@@ -667,8 +668,7 @@ def restore(
         result.members = content.members
         if docker is not None and request.volume is not None and exists:
             result.containers = [
-                ContainerAction(c.name, c.id, "would stop" if c.state in ("running", "paused") else "left-alone",
-                                c.state)
+                ContainerAction(c.name, c.id, "would stop" if c.state in STOPPED_STATES else "left-alone", c.state)
                 for c in docker.containers_using(request.volume)
             ]
         result.duration_s = time.monotonic() - clock
