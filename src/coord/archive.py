@@ -9,6 +9,9 @@ Processes, so no per-file Python work sits in the hot path:
 The archive is written under a `.partial` name. This module never renames it: the runner publishes it only
 after validation. On any exception (Ctrl-C included) the children are killed and the partial file removed,
 so a failed run never leaves a file that looks like a backup.
+
+Where the compressed stream ends up is a `StreamWriter`: `write_file` by default, or encryption (encrypt.py),
+where gpg reads the stream and writes the file itself. Either way coord hashes the compressed stream as it passes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
+from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
@@ -33,6 +37,18 @@ CHUNK_SIZE = 1 << 20
 TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 ProgressCallback = Callable[[int, int], None]  # (entries archived so far, compressed bytes written so far)
+StreamWriter = Callable[[BinaryIO, Path], None]
+"""Reads the compressed stream to its end and stores it at the path (which must not exist yet).
+
+Raises a CoordError saying why the destination does not hold the whole stream; the caller removes the file.
+"""
+
+
+class DestinationError(CoordError):
+    """The archive could not be written where it belongs (full disk, permissions, missing directory)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write to destination {path}: {error.strerror}")
 
 
 def compressor_command(compression: Compression, level: int | None = None, threads: int = 0) -> list[str]:
@@ -143,12 +159,15 @@ def create_archive(
     compression: Compression,
     on_progress: ProgressCallback | None = None,
     compressor: list[str] | None = None,
+    write: StreamWriter | None = None,
 ) -> ArchiveOutcome:
-    """Archive the directory `source` into `partial_path` (created; must not exist).
+    """Archive the directory `source` into `partial_path` (created; must not exist) through `write`.
 
-    Returns the outcome with every problem classified; problems with the source or the destination are
-    CRITICAL problems in the outcome, not exceptions. On an exception (KeyboardInterrupt, SystemExit from a
-    signal) the child processes are killed and `partial_path` removed before it propagates.
+    `write` defaults to `write_file` (the compressed archive as is). Returns the outcome with every problem
+    classified; problems with the source or the destination are CRITICAL problems in the outcome, not
+    exceptions. `sha256`/`size` in the outcome are those of the compressed stream. On an exception
+    (KeyboardInterrupt, SystemExit from a signal) the child processes are killed and `partial_path` removed
+    before it propagates.
     """
     outcome = ArchiveOutcome(partial_path=partial_path, started_at=time.time())
     source_problem = _check_source(source)
@@ -158,14 +177,13 @@ def create_archive(
         return outcome
     try:
         partial_path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: a full disk must surface at the write that failed, not later in close().
-        output = open(partial_path, "xb", buffering=0)  # noqa: SIM115 - closed in _run_pipeline's finally
     except OSError as error:
         _destination_failed(outcome, error)
         outcome.finished_at = time.time()
         return outcome
     try:
-        _run_pipeline(source, output, matcher, compressor or compressor_command(compression), outcome, on_progress)
+        argv = compressor or compressor_command(compression)
+        _run_pipeline(source, partial_path, write or write_file, matcher, argv, outcome, on_progress)
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -175,7 +193,8 @@ def create_archive(
 
 def _run_pipeline(
     source: Path,
-    output: BinaryIO,
+    partial_path: Path,
+    write: StreamWriter,
     matcher: ExcludeMatcher,
     compressor_argv: list[str],
     outcome: ArchiveOutcome,
@@ -224,18 +243,24 @@ def _run_pipeline(
         index_read = -1
         for collector in collectors:
             collector.start()
-        written_ok = _pump(compressor.stdout, output, outcome, on_progress, lambda: tree.count)
-        if not written_ok:
+        stream = _MeteredStream(compressor.stdout, on_progress, lambda: tree.count)
+        try:
+            write(stream, partial_path)
+            written_ok = True
+        except CoordError as error:
+            outcome.problems.append(EntryProblem(ProblemKind.CRITICAL, "", error.message))
+            written_ok = False
             tar.kill()
             compressor.kill()
+        compressor.stdout.close()  # after the kill: a reader thread may still be blocked on it
+        outcome.size, outcome.sha256 = stream.size, stream.digest.hexdigest()
+        if on_progress is not None:
+            on_progress(tree.count, stream.size)
         tar_status = tar.wait()
         compressor_status = compressor.wait()
         for collector in collectors:
             collector.join()
-        if written_ok:
-            written_ok = _sync(output, outcome)
     finally:
-        output.close()
         for process in (tar, compressor):
             if process is not None and process.poll() is None:
                 process.kill()
@@ -276,53 +301,59 @@ def _exit_status_problems(
 
 
 def _destination_failed(outcome: ArchiveOutcome, error: OSError) -> None:
-    outcome.problems.append(
-        EntryProblem(ProblemKind.CRITICAL, "", f"cannot write to destination {outcome.partial_path}: {error.strerror}")
-    )
+    problem = DestinationError(outcome.partial_path, error).message
+    outcome.problems.append(EntryProblem(ProblemKind.CRITICAL, "", problem))
 
 
-def _sync(output: BinaryIO, outcome: ArchiveOutcome) -> bool:
+class _MeteredStream:
+    """The compressed stream as a readable file: hashes and counts what passes, reports progress.
+
+    Its reader may be another thread (python-gnupg's copier when encrypting); progress is reported from there.
+    """
+
+    def __init__(
+        self, source: BinaryIO, on_progress: ProgressCallback | None, entries_so_far: Callable[[], int]
+    ) -> None:
+        self.source = source
+        self.on_progress = on_progress
+        self.entries_so_far = entries_so_far
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._last_report = 0.0
+
+    def _count(self, data: bytes | memoryview) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if self.on_progress is not None and time.monotonic() - self._last_report > 0.2:
+            self._last_report = time.monotonic()
+            self.on_progress(self.entries_so_far(), self.size)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self._count(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        count = self.source.readinto(buffer)  # type: ignore[attr-defined]
+        self._count(memoryview(buffer)[:count])
+        return count
+
+
+def write_file(stream: BinaryIO, path: Path) -> None:
+    """The default StreamWriter: copy the stream into a new file at `path`, then fsync it."""
     try:
-        os.fsync(output.fileno())
+        # Unbuffered: a full disk must surface at the write that failed, not later in close().
+        output = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by the with below
     except OSError as error:
-        _destination_failed(outcome, error)
-        return False
-    return True
-
-
-def _pump(
-    reader: BinaryIO,
-    output: BinaryIO,
-    outcome: ArchiveOutcome,
-    on_progress: ProgressCallback | None,
-    entries_so_far: Callable[[], int],
-) -> bool:
-    """Copy the compressed stream to the output, hashing it. False (with a critical problem) if writing failed."""
-    digest = hashlib.sha256()
+        raise DestinationError(path, error) from None
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
-    size = 0
-    last_report = 0.0
-    with reader:
-        while True:
-            count = reader.readinto(buffer)  # type: ignore[attr-defined]
-            if not count:
-                break
-            chunk = view[:count]
-            try:
+    with output:
+        try:
+            while count := stream.readinto(buffer):  # type: ignore[attr-defined]
+                chunk = view[:count]
                 while chunk:
                     chunk = chunk[output.write(chunk) :]
-            except OSError as error:
-                _destination_failed(outcome, error)
-                return False
-            chunk = view[:count]
-            digest.update(chunk)
-            size += count
-            if on_progress is not None and time.monotonic() - last_report > 0.2:
-                last_report = time.monotonic()
-                on_progress(entries_so_far(), size)
-    outcome.size = size
-    outcome.sha256 = digest.hexdigest()
-    if on_progress is not None:
-        on_progress(entries_so_far(), size)
-    return True
+            os.fsync(output.fileno())
+        except OSError as error:
+            raise DestinationError(path, error) from None

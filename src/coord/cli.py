@@ -51,12 +51,20 @@ PoliciesDir = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (see README).")]
+DestOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dest", help="Directory holding the archives, as <dest>/<volume>/... Env: COORD_DEST.", envvar="COORD_DEST"
+    ),
+]
 StateDir = Annotated[
     Path,
     typer.Option(
         "--state-dir",
         envvar="COORD_STATE_DIR",
-        help="Where coord keeps its lock and its journal of containers it paused or stopped. Env: COORD_STATE_DIR.",
+        help="Where coord keeps its lock, its journal of containers it paused or stopped, and the GnuPG home "
+        "for recipient keys (<state-dir>/gnupg: keep the path short, gpg-agent's sockets live there). "
+        "Env: COORD_STATE_DIR.",
     ),
 ]
 LockTimeout = Annotated[
@@ -80,6 +88,23 @@ PolicyNames = Annotated[
         "-p",
         metavar="NAME",
         help="Policy to run (file name without .yaml); repeat for several. Default: all.",
+    ),
+]
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        envvar="COORD_PASSPHRASE_FILE",
+        help="File whose first line is the passphrase (symmetric encryption, or a passphrase-protected secret "
+        "key). Env: COORD_PASSPHRASE_FILE.",
+    ),
+]
+GpgHome = Annotated[
+    Path | None,
+    typer.Option(
+        "--gpg-home",
+        help="GnuPG home holding the secret key of a recipient, for archives encrypted to public keys. "
+        "Default: $GNUPGHOME or ~/.gnupg.",
     ),
 ]
 
@@ -199,6 +224,8 @@ def print_run_summary(result: RunResult) -> None:
                 + (f", warnings: {counts}" if counts else "")
             )
             print(f"     -> {volume.archive}")
+            for pruned in volume.pruned:
+                print(f"     pruned {pruned} (retention)")
             for reason in volume.verdict_reasons:
                 print(f"     {reason}")
         else:
@@ -211,6 +238,8 @@ def print_run_summary(result: RunResult) -> None:
                 print(f"     container {container.container}: {container.error}")
         for error in volume.errors:
             print(f"     error: {error}")
+        for error in volume.retention_errors:
+            print(f"     retention error: {error}")
     for line in result.recovered:
         print(f"recovered from an earlier run: {line}")
     for error in result.errors:
@@ -233,6 +262,15 @@ def backup(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     lock_timeout: LockTimeout = 0.0,
     volumes_root: VolumesRoot = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            envvar="COORD_PASSPHRASE_FILE",
+            help="Encrypt (symmetric AES256) the volumes whose policy has no 'encrypt:' with the passphrase on this "
+            "file's first line. Env: COORD_PASSPHRASE_FILE.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
@@ -250,6 +288,7 @@ def backup(
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
             sources=VolumeSources.detect(volumes_root),
+            passphrase_file=passphrase_file,
         )
         load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
         progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
@@ -373,6 +412,172 @@ def policies(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = F
         return
     for row in rows:
         print(f"{row['policy']}: {row['strategy']} {', '.join(row['volumes'])}  ({row['file']})")
+
+
+def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: Path) -> Callable[[], Any]:
+    """Decryption settings, built only when an archive turns out to be encrypted."""
+
+    def build() -> Any:
+        from coord.encrypt import decryption_for
+
+        return decryption_for(gpg_home, passphrase_file, state_dir)
+
+    return build
+
+
+@app.command()
+def verify(
+    archive: Annotated[Path | None, typer.Argument(help="The archive file (its manifest must be beside it).")] = None,
+    latest: Annotated[
+        str | None, typer.Option("--latest", metavar="VOLUME", help="Verify the newest archive of VOLUME under --dest.")
+    ] = None,
+    dest: DestOption = None,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Read a whole archive (decrypting, decompressing), check its sha256 and entries against its manifest.
+
+    Prints one line, OK or FAIL; exit 0 when it verifies, 1 when it does not, 2 for a usage error.
+    """
+    from coord.errors import UsageError
+    from coord.retention import latest_archive
+    from coord.verify import Verification, verify_archive
+
+    def work() -> Verification:
+        if (archive is None) == (latest is None):
+            raise UsageError("give either an ARCHIVE or --latest VOLUME")
+        path = archive
+        if latest is not None:
+            if dest is None:
+                raise UsageError("--latest needs the destination: pass --dest DIR or set COORD_DEST")
+            path = latest_archive(dest / latest)
+            if path is None:
+                return Verification(archive=str(dest / latest), problems=[f"no archive of volume {latest} in {dest}"])
+        assert path is not None
+        if not path.is_file():
+            raise UsageError(f"archive {path} does not exist or is not a file")
+        return verify_archive(path, _decryption(gpg_home, passphrase_file, state_dir))
+
+    result = _run(as_json, work)
+    print(json.dumps(result.to_json()) if as_json else result.verdict())
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@app.command()
+def restore(
+    archive: Annotated[Path, typer.Argument(help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")],
+    volume: Annotated[
+        str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
+    ] = None,
+    target_dir: Annotated[
+        Path | None, typer.Option("--target-dir", help="Restore into this directory instead of a volume.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the content of a non-empty volume.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the archive and list what would be written; change nothing.")
+    ] = False,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
+    stop_timeout: Annotated[
+        int, typer.Option("--stop-timeout", help="Seconds a container gets to stop before it is killed.")
+    ] = 30,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore an archive into a volume, exactly (owners, modes, links, mtimes), refusing unsafe archives.
+
+    The whole archive is checked before anything is written; containers using the volume are stopped for the
+    restore and started again afterwards. See docs/restore.md.
+    """
+    from coord.errors import UsageError
+    from coord.restore import RestoreRequest, RestoreResult, restore_settings_for
+    from coord.restore import restore as run_restore
+
+    def work() -> RestoreResult:
+        if (volume is None) == (target_dir is None):
+            raise UsageError("give either --volume NAME or --target-dir DIR")
+        request = RestoreRequest(
+            archive=archive,
+            volume=volume,
+            target_dir=target_dir,
+            force=force,
+            dry_run=dry_run,
+            allowed=restore_settings_for(policies_dir, volume, archive),
+            stop_timeout_s=stop_timeout,
+        )
+        docker = None
+        if volume is not None:
+            from coord.docker_ops import DockerControl
+
+            docker = DockerControl.connect()
+        return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
+
+    result = _run(as_json, work)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    target = f"volume {result.target}" if volume is not None else result.target
+    if result.dry_run:
+        for member in result.members:
+            print(member.describe())
+        state = (
+            "would be created"
+            if result.created
+            else (f"holds {len(result.replaced)} entries that would be replaced" if result.replaced else "is empty")
+        )
+        print(f"dry run: {result.entries} entries would be written; {target} {state}")
+        for container in result.containers:
+            print(f"  container {container.container} ({container.prior_state}): {container.action}")
+        return
+    how = "created" if result.created else ("replaced its content" if result.replaced else "was empty")
+    print(f"restored {result.entries} entries from {result.archive} into {target} ({how}) in {result.duration_s:.1f}s")
+    for container in result.containers:
+        back = "put back" if container.restored else f"NOT put back: {container.error}"
+        print(f"  container {container.container}: {container.action} ({container.prior_state} before), {back}")
+
+
+@app.command()
+def prune(
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", "-p", help="Only the volumes of this policy; repeatable.")
+    ] = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    dest: DestOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Apply each policy's retention to the archives under --dest; archives and manifests go together."""
+    from coord.errors import UsageError
+    from coord.retention import PruneResult, prune_all
+
+    def work() -> list[PruneResult]:
+        if dest is None:
+            raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
+        return prune_all(policies_dir, dest, tuple(policy or ()), dry_run)
+
+    results = _run(as_json, work)
+    failed = any(result.errors for result in results)
+    if as_json:
+        print(json.dumps({"ok": not failed, "volumes": [result.to_json() for result in results]}))
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        for result in results:
+            for path, why in result.deleted:
+                print(f"{result.volume}: {verb} {path} ({why})")
+            for path, why in result.kept:
+                print(f"{result.volume}: keep {path} ({why})")
+            for line in result.ignored:
+                print(f"{result.volume}: ignored {line}")
+            for error in result.errors:
+                print(f"{result.volume}: error: {error}")
+        if not results:
+            print("nothing to prune: no policy with 'retention:' covers a volume directory under the destination")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @app.command()

@@ -143,6 +143,11 @@ class DockerControl:
         volume = self._call(f"inspect volume {name}", lambda: self.client.volumes.get(name))
         return str(volume.attrs["Mountpoint"])
 
+    def create_volume(self, name: str) -> str:
+        """Create a volume (local driver) named `name`; returns its mountpoint on the host."""
+        volume = self._call(f"create volume {name}", lambda: self.client.volumes.create(name))
+        return str(volume.attrs["Mountpoint"])
+
     # Containers ------------------------------------------------------------------------------------------------
 
     def containers_using(self, volume: str) -> list[ContainerInfo]:

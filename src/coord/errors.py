@@ -2,7 +2,8 @@
 
 Exit codes (documented in README.md):
   0  every volume ok, warning or excluded
-  1  a volume failed, or the run could not be carried out (Docker unreachable, lock held, restore failed)
+  1  a volume failed, or the run could not be carried out (Docker unreachable, lock held, restore failed,
+     archive rejected or failing verification, wrong passphrase or missing key)
   2  usage or policy error: nothing was touched
 """
 
@@ -50,3 +51,25 @@ class LockError(CoordError):
 
 class RestoreContainersError(CoordError):
     """A container coord paused or stopped could not be put back. Always loud: the operator must act."""
+
+
+class EncryptionError(CoordError):
+    """GnuPG could not encrypt or decrypt: a key or passphrase problem, or gpg's own failure, in gpg's words."""
+
+
+class RestoreError(CoordError):
+    """A restore could not be carried out; the message says what was (not) written."""
+
+
+class ArchiveRejected(RestoreError):
+    """The archive holds members a safe restore refuses. `problems` names every one; nothing was written."""
+
+    def __init__(self, archive: str, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        super().__init__(
+            f"refusing to restore {archive}: {len(problems)} unsafe member(s), nothing was written:\n"
+            + "\n".join(f"  {p}" for p in shown)
+            + more
+        )

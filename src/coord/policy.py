@@ -151,6 +151,87 @@ class Hooks(BaseModel):
     )
 
 
+class EncryptSettings(BaseModel):
+    """How this policy's archives are encrypted with GnuPG: to public keys, or with a passphrase (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="encrypt")
+
+    recipient_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "ASCII-armored OpenPGP public key(s) to encrypt to (every key in the file is a recipient). Imported "
+            "into a GnuPG home coord keeps under its state directory; only the matching secret key decrypts. "
+            "A relative path is relative to this policy file's directory."
+        ),
+        examples=["keys/backup-recipients.asc", "/etc/coord/offsite.pub.asc"],
+    )
+    passphrase_file: Path | None = Field(
+        default=None,
+        description=(
+            "File whose first line is the passphrase (symmetric AES256). Keep it mode 0600, outside the backup "
+            "destination. A relative path is relative to this policy file's directory."
+        ),
+        examples=["/etc/coord/passphrase"],
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EncryptSettings:
+        given = [name for name in ("recipient_key_file", "passphrase_file") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of recipient_key_file (public-key encryption) or passphrase_file (symmetric), "
+                f"got {' and '.join(given) if given else 'neither'}"
+            )
+        return self
+
+
+class RetentionSettings(BaseModel):
+    """Which archives of a volume to keep. An archive is kept when either rule keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="retention")
+
+    keep_last: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Keep the newest N archives of each volume.",
+        examples=[7],
+    )
+    keep_days: int | None = Field(
+        default=None,
+        ge=0,
+        strict=True,
+        description=(
+            "Keep every archive started less than D days ago. 0 keeps none by age (keep_last still applies). "
+            "The newest archive that was verified when written is never deleted, whatever the rules say."
+        ),
+        examples=[30],
+    )
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> RetentionSettings:
+        if self.keep_last is None and self.keep_days is None:
+            raise ValueError("give keep_last, keep_days or both; an empty retention would delete nothing or all")
+        return self
+
+
+class RestoreSettings(BaseModel):
+    """What `coord restore` may create in this policy's volumes beyond files, directories and links."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="restore")
+
+    allow_devices: bool = Field(
+        default=False,
+        description="Let a restore create character and block device nodes (refused by default).",
+        examples=[False],
+    )
+    allow_fifos: bool = Field(
+        default=False,
+        description="Let a restore create FIFOs (named pipes; refused by default).",
+        examples=[False],
+    )
+
+
 class Policy(BaseModel):
     """One workload's backup policy: which Docker volumes, and how to keep them consistent while archived."""
 
@@ -274,6 +355,29 @@ class Policy(BaseModel):
             raise ValueError(f"compression_level: gzip accepts 1-9, got {self.compression_level}")
         return self
 
+    encrypt: EncryptSettings | None = Field(
+        default=None,
+        description=(
+            "Encrypt the archives with GnuPG, streamed (no plaintext archive on disk): give recipient_key_file or "
+            "passphrase_file. Archives are named <volume>-<time>.tar.zst.gpg. Without this key, the "
+            "--passphrase-file option (env COORD_PASSPHRASE_FILE) of `coord backup`, when given, applies."
+        ),
+        examples=[{"recipient_key_file": "keys/offsite.pub.asc"}, {"passphrase_file": "/etc/coord/passphrase"}],
+    )
+    retention: RetentionSettings | None = Field(
+        default=None,
+        description=(
+            "Delete old archives of each volume after a successful backup of it (and on `coord prune`). "
+            "Without this key nothing is ever deleted."
+        ),
+        examples=[{"keep_last": 7, "keep_days": 30}],
+    )
+    restore: RestoreSettings = Field(
+        default_factory=RestoreSettings,
+        description="What a restore into this policy's volumes may create besides files, directories and links.",
+        examples=[{"allow_devices": False, "allow_fifos": False}],
+    )
+
     @field_validator("volumes")
     @classmethod
     def _unique_volumes(cls, value: list[str]) -> list[str]:
@@ -395,8 +499,6 @@ def _message_for(error: dict[str, Any]) -> str:
         expected = error.get("ctx", {}).get("expected", "")
         choices = ", ".join(re.findall(r"'([^']*)'", expected))
         return f"'{value}' is not one of {choices}"
-    if kind in ("greater_than_equal", "less_than_equal"):
-        return f"{error['msg'].replace('Input should be', 'must be')}, got {_describe(value)}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind == "too_short":
@@ -411,6 +513,10 @@ def _message_for(error: dict[str, Any]) -> str:
         return f"expected a number, got {_describe(value)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"expected true or false, got {_describe(value)}"
+    if kind == "greater_than_equal":
+        return f"must be {error.get('ctx', {}).get('ge')} or more, got {_describe(value)}"
+    if kind == "less_than_equal":
+        return f"must be {error.get('ctx', {}).get('le')} or less, got {_describe(value)}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"expected a mapping of keys, got {_describe(value)}"
     return str(error["msg"])
@@ -447,7 +553,7 @@ def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
             f"{_where(path, line)}: expected a mapping of keys (volumes, strategy, ...), got {_describe(data)}"
         ]
     try:
-        return Policy.model_validate(data), []
+        policy = Policy.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
@@ -456,6 +562,27 @@ def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
             key = f"{_format_location(location)}: " if location else ""
             problems.append(f"{_where(path, line)}: {key}{_message_for(item)}")
         return None, problems
+    return _resolve_files(policy, path, root)
+
+
+def _resolve_files(policy: Policy, path: Path, root: yaml.Node | None) -> tuple[Policy | None, list[str]]:
+    """Make the files a policy names absolute (relative to the policy's directory) and check they exist."""
+    if policy.encrypt is None:
+        return policy, []
+    updates: dict[str, Path] = {}
+    problems = []
+    for key in ("recipient_key_file", "passphrase_file"):
+        named: Path | None = getattr(policy.encrypt, key)
+        if named is None:
+            continue
+        resolved = named if named.is_absolute() else path.parent.absolute() / named
+        if not resolved.is_file():
+            line = _line_of(root, ("encrypt", key))
+            problems.append(f"{_where(path, line)}: encrypt.{key}: {resolved} does not exist or is not a file")
+        updates[key] = resolved
+    if problems:
+        return None, problems
+    return policy.model_copy(update={"encrypt": policy.encrypt.model_copy(update=updates)}), []
 
 
 def policy_files(directory: Path) -> list[Path]:

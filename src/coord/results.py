@@ -60,6 +60,8 @@ class VolumeResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # strategy auto: each read, in order
     duration_s: float = 0.0
+    pruned: list[str] = field(default_factory=list)  # older archives retention deleted after this backup
+    retention_errors: list[str] = field(default_factory=list)  # the archive is good, but pruning failed
 
     @property
     def downtime_s(self) -> float:
@@ -85,6 +87,8 @@ class VolumeResult:
             "hooks": self.hooks,
             "attempts": self.attempts,
             "duration_s": round(self.duration_s, 3),
+            "pruned": list(self.pruned),
+            "retention_errors": list(self.retention_errors),
         }
 
 
@@ -96,7 +100,9 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(v.status is not VolumeStatus.FAILED for v in self.volumes)
+        return not self.errors and all(
+            v.status is not VolumeStatus.FAILED and not v.retention_errors for v in self.volumes
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from coord import __version__
 from coord.archive import ArchiveOutcome, archive_suffix, compressor_command, create_archive, remove_partial
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
+from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
 from coord.hooks import HookRun, run_hook
@@ -35,6 +36,7 @@ from coord.policy import LoadedPolicy, OnAtRisk, OnHookError, Strategy, load_pol
 from coord.problems import ProblemKind
 from coord.recovery import recover
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
+from coord.retention import prune_volume
 from coord.signals import termination_raises
 from coord.snapshot import (
     SNAPSHOT_PREFIX,
@@ -46,11 +48,9 @@ from coord.snapshot import (
 )
 from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
-from coord.verify import Expected, compare, read_back
+from coord.verify import ReadBack, WrittenArchiveCheck
 
 log = logging.getLogger("coord")
-
-DEFAULT_STATE_DIR = Path("/var/lib/coord")
 
 
 class Progress(Protocol):
@@ -69,6 +69,7 @@ class BackupRequest:
     state_dir: Path = DEFAULT_STATE_DIR
     lock_timeout_s: float = 0.0
     sources: VolumeSources = HOST
+    passphrase_file: Path | None = None  # symmetric encryption for policies without `encrypt:`
 
 
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
@@ -114,7 +115,7 @@ def run_backup(request: BackupRequest, docker: DockerControl, progress: Progress
         result.recovered = recovery.restored + [f"removed {path}" for path in recovery.removed_partials]
         result.errors.extend(recovery.errors)
         for group in group_volumes(plans, docker, own_container_id()):
-            volumes, errors = back_up_group(group, request.dest, docker, journal, progress, request.sources)
+            volumes, errors = back_up_group(group, request, docker, journal, progress)
             result.volumes.extend(volumes)
             result.errors.extend(errors)
     return result
@@ -135,6 +136,8 @@ class _Job:
     snapshot: Snapshot | None = None
     snapshot_entry: JournalEntry | None = None
     used: Strategy | None = None  # the strategy of the read that produced `outcome`
+    encryption: Encryption | None = None
+    check: WrittenArchiveCheck | None = None  # how the archive is stored (encrypted or not) and checked
     modified_after_snapshot: list[str] = field(default_factory=list)
 
     @property
@@ -145,11 +148,10 @@ class _Job:
 
 def back_up_group(
     group: QuiesceGroup,
-    dest: Path,
+    request: BackupRequest,
     docker: DockerControl,
     journal: Journal,
     progress: Progress | None = None,
-    sources: VolumeSources = HOST,
 ) -> tuple[list[VolumeResult], list[str]]:
     """Back up the volumes of one quiesce group.
 
@@ -165,7 +167,10 @@ def back_up_group(
             job.result.status = VolumeStatus.EXCLUDED
         else:
             try:
-                job.source = sources.path_of(job.plan.volume, docker)
+                job.source = request.sources.path_of(job.plan.volume, docker)
+                job.encryption = encryption_for(
+                    job.plan.policy.policy.encrypt, request.state_dir, request.passphrase_file
+                )
                 runnable.append(job)
             except CoordError as error:
                 job.result.errors.append(error.message)
@@ -181,13 +186,13 @@ def back_up_group(
         if blocked is None and group.strategy is Strategy.AUTO:
             for job in runnable:
                 job.used = Strategy.LIVE
-                _archive(job, dest, journal, progress)
+                _archive(job, request.dest, journal, progress)
             escalating = [job for job in runnable if _escalate_if_needed(job, journal)]
             if escalating:
                 attempted = Strategy(escalating[0].plan.policy.policy.escalate_to.value)
-                _quiesced_pass(group, attempted, escalating, dest, docker, journal, progress, actions)
+                _quiesced_pass(group, attempted, escalating, request.dest, docker, journal, progress, actions)
         elif blocked is None:
-            _quiesced_pass(group, group.strategy, runnable, dest, docker, journal, progress, actions)
+            _quiesced_pass(group, group.strategy, runnable, request.dest, docker, journal, progress, actions)
     except CoordError as error:
         verb = "stop" if attempted is Strategy.STOP else "pause"
         quiesce_error = f"could not {verb} containers: {error.message}"
@@ -323,11 +328,13 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
     job.started = datetime.now(UTC)
     job.clock = time.monotonic()
     try:
-        job.final = archive_path(dest, job.plan.volume, job.started, archive_suffix(policy.compression))
+        suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if job.encryption else "")
+        job.final = archive_path(dest, job.plan.volume, job.started, suffix)
     except OSError as error:
         job.result.errors.append(f"destination {dest}: {error.strerror}")
         return
     assert job.source is not None
+    job.check = WrittenArchiveCheck(policy.compression, job.encryption)
     try:
         job.partial_entry = journal.record("partial", str(job.partial), "writing", job.plan.volume)
         log.info("%s: archiving %s (policy %s)", job.plan.volume, job.source, job.plan.policy.name)
@@ -340,12 +347,14 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
             policy.compression,
             progress.update if progress else None,
             compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
+            job.check.write,
         )
     except BaseException:
         if job.partial_entry is not None:
             journal.clear(job.partial_entry)
         raise
     finally:
+        job.check.end_writing()
         if progress:
             progress.end()
 
@@ -383,9 +392,10 @@ def _finish(job: _Job, journal: Journal) -> None:
     verdict = Verdict(result.verdict) if result.verdict else None
     result.status, errors = decide_status(outcome, verdict, result.verdict_reasons, policy.on_at_risk)
     result.errors.extend(errors)
-    if result.status is not VolumeStatus.FAILED:
-        read = read_back(job.partial, policy.compression)
-        mismatches = compare(read, Expected(outcome.sha256, outcome.entries, outcome.entries_digest))
+    read = ReadBack()
+    if result.status is not VolumeStatus.FAILED and job.check is not None:
+        read, mismatches = job.check.read_back(job.partial, outcome)
+        result.size = read.size
         if mismatches:
             result.status = VolumeStatus.FAILED
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
@@ -400,13 +410,16 @@ def _finish(job: _Job, journal: Journal) -> None:
         manifest = manifest_path_for(job.final)
         write_json_atomically(
             manifest,
-            build_manifest(
-                result, job.plan, job.source, outcome, job.started, job.snapshot, job.modified_after_snapshot
-            ),
+            build_manifest(result, job, outcome, read),
         )
         result.manifest = str(manifest)
     journal.clear(job.partial_entry)
     result.duration_s = time.monotonic() - job.clock
+    if result.status is not VolumeStatus.FAILED and policy.retention is not None:
+        # Only here, after this volume's archive was validated and published: a failed run deletes nothing.
+        pruned = prune_volume(job.plan.volume, job.final.parent, policy.retention, datetime.now(UTC))
+        result.pruned = [path for path, _ in pruned.deleted]
+        result.retention_errors = pruned.errors
     log.info("%s: %s, verdict %s, %d entries", job.plan.volume, result.status.value, result.verdict, result.entries)
 
 
@@ -421,16 +434,10 @@ def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
         result.verdict_reasons = list(outcome.consistency.reasons)
 
 
-def build_manifest(
-    result: VolumeResult,
-    plan: VolumePlan,
-    source: Path,
-    outcome: ArchiveOutcome,
-    started: datetime,
-    snapshot: Snapshot | None = None,
-    modified: Sequence[str] = (),
-) -> dict[str, object]:
+def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, read: ReadBack) -> dict[str, object]:
     """The manifest document: enough to verify the archive and to know how consistent it is, without coord."""
+    plan, source, started = job.plan, job.source, job.started
+    snapshot, modified, encryption = job.snapshot, job.modified_after_snapshot, job.encryption
     consistency = outcome.consistency
     warnings: dict[str, list[str]] = {
         kind.value: [p.path for p in outcome.of_kind(kind)]
@@ -455,8 +462,14 @@ def build_manifest(
         "finished_at": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(),
         "archive": Path(result.archive or "").name,
         "compression": plan.policy.policy.compression.value,
-        "size": outcome.size,
-        "sha256": outcome.sha256,
+        "encryption": encryption.to_manifest() if encryption else None,
+        # sha256/size: the file as on disk (`sha256sum` checks it); stream_*: the compressed tar stream inside it
+        # (the same as the file without encryption; `gpg -d FILE | sha256sum` with it).
+        "size": read.size if read.sha256 else outcome.size,
+        "sha256": read.sha256 if read.sha256 else outcome.sha256,
+        "stream_size": outcome.size,
+        "stream_sha256": outcome.sha256,
+        "validated_by": WrittenArchiveCheck.method(encryption),
         "entries": outcome.entries,
         "entries_digest": outcome.entries_digest,
         "verdict": result.verdict,

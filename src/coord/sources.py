@@ -3,7 +3,8 @@
 On the host (as root) coord reads `/var/lib/docker/volumes/<name>/_data`, the `Mountpoint` the engine reports.
 In a container it cannot see host paths, so the volumes are mounted into it at `<volumes root>/<name>`
 (`--volumes-root`, env `COORD_VOLUMES_ROOT`, default `/volumes`), read-only unless a strategy writes
-(snapshot does). coord runs in sidecar mode when a volumes root is given or when it finds itself in a container.
+(snapshot does). coord runs in sidecar mode when a volumes root is given, or when it finds itself in a container
+that has `/volumes`.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class VolumeSources:
 
     @classmethod
     def detect(cls, volumes_root: Path | None) -> VolumeSources:
+        """Sidecar mode when a volumes root is given (the coord image sets COORD_VOLUMES_ROOT=/volumes), or when
+        coord runs in a container that has /volumes; host mode otherwise."""
         if volumes_root is not None:
             return cls(volumes_root)
-        return cls(DEFAULT_VOLUMES_ROOT if in_container() else None)
+        return cls(DEFAULT_VOLUMES_ROOT if in_container() and DEFAULT_VOLUMES_ROOT.is_dir() else None)
 
     @property
     def mode(self) -> str:

@@ -1,19 +1,45 @@
-"""Reading an archive back: the check that replaces "the file is over 1000 bytes".
+"""Reading an archive back: the check that replaces "the file is over 1000 bytes", and `coord verify`.
 
-The whole file is read, hashed, decompressed and listed by GNU tar. A truncated or corrupted archive fails
-decompression (zstd frames carry checksums, gzip a CRC) or tar's listing; a complete one gives the same sha256,
-the same number of members and the same ordered member list (compared by digest) as the write side recorded.
+The whole file is read and hashed, decrypted when it is a `.gpg` archive (encrypt.py), decompressed and listed by
+GNU tar. A truncated or corrupted archive fails decryption (gpg's integrity check), decompression (zstd frames carry
+checksums, gzip a CRC) or tar's listing; a complete one gives the same sha256, the same number of members and the
+same ordered member list (compared by digest) as the write side recorded.
+
+Two hashes, because gpg sits between them: `sha256` is that of the file on disk, `stream_sha256` that of the
+compressed tar stream (inside the encryption). Without encryption they are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any, BinaryIO
 
-from coord.archive import CHUNK_SIZE, TAR_ENVIRONMENT, decompressor_command
+from coord.archive import (
+    CHUNK_SIZE,
+    TAR_ENVIRONMENT,
+    ArchiveOutcome,
+    StreamWriter,
+    compression_of,
+    decompressor_command,
+)
+from coord.encrypt import (
+    GPG_SUFFIX,
+    Decryption,
+    Encryption,
+    EncryptionMethod,
+    decrypt_stream,
+    encrypt_to_file,
+    read_passphrase,
+)
+from coord.errors import CoordError
+from coord.manifest import manifest_path_for, read_manifest
 from coord.policy import Compression
 
 
@@ -21,6 +47,8 @@ from coord.policy import Compression
 class ReadBack:
     sha256: str = ""
     size: int = 0
+    stream_sha256: str = ""
+    stream_size: int = 0
     entries: int = 0
     entries_digest: str = ""
     errors: list[str] = field(default_factory=list)
@@ -28,91 +56,409 @@ class ReadBack:
 
 @dataclass(frozen=True)
 class Expected:
-    sha256: str
+    """What was recorded when the archive was written. A None hash is not compared (not known on that side)."""
+
+    sha256: str | None
     entries: int
     entries_digest: str | None = None
+    stream_sha256: str | None = None
 
 
-def read_back(path: Path, compression: Compression) -> ReadBack:
-    """Hash, decompress and list the archive at `path`. Never raises for a bad archive: errors are in the result."""
-    result = ReadBack()
-    decompressor = subprocess.Popen(
+class _HashingFile:
+    """A file read through this wrapper is hashed as it goes."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Hash the rest of the file (after a reader stopped early), so its sha256 can still be reported."""
+        while self.read(CHUNK_SIZE):
+            pass
+
+
+def feed_archive(
+    path: Path, decryption: Decryption | None, sink: Callable[[bytes], None], result: ReadBack, *, drain: bool
+) -> None:
+    """Read the archive file, decrypt it when `decryption` is given, and hand the compressed stream to `sink`.
+
+    Fills `result.sha256`/`size` (the file) and `result.errors` (decryption and read failures). With `drain`,
+    the file is hashed to its end even when decryption stopped early. Exceptions from `sink` propagate.
+    """
+    try:
+        with open(path, "rb") as handle:
+            source = _HashingFile(handle)
+            try:
+                if decryption is None:
+                    while chunk := source.read(CHUNK_SIZE):
+                        sink(chunk)
+                else:
+                    decrypt_stream(source, sink, decryption, path.name)  # type: ignore[arg-type]
+            except CoordError as error:
+                result.errors.append(error.message)
+            finally:
+                if drain:
+                    source.drain()
+                result.sha256, result.size = source.digest.hexdigest(), source.size
+    except BrokenPipeError:
+        raise  # from the sink: its reader went away, not a problem reading the file
+    except OSError as error:
+        result.errors.append(f"cannot read {path}: {error.strerror}")
+
+
+def _start_decompressor(compression: Compression) -> subprocess.Popen[bytes]:
+    """zstd -d / gzip -d with all three pipes: coord feeds it, reads it, and reports what it says."""
+    return subprocess.Popen(
         decompressor_command(compression),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=TAR_ENVIRONMENT,
     )
-    lister = subprocess.Popen(
-        ["tar", "--list", "--file=-"],
-        stdin=decompressor.stdout,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=TAR_ENVIRONMENT,
-    )
-    assert decompressor.stdin and decompressor.stdout and decompressor.stderr and lister.stdout and lister.stderr
-    decompressor.stdout.close()
-    feed_errors: list[str] = []
 
-    def feed() -> None:
-        digest = hashlib.sha256()
+
+class StreamLister:
+    """`decompressor | tar --list`, fed the compressed stream chunk by chunk; counts and digests the members.
+
+    `write` never raises: a decompressor that stops reading (corrupt data) is recorded, and the stream is still
+    hashed to its end. `finish` waits for both processes and returns what they found.
+    """
+
+    def __init__(self, compression: Compression) -> None:
+        self.result = ReadBack()
+        self._digest = hashlib.sha256()
+        self._listing_digest = hashlib.sha256()
+        self._stopped = False
+        self._stderr: dict[str, bytes] = {}
+        self.decompressor = _start_decompressor(compression)
+        self.lister = subprocess.Popen(
+            ["tar", "--list", "--file=-"],
+            stdin=self.decompressor.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=TAR_ENVIRONMENT,
+        )
+        assert self.decompressor.stdout is not None
+        self.decompressor.stdout.close()
+        self._threads = [
+            threading.Thread(target=self._drain, args=("decompressor", self.decompressor.stderr), daemon=True),
+            threading.Thread(target=self._drain, args=("tar", self.lister.stderr), daemon=True),
+            threading.Thread(target=self._count, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _drain(self, name: str, stream: IO[bytes]) -> None:
+        self._stderr[name] = stream.read()
+
+    def _count(self) -> None:
+        assert self.lister.stdout is not None
+        with self.lister.stdout:
+            for line in self.lister.stdout:
+                self._listing_digest.update(line)
+                self.result.entries += 1
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.result.stream_size += len(chunk)
+        if self._stopped:
+            return
+        assert self.decompressor.stdin is not None
         try:
-            with open(path, "rb") as source, decompressor.stdin:
-                while chunk := source.read(CHUNK_SIZE):
-                    digest.update(chunk)
-                    result.size += len(chunk)
-                    try:
-                        decompressor.stdin.write(chunk)
-                    except BrokenPipeError:
-                        feed_errors.append("the decompressor stopped reading (corrupt data)")
-                        # keep hashing: the sha256 comparison must still be reported
-                        while chunk := source.read(CHUNK_SIZE):
-                            digest.update(chunk)
-                            result.size += len(chunk)
-                        break
-        except OSError as error:
-            feed_errors.append(f"cannot read {path}: {error.strerror}")
-        result.sha256 = digest.hexdigest()
+            self.decompressor.stdin.write(chunk)
+        except BrokenPipeError:
+            self._stopped = True
+            self.result.errors.append("the decompressor stopped reading (corrupt data)")
 
-    stderr_text: dict[str, bytes] = {}
+    def tee(self, write: StreamWriter) -> StreamWriter:
+        """A StreamWriter that does what `write` does and also lists the stream as it passes."""
 
-    def drain(name: str, stream) -> None:  # type: ignore[no-untyped-def]
-        stderr_text[name] = stream.read()
+        def tee_write(stream: BinaryIO, path: Path) -> None:
+            write(_TeeStream(stream, self.write), path)  # type: ignore[arg-type]
 
-    threads = [
-        threading.Thread(target=feed, daemon=True),
-        threading.Thread(target=drain, args=("decompressor", decompressor.stderr), daemon=True),
-        threading.Thread(target=drain, args=("tar", lister.stderr), daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    listing_digest = hashlib.sha256()
-    with lister.stdout:
-        for line in lister.stdout:
-            listing_digest.update(line)
-            result.entries += 1
-    lister_status = lister.wait()
-    decompressor_status = decompressor.wait()
-    for thread in threads:
-        thread.join()
-    result.entries_digest = listing_digest.hexdigest()
-    result.errors.extend(feed_errors)
-    if decompressor_status != 0:
-        said = stderr_text.get("decompressor", b"").decode(errors="replace").strip()
-        result.errors.append(f"decompression failed (exit {decompressor_status}): {said or 'no message'}")
-    if lister_status != 0:
-        said = stderr_text.get("tar", b"").decode(errors="replace").strip()
-        result.errors.append(f"tar could not list the archive (exit {lister_status}): {said or 'no message'}")
+        return tee_write
+
+    def finish(self) -> ReadBack:
+        assert self.decompressor.stdin is not None
+        with suppress(BrokenPipeError):
+            self.decompressor.stdin.close()
+        lister_status = self.lister.wait()
+        decompressor_status = self.decompressor.wait()
+        for thread in self._threads:
+            thread.join()
+        result = self.result
+        result.stream_sha256 = self._digest.hexdigest()
+        result.entries_digest = self._listing_digest.hexdigest()
+        if decompressor_status != 0:
+            said = self._stderr.get("decompressor", b"").decode(errors="replace").strip()
+            result.errors.append(f"decompression failed (exit {decompressor_status}): {said or 'no message'}")
+        if lister_status != 0:
+            said = self._stderr.get("tar", b"").decode(errors="replace").strip()
+            result.errors.append(f"tar could not list the archive (exit {lister_status}): {said or 'no message'}")
+        return result
+
+
+class _TeeStream:
+    """A readable stream that also hands every chunk read to `also`."""
+
+    def __init__(self, source: BinaryIO, also: Callable[[bytes], None]) -> None:
+        self.source = source
+        self.also = also
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        if data:
+            self.also(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.source.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.also(bytes(memoryview(buffer)[:count]))
+        return count
+
+
+def read_back(path: Path, compression: Compression, decryption: Decryption | None = None) -> ReadBack:
+    """Hash, decrypt (when `decryption` is given), decompress and list the archive at `path`.
+
+    Never raises for a bad archive: errors are in the result.
+    """
+    lister = StreamLister(compression)
+    file_side = ReadBack()
+    try:
+        feed_archive(path, decryption, lister.write, file_side, drain=True)
+    finally:
+        result = lister.finish()
+    result.sha256, result.size = file_side.sha256, file_side.size
+    result.errors[:0] = file_side.errors
     return result
 
 
+def hash_file(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def compare(read: ReadBack, expected: Expected) -> list[str]:
-    """Every way the archive read back differs from what was recorded when it was written."""
-    problems = list(read.errors)
-    if read.sha256 != expected.sha256:
+    """Every way the archive read back differs from what was recorded when it was written (the file's hash first)."""
+    problems = []
+    if expected.sha256 is not None and read.sha256 != expected.sha256:
         problems.append(f"sha256 mismatch: recorded {expected.sha256}, read {read.sha256}")
+    problems.extend(read.errors)
+    if expected.stream_sha256 is not None and read.stream_sha256 != expected.stream_sha256:
+        problems.append(
+            f"sha256 of the compressed stream mismatch: recorded {expected.stream_sha256}, read {read.stream_sha256}"
+        )
     if read.entries != expected.entries:
         problems.append(f"entry count mismatch: recorded {expected.entries}, listed {read.entries}")
     elif expected.entries_digest and read.entries_digest != expected.entries_digest:
         problems.append("member list differs from the one recorded when the archive was written")
     return problems
+
+
+class WrittenArchiveCheck:
+    """How the runner stores an archive and then checks it against what the write side saw.
+
+    Plain and passphrase-encrypted archives are read back whole (decrypted with the passphrase). coord holds only
+    public keys, so an archive encrypted to them cannot be decrypted here: its compressed stream is decompressed and
+    listed on its way to gpg instead, and the file hashed once written.
+    """
+
+    def __init__(self, compression: Compression, encryption: Encryption | None) -> None:
+        self.compression = compression
+        self.encryption = encryption
+        self.write: StreamWriter | None = None
+        self._lister: StreamLister | None = None
+        self._listed: ReadBack | None = None
+        if encryption is not None:
+            self.write = functools.partial(encrypt_to_file, encryption=encryption)
+            if encryption.method is EncryptionMethod.PUBLIC_KEY:
+                self._lister = StreamLister(compression)
+                self.write = self._lister.tee(self.write)
+
+    def end_writing(self) -> None:
+        """Call once writing is over, whether it worked or not (waits for the in-line lister)."""
+        if self._lister is not None and self._listed is None:
+            self._listed = self._lister.finish()
+
+    def read_back(self, partial: Path, outcome: ArchiveOutcome) -> tuple[ReadBack, list[str]]:
+        """What was read and every mismatch with `outcome` (the write side's hashes and member list)."""
+        expected = Expected(
+            sha256=None if self.encryption else outcome.sha256,  # the encrypted file's hash is known only by reading
+            entries=outcome.entries,
+            entries_digest=outcome.entries_digest,
+            stream_sha256=outcome.sha256,
+        )
+        if self._listed is not None:
+            read = self._listed
+            try:
+                read.sha256, read.size = hash_file(partial)
+            except OSError as error:
+                read.errors.append(f"cannot read {partial}: {error.strerror}")
+        else:
+            decryption = None
+            if self.encryption is not None:
+                assert self.encryption.passphrase_file is not None
+                passphrase = read_passphrase(self.encryption.passphrase_file)
+                decryption = Decryption(self.encryption.home, passphrase, managed=True)
+            read = read_back(partial, self.compression, decryption)
+        return read, compare(read, expected)
+
+    @staticmethod
+    def method(encryption: Encryption | None) -> str:
+        """How the check was done, in words, for the manifest."""
+        if encryption is None:
+            return "read back: decompressed and listed"
+        if encryption.method is EncryptionMethod.PASSPHRASE:
+            return "read back: decrypted, decompressed and listed"
+        return (
+            "compressed stream listed on its way to gpg, file hashed after writing; not decrypted (coord holds only "
+            "the public keys: `coord verify --gpg-home DIR` with a secret key checks the whole file)"
+        )
+
+
+@dataclass
+class TarStream:
+    """The decompressed (and decrypted) tar stream of an archive, for a reader in this process."""
+
+    stream: BinaryIO
+    result: ReadBack
+
+
+@contextmanager
+def open_tar_stream(path: Path, compression: Compression, decryption: Decryption | None) -> Iterator[TarStream]:
+    """Yield the archive's tar stream; a background thread feeds the file (decrypting) into the decompressor.
+
+    When the block ends normally the rest of the stream is drained and `result` holds both sha256s and every error
+    (decryption, decompression, reading); the caller checks them AFTER the block. When the block raises, the
+    decompressor is killed and the feeding stops early.
+    """
+    decompressor = _start_decompressor(compression)
+    assert decompressor.stdin is not None and decompressor.stdout is not None and decompressor.stderr is not None
+    result = ReadBack()
+    feed_side = ReadBack()  # the file's hash and the reading/decryption errors: the cause, reported first
+    stream_digest = hashlib.sha256()
+    stderr_text: list[bytes] = []
+
+    def sink(chunk: bytes) -> None:
+        stream_digest.update(chunk)
+        result.stream_size += len(chunk)
+        decompressor.stdin.write(chunk)  # type: ignore[union-attr]
+
+    def feed() -> None:
+        try:
+            feed_archive(path, decryption, sink, feed_side, drain=False)
+        except BrokenPipeError:
+            feed_side.errors.append("the decompressor stopped reading (corrupt data, or the reader gave up)")
+        except Exception as error:  # a thread's exception would otherwise vanish with it
+            feed_side.errors.append(f"reading {path} failed: {error!r}")
+        finally:
+            with suppress(BrokenPipeError):
+                decompressor.stdin.close()  # type: ignore[union-attr]
+
+    def drain_stderr() -> None:
+        stderr_text.append(decompressor.stderr.read())  # type: ignore[union-attr]
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    drainer = threading.Thread(target=drain_stderr, daemon=True)
+    feeder.start()
+    drainer.start()
+    completed = False
+    try:
+        yield TarStream(decompressor.stdout, result)
+        while decompressor.stdout.read(CHUNK_SIZE):  # tar's end-of-archive padding: read it, do not cut it off
+            pass
+        completed = True
+    finally:
+        if not completed:
+            decompressor.kill()
+        decompressor.stdout.close()
+        status = decompressor.wait()
+        feeder.join()
+        drainer.join()
+        result.sha256, result.size = feed_side.sha256, feed_side.size
+        result.errors[:0] = feed_side.errors
+        result.stream_sha256 = stream_digest.hexdigest()
+        if completed and status != 0:
+            said = b"".join(stderr_text).decode(errors="replace").strip()
+            result.errors.append(f"decompression failed (exit {status}): {said or 'no message'}")
+
+
+@dataclass
+class Verification:
+    """The verdict of `coord verify` on one archive."""
+
+    archive: str
+    problems: list[str] = field(default_factory=list)
+    sha256: str = ""
+    entries: int = 0
+    encrypted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def verdict(self) -> str:
+        """One line: OK or FAIL, the archive, and what was found."""
+        if self.ok:
+            how = "decrypted, decompressed" if self.encrypted else "decompressed"
+            return f"OK {self.archive}: sha256 matches the manifest; {how} and listed: {self.entries} entries"
+        more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
+        return f"FAIL {self.archive}: {self.problems[0]}{more}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "archive": self.archive,
+            "verdict": self.verdict(),
+            "sha256": self.sha256,
+            "entries": self.entries,
+            "encrypted": self.encrypted,
+            "problems": list(self.problems),
+        }
+
+
+def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verification:
+    """Read the whole archive (decrypting with `decryption()` when it is encrypted) and compare it with its manifest.
+
+    Never raises for a bad archive or manifest: the problems are in the result.
+    """
+    result = Verification(archive=str(archive))
+    manifest_path = manifest_path_for(archive)
+    try:
+        manifest = read_manifest(manifest_path)
+        expected = Expected(
+            sha256=str(manifest["sha256"]),
+            entries=int(manifest["entries"]),
+            entries_digest=manifest.get("entries_digest"),
+            stream_sha256=manifest.get("stream_sha256"),
+        )
+        compression = Compression(manifest.get("compression") or compression_of(archive).value)
+    except FileNotFoundError:
+        result.problems.append(f"no manifest {manifest_path.name} beside the archive: nothing to verify it against")
+        return result
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        result.problems.append(f"unreadable manifest {manifest_path}: {error}")
+        return result
+    result.encrypted = archive.name.endswith(GPG_SUFFIX) or bool(manifest.get("encryption"))
+    try:
+        read = read_back(archive, compression, decryption() if result.encrypted else None)
+    except CoordError as error:
+        result.problems.append(error.message)
+        return result
+    result.sha256, result.entries = read.sha256, read.entries
+    result.problems = compare(read, expected)
+    return result
