@@ -507,6 +507,7 @@ def restore(
             dry_run=dry_run,
             allowed=restore_settings_for(policies_dir, volume, archive),
             stop_timeout_s=stop_timeout,
+            state_dir=state_dir,
         )
         docker = None
         if volume is not None:

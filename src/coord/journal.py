@@ -25,6 +25,7 @@ log = logging.getLogger("coord.journal")
 
 PAUSED = "paused"
 STOPPED = "stopped"
+STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
 
 
 @dataclass(frozen=True)

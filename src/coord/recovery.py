@@ -55,7 +55,7 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
         if error is not None:
             report.restored.append(f"{entry.name}: {error}")
         elif (entry.action == "paused" and before == "paused") or (
-            entry.action == "stopped" and before in ("exited", "created")
+            entry.action in ("stopped", "stopped-paused") and before in ("exited", "created")
         ):
             verb = "unpaused" if entry.action == "paused" else "started"
             report.restored.append(f"{verb} {entry.name} (left {entry.action} by coord pid {entry.pid})")

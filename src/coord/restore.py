@@ -26,13 +26,10 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import stat
 import tarfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,11 +38,17 @@ from typing import Any
 
 from coord.archive import compression_of
 from coord.docker_ops import DockerControl
-from coord.encrypt import GPG_SUFFIX, Decryption
-from coord.errors import ArchiveRejected, CoordError, DockerError, RestoreContainersError, RestoreError, UsageError
+from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Decryption
+from coord.errors import ArchiveRejected, RestoreContainersError, RestoreError, UsageError
+from coord.journal import Journal
+from coord.lock import run_lock
 from coord.manifest import manifest_path_for, read_manifest
-from coord.policy import Compression, RestoreSettings, load_policies, policy_files
+from coord.plan import QuiesceGroup
+from coord.policy import Compression, RestoreSettings, Strategy, load_policies, policy_files
+from coord.recovery import recover
 from coord.results import ContainerAction
+from coord.signals import deferred, termination_raises
+from coord.strategies import quiesced
 from coord.verify import ReadBack, open_tar_stream
 
 log = logging.getLogger("coord.restore")
@@ -53,7 +56,6 @@ log = logging.getLogger("coord.restore")
 STAGING_PREFIX = ".coord-restore-"
 MAX_SYMLINK_DEPTH = 40  # the kernel's own limit (ELOOP)
 STOP_TIMEOUT_S = 30
-STOPPED_STATES = ("running", "paused", "restarting")  # the container states a restore stops (and restores)
 
 
 class MemberKind(StrEnum):
@@ -420,7 +422,7 @@ def restore_into_directory(
         # The staging directory came and went: give the root its mtime back, so it is as it was.
         os.utime(root, ns=(root_before.st_atime_ns, root_before.st_mtime_ns))
         raise
-    with _termination.deferred():  # the swap is short; a SIGTERM waits for it rather than leaving it half done
+    with deferred():  # the swap is short; a SIGTERM waits for it rather than leaving it half done
         try:
             for name in present:
                 _remove_entry(root / name)
@@ -454,103 +456,6 @@ def _sync_filesystem(path: Path) -> None:
         os.close(descriptor)
 
 
-class _Termination:
-    """SIGTERM (docker stop, systemd, kill) becomes SystemExit while a restore runs, so that the finally blocks
-    remove the staging directory and start the stopped containers again. Inside `deferred()` it waits until the
-    block is done. (The backup side will get the same from the runner; this is the restore's own, for now.)"""
-
-    def __init__(self) -> None:
-        self._critical = False
-        self._pending = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self._critical:
-            self._pending = True
-            return
-        raise SystemExit(128 + signum)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.signal(signal.SIGTERM, self._handle)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-            if self._pending:
-                self._pending = False
-                raise SystemExit(128 + signal.SIGTERM)
-
-
-_termination = _Termination()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Containers
-
-
-@contextmanager
-def containers_stopped(docker: DockerControl, volume: str, timeout_s: int) -> Iterator[list[ContainerAction]]:
-    """Stop every running or paused container using `volume` for the block; put each back afterwards.
-
-    Whatever the volume's backup strategy, a restore stops: a process that keeps running (live) or resumes (pause)
-    over files replaced under it mixes its memory with the restored files. Each container is registered for
-    restarting the moment it stopped, restarted (and paused again, if it was paused) also when the block fails,
-    and only the containers this function stopped are touched. A failure to put one back is raised as
-    RestoreContainersError, joined to (never replacing) the block's own error.
-
-    To be unified with strategies.py's `quiesced()` once that carries out 'stop'.
-    """
-    actions: list[ContainerAction] = []
-    stopped: list[tuple[ContainerAction, float]] = []
-    try:
-        for info in docker.containers_using(volume):
-            if info.state not in STOPPED_STATES:
-                actions.append(ContainerAction(info.name, info.id, "left-alone", info.state))
-                continue
-            began = time.monotonic()
-            docker.stop(info.id, timeout_s)
-            action = ContainerAction(info.name, info.id, "stopped", info.state)
-            stopped.append((action, began))
-            actions.append(action)
-            log.info("%s: stopped container %s (was %s)", volume, info.name, info.state)
-        yield actions
-    except BaseException as error:
-        failures = _start_again(docker, stopped)
-        if failures:
-            first = error.message if isinstance(error, CoordError) else repr(error)
-            raise RestoreContainersError(f"{first}; and containers were not put back: {'; '.join(failures)}") from error
-        raise
-    failures = _start_again(docker, stopped)
-    if failures:
-        raise RestoreContainersError(f"containers were not put back: {'; '.join(failures)}")
-
-
-def _start_again(docker: DockerControl, stopped: list[tuple[ContainerAction, float]]) -> list[str]:
-    failures = []
-    for action, began in reversed(stopped):
-        try:
-            docker.start(action.id)
-            if action.prior_state == "paused":
-                docker.pause(action.id)
-        except DockerError as error:
-            action.restored = False
-            action.error = error.message
-            failures.append(f"{action.container} ({action.prior_state} before): {error.message}")
-        action.seconds = time.monotonic() - began
-    return failures
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # One restore, start to finish
 
@@ -564,6 +469,8 @@ class RestoreRequest:
     dry_run: bool = False
     allowed: RestoreSettings = field(default_factory=RestoreSettings)
     stop_timeout_s: int = STOP_TIMEOUT_S
+    state_dir: Path = DEFAULT_STATE_DIR
+    lock_timeout_s: float = 0.0
 
 
 @dataclass
@@ -668,7 +575,9 @@ def restore(
         result.members = content.members
         if docker is not None and request.volume is not None and exists:
             result.containers = [
-                ContainerAction(c.name, c.id, "would stop" if c.state in STOPPED_STATES else "left-alone", c.state)
+                ContainerAction(
+                    c.name, c.id, "would stop" if c.state in ("running", "paused") else "left-alone", c.state
+                )
                 for c in docker.containers_using(request.volume)
             ]
         result.duration_s = time.monotonic() - clock
@@ -676,15 +585,47 @@ def restore(
 
     if not exists:
         root = _create_target(request, docker)
-    with _termination.installed():
+    with termination_raises():
         if docker is not None and request.volume is not None:
-            with containers_stopped(docker, request.volume, request.stop_timeout_s) as actions:
-                result.containers = actions
-                restore_into_directory(archive, compression, decryption, content, root, request.force)
+            _restore_with_containers_stopped(request, docker, result, archive, compression, decryption, content, root)
         else:
             restore_into_directory(archive, compression, decryption, content, root, request.force)
     result.duration_s = time.monotonic() - clock
     return result
+
+
+def _restore_with_containers_stopped(
+    request: RestoreRequest,
+    docker: DockerControl,
+    result: RestoreResult,
+    archive: Path,
+    compression: Compression,
+    decryption: Decryption | None,
+    content: ArchiveContent,
+    root: Path,
+) -> None:
+    """Stop the containers using the volume, with the backup's guarantees (journal, lock, recovery of a dead
+    run, signals held while containers change state), write the files, and put the containers back.
+
+    Whatever the volume's backup strategy, a restore stops: a process that keeps running (live) or resumes
+    (pause) over files replaced under it mixes its memory with the restored files. Paused containers are
+    stopped too, and paused again after their start.
+    """
+    assert request.volume is not None
+    journal = Journal(request.state_dir)
+    group = QuiesceGroup(
+        Strategy.STOP, [], containers=docker.containers_using(request.volume), stop_timeout=request.stop_timeout_s
+    )
+    with run_lock(request.state_dir, request.lock_timeout_s):
+        recovered = recover(journal, docker)
+        result.warnings += [f"recovered from an earlier run: {line}" for line in recovered.restored]
+        with quiesced(group, docker, journal, result.containers, Strategy.STOP, stop_paused=True):
+            restore_into_directory(archive, compression, decryption, content, root, request.force)
+    failures = [f"{a.container}: {a.error}" for a in result.containers if not a.restored]
+    if failures:
+        raise RestoreContainersError(
+            f"the files were restored, but containers were not put back: {'; '.join(failures)}"
+        )
 
 
 def restore_settings_for(policies_dir: Path, volume: str | None, archive: Path) -> RestoreSettings:

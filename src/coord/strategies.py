@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError
-from coord.journal import PAUSED, STOPPED, Journal, JournalEntry
+from coord.journal import PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
 from coord.plan import QUIESCING, QuiesceGroup
 from coord.policy import Strategy
 from coord.results import ContainerAction
@@ -45,8 +45,10 @@ def put_back(docker: DockerControl, container_id: str, name: str, action: str) -
             return f"container {name} no longer exists; nothing to put back"
         if action == PAUSED and state == "paused":
             docker.unpause(container_id)
-        elif action == STOPPED and state in ("exited", "created"):
+        elif action in (STOPPED, STOPPED_PAUSED) and state in ("exited", "created"):
             docker.start(container_id)
+            if action == STOPPED_PAUSED:
+                docker.pause(container_id)
         # Otherwise someone already changed it (unpaused or started it by hand): leave it alone.
         return None
     except CoordError as error:
@@ -61,9 +63,11 @@ def quiesced(
     journal: Journal,
     actions: list[ContainerAction],
     strategy: Strategy | None = None,
+    stop_paused: bool = False,
 ) -> Iterator[list[ContainerAction]]:
     """Hold the group's containers paused (pause, snapshot) or stopped (stop) for the block; put them back
     however it ends. `strategy` overrides the group's (auto escalating to pause, stop or snapshot).
+    `stop_paused` (restore): paused containers are stopped too, and paused again once started.
 
     Each container's action is appended to `actions` as it happens, so the caller has the record even when
     quiescing fails halfway (and the containers already changed were put back).
@@ -78,7 +82,7 @@ def quiesced(
             # Signals wait while a container changes state: an API call cut in half would leave coord unsure
             # what the engine did. They are raised between containers, or during the archive itself.
             with deferred():
-                _quiesce_one(container, strategy, group.stop_timeout, docker, journal, actions, undo)
+                _quiesce_one(container, strategy, group.stop_timeout, docker, journal, actions, undo, stop_paused)
         yield actions
     finally:
         with deferred():
@@ -94,16 +98,20 @@ def _quiesce_one(
     journal: Journal,
     actions: list[ContainerAction],
     undo: list[Callable[[], None]],
+    stop_paused: bool = False,
 ) -> None:
     """Pause or stop one container if it runs: journal first, register the undo, then act."""
     state = docker.container_state(container.id)
-    if state != "running":
+    if stop_paused and strategy is Strategy.STOP and state == "paused":
+        verb = STOPPED_PAUSED
+    elif state != "running":
         log.info("%s is %s: left alone", container.name, state or "gone")
         actions.append(ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"))
         return
-    verb = STOPPED if strategy is Strategy.STOP else PAUSED
+    else:
+        verb = STOPPED if strategy is Strategy.STOP else PAUSED
     entry = journal.record("container", container.id, verb, container.name)
-    action = ContainerAction(container.name, container.id, verb, prior_state="running")
+    action = ContainerAction(container.name, container.id, STOPPED if verb == STOPPED_PAUSED else verb, state)
     actions.append(action)
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
     # so it is right whether the call below succeeds, fails, or fails after the engine acted.
@@ -112,7 +120,7 @@ def _quiesce_one(
         if verb == PAUSED:
             docker.pause(container.id)
         else:
-            docker.stop(container.id, stop_timeout)
+            docker.stop(container.id, stop_timeout)  # works on a paused container too
     except CoordError as error:
         action.action = "failed"
         action.error = f"could not {'pause' if verb == PAUSED else 'stop'}: {error.message}"
