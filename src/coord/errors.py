@@ -50,3 +50,7 @@ class LockError(CoordError):
 
 class RestoreContainersError(CoordError):
     """A container coord paused or stopped could not be put back. Always loud: the operator must act."""
+
+
+class HistoryError(CoordError):
+    """The run history database in the state directory cannot be read or written."""
