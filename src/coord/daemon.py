@@ -31,7 +31,7 @@ from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, run_and_record
 from coord.recovery import recover
 from coord.report import human_size
-from coord.results import RunResult, VolumeStatus
+from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
 from coord.schedule import Schedule
 from coord.signals import Interrupted, termination_raises
@@ -231,17 +231,10 @@ def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> No
         fields = volume.to_json()
         fields.pop("containers")
         fields.pop("hooks")
-        detail = (
-            "; ".join(volume.errors)
-            if volume.status is VolumeStatus.FAILED
-            else f"{human_size(volume.size)}, verdict {volume.verdict}, downtime {volume.downtime_s:.2f}s -> "
-            f"{volume.archive}"
-            if volume.archive
-            else volume.status.value
-        )
         events.emit(
             "volume",
-            f"{volume.status.value} {volume.volume} (policy {volume.policy}, {volume.strategy}): {detail}",
+            f"{volume.status.value} {volume.volume} (policy {volume.policy}, {volume.strategy}): "
+            + _volume_detail(volume),
             run=record.run_id,
             **fields,
         )
@@ -259,6 +252,15 @@ def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> No
         failed=failed,
         errors=list(result.errors),
     )
+
+
+def _volume_detail(volume: VolumeResult) -> str:
+    if volume.status is VolumeStatus.FAILED:
+        return "; ".join(volume.errors)
+    if not volume.archive:
+        return volume.status.value
+    downtime = f", downtime {volume.downtime_s:.2f}s" if volume.downtime_s else ""
+    return f"{human_size(volume.size)}, verdict {volume.verdict}{downtime} -> {volume.archive}"
 
 
 def _time(moment: datetime) -> str:

@@ -30,6 +30,9 @@ def local_zone() -> tzinfo:
         if name:
             return ZoneInfo(name)
         localtime = Path("/etc/localtime")
+        target = os.path.realpath(localtime)
+        if "/zoneinfo/" in target:  # a link into the zone database names the zone, e.g. Europe/Berlin
+            return ZoneInfo(target.split("/zoneinfo/", 1)[1])
         if localtime.exists():
             with open(localtime, "rb") as handle:
                 return ZoneInfo.from_file(handle, key="localtime")
