@@ -1,6 +1,6 @@
 """`coord health`: is the backup healthy? For a Docker HEALTHCHECK or a monitoring probe; reads only the history.
 
-Healthy when the last finished run (scheduled or manual) succeeded and, under a schedule, the next run is not
+Healthy when the last run to end (scheduled or manual) succeeded and, under a schedule, the next run is not
 overdue: a run must have started within jitter + grace seconds of the first fire time after the later of the
 last run's start and the daemon's start. A run in progress is never overdue. Unhealthy with the reason otherwise:
 the last run failed, was interrupted or crashed, no run was ever recorded, or a scheduled run is overdue.
@@ -22,12 +22,17 @@ DEFAULT_GRACE_S = 300.0
 
 @dataclass(frozen=True)
 class RunView:
-    """What health needs of a run: its id, start, effective status (crashed already decided) and errors."""
+    """What health needs of a run: its id, start, effective status (crashed already decided), errors, end."""
 
     id: int
     started_at: datetime
     status: str
     errors: Sequence[str] = ()
+    finished_at: datetime | None = None  # None while running, and for a crashed run
+
+    @property
+    def ended_at(self) -> datetime:
+        return self.finished_at or self.started_at
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,10 @@ def check_health(
 ) -> Health:
     """Decide health from the recent runs (any order), the schedule (if any) and when the daemon started."""
     ordered = sorted(runs, key=lambda run: (run.started_at, run.id), reverse=True)
-    finished = [run for run in ordered if run.status != RUNNING]
     running = [run for run in ordered if run.status == RUNNING]
+    # The last run to *end* decides: a manual run that gave up on the lock while a scheduled one was going
+    # must not outlive that run's success.
+    finished = sorted((run for run in ordered if run.status != RUNNING), key=lambda run: run.ended_at, reverse=True)
     last = finished[0] if finished else None
     if last is not None and last.status != OK:
         problem = "; ".join(last.errors)
@@ -97,5 +104,5 @@ def health_of(
         problems = list(run.errors)
         if status != OK and not views:  # the latest run that did not end well: say which volumes failed and why
             problems += [f"{v.volume}: {v.error}" for v in history.volume_runs_of(run.id) if v.status == "failed"]
-        views.append(RunView(run.id, run.started_at, status, problems))
+        views.append(RunView(run.id, run.started_at, status, problems, run.finished_at))
     return check_health(views, now, schedule, started, grace_s)

@@ -142,6 +142,14 @@ def test_health(runs, schedule, daemon_started, healthy, reason) -> None:
     assert re.search(reason, health.reason), health.reason
 
 
+def test_the_last_run_to_end_decides() -> None:
+    scheduled = RunView(1, at("2026-11-27T03:00:00"), OK, (), at("2026-11-27T03:40:00"))  # long, ended ok
+    manual = RunView(2, at("2026-11-27T03:10:00"), FAILED, ("lock held",), at("2026-11-27T03:10:01"))
+    assert check_health([scheduled, manual], NOW).healthy
+    later = RunView(3, at("2026-11-27T04:00:00"), FAILED, ("disk full",), at("2026-11-27T04:00:05"))
+    assert check_health([scheduled, manual, later], NOW).reason.startswith("last run 3")
+
+
 def test_overdue_allows_jitter_and_grace() -> None:
     schedule = parse_schedule("0 3 * * *", jitter_s=3600, zone=UTC)
     runs = [run(1, "2026-11-26T03:10:00")]
