@@ -17,9 +17,11 @@ from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
+from coord.notify import Notifier
 from coord.policy import load_policies, render_json_schema
+from coord.report import human_size
 from coord.results import RunResult, VolumeStatus
-from coord.runner import DEFAULT_STATE_DIR
+from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
 from coord.sources import VolumeSources, own_container_id
 
@@ -81,6 +83,30 @@ VolumesRoot = Annotated[
         "Env: COORD_VOLUMES_ROOT.",
     ),
 ]
+Dest = Annotated[
+    Path | None,
+    typer.Option(
+        help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. Env: COORD_DEST.",
+        envvar="COORD_DEST",
+    ),
+]
+ScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--schedule",
+        envvar="COORD_SCHEDULE",
+        help=(
+            "Cron expression: 5 fields (minute hour day month weekday), or 6 with seconds first, or @daily...; "
+            "in the machine's time zone ($TZ). Env: COORD_SCHEDULE."
+        ),
+    ),
+]
+Jitter = Annotated[
+    float,
+    typer.Option(
+        "--jitter", envvar="COORD_JITTER", help="Delay each scheduled run by a random 0..N seconds. Env: COORD_JITTER."
+    ),
+]
 PolicyNames = Annotated[
     list[str] | None,
     typer.Option(
@@ -122,11 +148,10 @@ def _root(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="coord: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="coord: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # the level sits on the handler: a run may capture INFO records
+        handler.setLevel(level)  # for its notifications (notify.LogTail) without printing them here
 
 
 @contextmanager
@@ -181,7 +206,7 @@ class _ConsoleProgress:
 
     def update(self, entries: int, written_bytes: int) -> None:
         if self._display is not None:
-            self._display.update(self._task, entries=entries, written=_human_size(written_bytes))
+            self._display.update(self._task, entries=entries, written=human_size(written_bytes))
 
     def end(self) -> None:
         if self._display is not None:
@@ -219,7 +244,7 @@ def print_run_summary(result: RunResult) -> None:
         if volume.archive:
             counts = ", ".join(f"{n} {kind}" for kind, n in volume.warnings.items() if n)
             print(
-                f"{head}: {volume.entries:,} entries, {_human_size(volume.size)}, verdict {volume.verdict}"
+                f"{head}: {volume.entries:,} entries, {human_size(volume.size)}, verdict {volume.verdict}"
                 + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
                 + (f", warnings: {counts}" if counts else "")
             )
@@ -252,13 +277,7 @@ def print_run_summary(result: RunResult) -> None:
 def backup(
     policy: PolicyNames = None,
     policies_dir: PoliciesDir = Path("policies"),
-    dest: Annotated[
-        Path | None,
-        typer.Option(
-            help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. Env: COORD_DEST.",
-            envvar="COORD_DEST",
-        ),
-    ] = None,
+    dest: Dest = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     lock_timeout: LockTimeout = 0.0,
     volumes_root: VolumesRoot = None,
@@ -274,25 +293,19 @@ def backup(
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
-    validate, write a manifest beside each archive. Runs `coord recover` first."""
+    validate, write a manifest beside each archive. Runs `coord recover` first; records the run in the history
+    and calls the webhooks of <policies dir>/_defaults.yaml."""
     from coord.docker_ops import DockerControl
-    from coord.runner import BackupRequest, run_backup
+    from coord.history import History
+    from coord.recording import MANUAL, run_and_record
 
     def work() -> RunResult:
-        if dest is None:
-            raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-        request = BackupRequest(
-            policies_dir=policies_dir,
-            dest=dest,
-            policy_names=tuple(policy or ()),
-            state_dir=state_dir,
-            lock_timeout_s=lock_timeout,
-            sources=VolumeSources.detect(volumes_root),
-            passphrase_file=passphrase_file,
+        request, notifier = _checked_request(
+            policy, policies_dir, dest, state_dir, lock_timeout, volumes_root, passphrase_file
         )
-        load_policies(policies_dir, request.policy_names or None)  # policy errors before Docker is contacted
         progress = _ConsoleProgress() if stderr.is_terminal and not as_json else None
-        return run_backup(request, DockerControl.connect(), progress)
+        result, _ = run_and_record(request, DockerControl.connect, History(state_dir), notifier, MANUAL, progress)
+        return result
 
     result = _run(as_json, work)
     if as_json:
@@ -300,6 +313,34 @@ def backup(
     else:
         print_run_summary(result)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _checked_request(
+    policy: list[str] | None,
+    policies_dir: Path,
+    dest: Path | None,
+    state_dir: Path,
+    lock_timeout: float,
+    volumes_root: Path | None = None,
+    passphrase_file: Path | None = None,
+) -> tuple[BackupRequest, Notifier]:
+    """The backup request and notifier, after checking the policies and defaults (before Docker is contacted).
+    Raises UsageError/PolicyError."""
+    from coord.defaults import load_defaults
+
+    if dest is None:
+        raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
+    request = BackupRequest(
+        policies_dir=policies_dir,
+        dest=dest,
+        policy_names=tuple(policy or ()),
+        state_dir=state_dir,
+        lock_timeout_s=lock_timeout,
+        sources=VolumeSources.detect(volumes_root),
+        passphrase_file=passphrase_file,
+    )
+    load_policies(policies_dir, request.policy_names or None)
+    return request, Notifier(load_defaults(policies_dir).notify)
 
 
 @app.command()
@@ -379,8 +420,22 @@ def recover(
 def validate(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False) -> None:
     """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any."""
 
+    from coord.defaults import load_defaults
+
     def work() -> list[str]:
-        return [item.name for item in load_policies(policies_dir)]
+        problems: list[str] = []
+        names: list[str] = []
+        for check in (
+            lambda: names.extend(item.name for item in load_policies(policies_dir)),
+            lambda: load_defaults(policies_dir),
+        ):
+            try:
+                check()
+            except PolicyError as error:
+                problems += error.problems
+        if problems:
+            raise PolicyError(problems)
+        return names
 
     names = _run(as_json, work)
     if as_json:
@@ -579,6 +634,120 @@ def prune(
         if not results:
             print("nothing to prune: no policy with 'retention:' covers a volume directory under the destination")
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def report(
+    week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W48 (UTC). Default: the current week.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this date (UTC midnight) or date-time until now.")] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
+    downtime, last success; and how many runs ended ok, failed, interrupted or crashed."""
+    from datetime import UTC, datetime
+
+    from coord.history import History
+    from coord.report import Report, parse_since, parse_week, render_report, report_for, week_of
+
+    def work() -> Report:
+        if week and since:
+            raise UsageError("give --week or --since, not both")
+        now = datetime.now(UTC)
+        period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
+        return report_for(History(state_dir), period)
+
+    result = _run(as_json, work)
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        print("\n".join(render_report(result)))
+
+
+@app.command()
+def status(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: JsonFlag = False) -> None:
+    """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running."""
+    from coord.history import History
+    from coord.report import render_status, status_of
+
+    found = _run(as_json, lambda: status_of(History(state_dir)))
+    latest, latest_status = found["last_run"], found["last_run_status"]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "volumes": [row.to_json() for row in found["volumes"]],
+                    "last_run": latest.to_json(latest_status) if latest else None,
+                }
+            )
+        )
+    else:
+        print("\n".join(render_status(latest, latest_status, found["volumes"])))
+
+
+@app.command()
+def health(
+    schedule: ScheduleOption = None,
+    jitter: Jitter = 0.0,
+    grace: Annotated[
+        float, typer.Option(help="Seconds a scheduled run may start late (after its jitter) before it is overdue.")
+    ] = 300.0,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Exit 0 if the last run (scheduled or manual) succeeded and, under a schedule, the next is not overdue;
+    else exit 1 with the reason. For a Docker HEALTHCHECK; reads only the history, never contacts Docker.
+    Without --schedule, the schedule of the running (or dead) `coord daemon` is used."""
+    from datetime import UTC, datetime
+
+    from coord.health import Health, health_of
+    from coord.history import History
+    from coord.schedule import parse_schedule
+
+    def work() -> Health:
+        parsed = parse_schedule(schedule, jitter) if schedule else None
+        return health_of(History(state_dir), datetime.now(UTC), parsed, grace)
+
+    verdict = _run(as_json, work)
+    if as_json:
+        print(json.dumps(verdict.to_json()))
+    else:
+        print(("healthy: " if verdict.healthy else "unhealthy: ") + verdict.reason)
+    raise typer.Exit(EXIT_OK if verdict.healthy else EXIT_FAILED)
+
+
+@app.command()
+def daemon(
+    schedule: ScheduleOption = None,
+    jitter: Jitter = 0.0,
+    log_format: Annotated[str, typer.Option(help="text: one line per event; json: one JSON object per line.")] = "text",
+    policy: PolicyNames = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    dest: Dest = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    lock_timeout: LockTimeout = 3600.0,
+    volumes_root: VolumesRoot = None,
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
+    never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
+    from coord.daemon import LOG_FORMATS, EventLog, run_daemon
+    from coord.docker_ops import DockerControl
+    from coord.schedule import parse_schedule
+
+    def work() -> int:
+        if not schedule:
+            raise UsageError("no schedule: pass --schedule 'CRON' or set COORD_SCHEDULE")
+        if log_format not in LOG_FORMATS:
+            raise UsageError(f"--log-format '{log_format}': expected one of {', '.join(LOG_FORMATS)}")
+        parsed = parse_schedule(schedule, jitter)
+        request, notifier = _checked_request(
+            policy, policies_dir, dest, state_dir, lock_timeout, volumes_root, passphrase_file
+        )
+        return run_daemon(request, parsed, DockerControl.connect, notifier, EventLog(sys.stdout, log_format))
+
+    raise typer.Exit(_run(False, work))
 
 
 @app.command()

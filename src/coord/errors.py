@@ -73,3 +73,7 @@ class ArchiveRejected(RestoreError):
             + "\n".join(f"  {p}" for p in shown)
             + more
         )
+
+
+class HistoryError(CoordError):
+    """The run history database in the state directory cannot be read or written."""

@@ -14,14 +14,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coord.errors import PolicyError, UsageError
 
+DocumentModel = TypeVar("DocumentModel", bound=BaseModel)
+
 POLICY_SUFFIXES = (".yaml", ".yml")
+DEFAULTS_STEM = "_defaults"  # <policies dir>/_defaults.yaml holds settings for every run, not a policy (defaults.py)
 
 
 class Strategy(StrEnum):
@@ -468,8 +471,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _allowed_keys(location: Sequence[str | int]) -> list[str]:
-    model: type[BaseModel] = Policy
+def _allowed_keys(location: Sequence[str | int], model: type[BaseModel]) -> list[str]:
     for step in location[:-1]:
         field = model.model_fields.get(str(step)) if isinstance(step, str) else None
         annotation = field.annotation if field else None
@@ -482,13 +484,13 @@ def _allowed_keys(location: Sequence[str | int]) -> list[str]:
     return list(model.model_fields)
 
 
-def _message_for(error: dict[str, Any]) -> str:
-    """Turn one pydantic error into an operator's sentence."""
+def _message_for(error: dict[str, Any], model: type[BaseModel] = Policy) -> str:
+    """Turn one pydantic error (from validating `model`) into an operator's sentence."""
     kind = error["type"]
     location = error["loc"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(location)
+        allowed = _allowed_keys(location, model)
         unknown = str(location[-1])
         close = difflib.get_close_matches(unknown, allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -535,6 +537,22 @@ def _where(path: Path, line: int | None) -> str:
 
 def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
     """Validate one policy file's text. Returns the policy (None when invalid) and every problem found."""
+    policy, problems = parse_document(
+        path, text, Policy, "volumes, strategy, ...", if_empty="a policy needs at least 'volumes' and 'strategy'"
+    )
+    if policy is None:
+        return None, problems
+    return _resolve_files(policy, path, yaml.compose(text, Loader=_UniqueKeyLoader))
+
+
+def parse_document(
+    path: Path, text: str, model: type[DocumentModel], keys_hint: str, if_empty: str | None = None
+) -> tuple[DocumentModel | None, list[str]]:
+    """Validate a YAML file's text against `model` (its unknown keys forbidden): file:line: key: problem messages.
+
+    Returns the document (None when invalid) and every problem found. An empty file is a problem (`if_empty`
+    says why) or, when `if_empty` is None, `model()` with its defaults. `keys_hint` names the expected keys.
+    """
     try:
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
         data = yaml.load(text, Loader=_UniqueKeyLoader)
@@ -545,24 +563,23 @@ def parse_policy(path: Path, text: str) -> tuple[Policy | None, list[str]]:
         return None, [f"{where}: YAML syntax error: {problem}"]
     except yaml.YAMLError as error:
         return None, [f"{path}: YAML error: {error}"]
+    if data is None and if_empty is None:
+        data = {}
     if data is None:
-        return None, [f"{path}: the file is empty; a policy needs at least 'volumes' and 'strategy'"]
+        return None, [f"{path}: the file is empty; {if_empty}"]
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
-        return None, [
-            f"{_where(path, line)}: expected a mapping of keys (volumes, strategy, ...), got {_describe(data)}"
-        ]
+        return None, [f"{_where(path, line)}: expected a mapping of keys ({keys_hint}), got {_describe(data)}"]
     try:
-        policy = Policy.model_validate(data)
+        return model.model_validate(data), []
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
             location = tuple(item["loc"])
             line = _line_of(root, location, key=item["type"] == "extra_forbidden")
             key = f"{_format_location(location)}: " if location else ""
-            problems.append(f"{_where(path, line)}: {key}{_message_for(item)}")
+            problems.append(f"{_where(path, line)}: {key}{_message_for(item, model)}")
         return None, problems
-    return _resolve_files(policy, path, root)
 
 
 def _resolve_files(policy: Policy, path: Path, root: yaml.Node | None) -> tuple[Policy | None, list[str]]:
@@ -586,13 +603,15 @@ def _resolve_files(policy: Policy, path: Path, root: yaml.Node | None) -> tuple[
 
 
 def policy_files(directory: Path) -> list[Path]:
-    """The policy files in `directory`, sorted by name."""
+    """The policy files in `directory`, sorted by name (the defaults file is not one)."""
     if not directory.is_dir():
         raise UsageError(
             f"policies directory '{directory}' does not exist or is not a directory "
             "(set --policies-dir or COORD_POLICIES_DIR)"
         )
-    return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+    return sorted(
+        p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.stem != DEFAULTS_STEM and p.is_file()
+    )
 
 
 def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[LoadedPolicy]:

@@ -1,0 +1,53 @@
+"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): today, notifications.
+
+The file sits beside the policies so one directory configures coord, but it is not a policy (the loader skips
+it). It is validated like a policy file: unknown keys, duplicate keys and wrong types are errors with file,
+line and key. A missing or empty file means the defaults: no notifications.
+
+```yaml
+notify:
+  webhooks:
+    - url: https://hooks.example.com/services/T000/B000/XXXX
+      events: [failure, success]      # default [failure]; also start
+      timeout_s: 10
+  log_lines: 50                       # the run's last log lines sent along
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coord.errors import PolicyError
+from coord.notify import Notify
+from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document
+
+
+class Defaults(BaseModel):
+    """Settings that apply to every backup run, whatever the policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="coord defaults")
+
+    notify: Notify = Field(default_factory=Notify, description="Webhooks called when a run starts, fails or succeeds.")
+
+
+def defaults_path(directory: Path) -> Path | None:
+    """The defaults file in `directory` (`_defaults.yaml` or `.yml`), None when there is none."""
+    found = [directory / f"{DEFAULTS_STEM}{suffix}" for suffix in POLICY_SUFFIXES]
+    present = [path for path in found if path.is_file()]
+    if len(present) > 1:
+        raise PolicyError([f"{present[1]}: defaults are also defined by {present[0]}; keep one file"])
+    return present[0] if present else None
+
+
+def load_defaults(directory: Path) -> Defaults:
+    """Read and validate the defaults file; `Defaults()` without one. Raises PolicyError listing every problem."""
+    path = defaults_path(directory)
+    if path is None:
+        return Defaults()
+    defaults, problems = parse_document(path, path.read_text(encoding="utf-8"), Defaults, "notify")
+    if problems or defaults is None:
+        raise PolicyError(problems)
+    return defaults

@@ -1,0 +1,520 @@
+"""Run history: every backup run and each volume's outcome, durably, in <state dir>/history.sqlite3.
+
+SQLite from the standard library: one file, safe for several processes at once (WAL mode, a busy timeout,
+writes in `BEGIN IMMEDIATE` transactions, `synchronous=FULL` so a finished run survives a power cut), and
+queryable with the `sqlite3` shell. The schema version is `PRAGMA user_version`; newer coords migrate older
+files forward, an older coord refuses a newer file.
+
+A run's row is written when it starts, with status `running`, its pid and that process's identity (boot id
+and start time from /proc); it is finalized when the run ends: `ok`, `failed` or `interrupted`. A row still
+`running` whose process is gone (killed, OOM, power cut) is shown as `crashed`; the next recorded run stores
+that status. The pid alone is not trusted: pids are reused, so the process's start time must match too. The
+check needs the /proc of the pid namespace the run lived in (run `coord status` where the run ran, e.g. with
+`docker exec` into a sidecar); a row from another host is left `running`.
+
+Times are stored as UTC ISO 8601 text (`2026-11-27T03:00:00.000000Z`), which sorts and reads well in SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coord.errors import HistoryError
+from coord.results import RunResult, VolumeResult
+
+HISTORY_FILE = "history.sqlite3"
+BUSY_TIMEOUT_S = 30.0
+
+RUNNING = "running"
+OK = "ok"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+CRASHED = "crashed"
+RUN_STATUSES = (RUNNING, OK, FAILED, INTERRUPTED, CRASHED)
+
+# One tuple of statements per schema version; version N is MIGRATIONS[N - 1]. Only ever append.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL,           -- running | ok | failed | interrupted | crashed
+            trigger TEXT NOT NULL,          -- manual | schedule
+            pid INTEGER NOT NULL,
+            process TEXT,                   -- boot id and start time of pid: tells a reused pid apart
+            host TEXT NOT NULL,
+            policies TEXT NOT NULL,         -- JSON list of the selected policies; [] = all
+            errors TEXT NOT NULL DEFAULT '[]',  -- JSON list: run-level problems, or why the run could not be done
+            volume_count INTEGER NOT NULL DEFAULT 0,
+            failed_count INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX runs_started ON runs (started_at)",
+        """CREATE TABLE volume_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs (id),
+            started_at TEXT NOT NULL,       -- the run's start: reports group by it
+            volume TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            status TEXT NOT NULL,           -- ok | warning | failed | excluded
+            verdict TEXT,
+            warnings TEXT NOT NULL,         -- JSON object: vanished, changed, shrank, skipped counts
+            warning_count INTEGER NOT NULL, -- vanished + changed + shrank (skipped entries are not warnings)
+            downtime_s REAL NOT NULL,
+            size INTEGER NOT NULL,
+            duration_s REAL NOT NULL,
+            archive TEXT,
+            error TEXT                      -- the volume's errors joined with '; ', NULL when none
+        )""",
+        "CREATE INDEX volume_runs_started ON volume_runs (started_at)",
+        "CREATE INDEX volume_runs_volume ON volume_runs (volume, started_at)",
+        """CREATE TABLE daemon (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            pid INTEGER NOT NULL,
+            process TEXT,
+            host TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            jitter_s REAL NOT NULL,
+            next_run_at TEXT,
+            stopped_at TEXT
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+WARNING_KINDS = ("vanished", "changed", "shrank")
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if text else None
+
+
+def process_identity(pid: int) -> str | None:
+    """'<boot id>/<start time in clock ticks>' of a live process, None when it does not exist or /proc is absent."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name may contain spaces and parentheses
+    return f"{boot}/{fields[19]}" if len(fields) > 19 else None
+
+
+def process_alive(pid: int, identity: str | None) -> bool:
+    """Whether the process that wrote a row still runs: same pid AND same start time (pids get reused)."""
+    if identity is not None and Path("/proc/self/stat").exists():
+        return process_identity(pid) == identity
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    status: str  # as stored; see `effective_status`
+    trigger: str
+    pid: int
+    process: str | None
+    host: str
+    policies: list[str]
+    errors: list[str]
+    volume_count: int
+    failed_count: int
+
+    def effective_status(self, here: str | None = None) -> str:
+        """`crashed` for a row still `running` whose process is gone (on this host); the stored status otherwise."""
+        if self.status == RUNNING and self.host == (here or socket.gethostname()):
+            return RUNNING if process_alive(self.pid, self.process) else CRASHED
+        return self.status
+
+    def to_json(self, status: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "status": status or self.status,
+            "trigger": self.trigger,
+            "pid": self.pid,
+            "host": self.host,
+            "policies": self.policies,
+            "errors": self.errors,
+            "volumes": self.volume_count,
+            "failed": self.failed_count,
+        }
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    run_id: int
+    started_at: datetime
+    volume: str
+    policy: str
+    strategy: str
+    status: str
+    verdict: str | None = None
+    warnings: dict[str, int] = field(default_factory=dict)
+    downtime_s: float = 0.0
+    size: int = 0
+    duration_s: float = 0.0
+    archive: str | None = None
+    error: str | None = None
+
+    @property
+    def warning_count(self) -> int:
+        return sum(self.warnings.get(kind, 0) for kind in WARNING_KINDS)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "started_at": _iso(self.started_at),
+            "volume": self.volume,
+            "policy": self.policy,
+            "strategy": self.strategy,
+            "status": self.status,
+            "verdict": self.verdict,
+            "warnings": dict(self.warnings),
+            "downtime_s": round(self.downtime_s, 3),
+            "size": self.size,
+            "duration_s": round(self.duration_s, 3),
+            "archive": self.archive,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class DaemonRow:
+    pid: int
+    process: str | None
+    host: str
+    started_at: datetime
+    schedule: str
+    jitter_s: float
+    next_run_at: datetime | None
+    stopped_at: datetime | None
+
+    def alive(self) -> bool:
+        return self.stopped_at is None and process_alive(self.pid, self.process)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def volume_row_of(run_id: int, started_at: datetime, result: VolumeResult) -> VolumeRow:
+    return VolumeRow(
+        run_id=run_id,
+        started_at=started_at,
+        volume=result.volume,
+        policy=result.policy,
+        strategy=result.strategy,
+        status=result.status.value,
+        verdict=result.verdict,
+        warnings=dict(result.warnings),
+        downtime_s=result.downtime_s,
+        size=result.size,
+        duration_s=result.duration_s,
+        archive=result.archive,
+        error="; ".join(result.errors) or None,
+    )
+
+
+class History:
+    """The history database of one state directory. Each call opens, uses and closes its own connection."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / HISTORY_FILE
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def start_run(self, trigger: str, policies: Sequence[str] = (), now: datetime | None = None) -> int:
+        """Write a `running` row for this process; returns its id. Raises HistoryError."""
+        pid = os.getpid()
+        with self._write() as connection:
+            cursor = connection.execute(
+                "INSERT INTO runs (started_at, status, trigger, pid, process, host, policies) VALUES (?,?,?,?,?,?,?)",
+                (
+                    format_time(now or datetime.now(UTC)),
+                    RUNNING,
+                    trigger,
+                    pid,
+                    process_identity(pid),
+                    socket.gethostname(),
+                    json.dumps(list(policies)),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        result: RunResult | None = None,
+        errors: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> None:
+        """Finalize a run: its status, run-level errors, and one row per volume of `result`. Raises HistoryError."""
+        volumes = result.volumes if result else []
+        with self._write() as connection:
+            row = connection.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise HistoryError(f"history {self.path}: run {run_id} does not exist")
+            started = parse_time(row[0])
+            assert started is not None
+            connection.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, errors = ?, volume_count = ?, failed_count = ? "
+                "WHERE id = ?",
+                (
+                    format_time(now or datetime.now(UTC)),
+                    status,
+                    json.dumps([*(result.errors if result else []), *errors]),
+                    len(volumes),
+                    sum(1 for v in volumes if v.status.value == FAILED),
+                    run_id,
+                ),
+            )
+            for volume in volumes:
+                self._insert_volume(connection, volume_row_of(run_id, started, volume))
+
+    def mark_crashed(self) -> list[int]:
+        """Store `crashed` for rows still `running` whose process is gone; returns their ids."""
+        if not self.path.exists():
+            return []
+        here = socket.gethostname()
+        dead = [run.id for run in self.runs(status=RUNNING) if run.effective_status(here) == CRASHED]
+        if dead:
+            with self._write() as connection:
+                why = json.dumps(["the run's process ended before it finished (killed, out of memory, power cut?)"])
+                connection.executemany(
+                    "UPDATE runs SET status = ?, errors = ? WHERE id = ? AND status = ?",
+                    [(CRASHED, why, run_id, RUNNING) for run_id in dead],
+                )
+        return dead
+
+    def daemon_started(self, schedule: str, jitter_s: float, now: datetime | None = None) -> None:
+        pid = os.getpid()
+        with self._write() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO daemon (id, pid, process, host, started_at, schedule, jitter_s) "
+                "VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (
+                    pid,
+                    process_identity(pid),
+                    socket.gethostname(),
+                    format_time(now or datetime.now(UTC)),
+                    schedule,
+                    jitter_s,
+                ),
+            )
+
+    def daemon_next_run(self, next_run_at: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE daemon SET next_run_at = ? WHERE pid = ?", (format_time(next_run_at), os.getpid())
+            )
+
+    def daemon_stopped(self, now: datetime | None = None) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE daemon SET stopped_at = ?, next_run_at = NULL WHERE pid = ?",
+                (format_time(now or datetime.now(UTC)), os.getpid()),
+            )
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def runs(
+        self, since: datetime | None = None, until: datetime | None = None, status: str | None = None
+    ) -> list[RunRow]:
+        """Runs that started in [since, until), oldest first."""
+        where, parameters = _period(since, until)
+        if status:
+            where += " AND status = ?"
+            parameters.append(status)
+        rows = self._read(f"SELECT * FROM runs WHERE {where} ORDER BY started_at, id", parameters)
+        return [_from_row(RunRow, row) for row in rows]
+
+    def recent_runs(self, limit: int) -> list[RunRow]:
+        """The `limit` latest runs, newest first."""
+        rows = self._read("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT ?", [limit])
+        return [_from_row(RunRow, row) for row in rows]
+
+    def latest_run(self) -> RunRow | None:
+        latest = self.recent_runs(1)
+        return latest[0] if latest else None
+
+    def volume_runs(self, since: datetime | None = None, until: datetime | None = None) -> list[VolumeRow]:
+        """Volume outcomes of runs that started in [since, until), oldest first."""
+        where, parameters = _period(since, until)
+        rows = self._read(f"SELECT * FROM volume_runs WHERE {where} ORDER BY started_at, id", parameters)
+        return [_from_row(VolumeRow, row) for row in rows]
+
+    def volume_runs_of(self, run_id: int) -> list[VolumeRow]:
+        rows = self._read("SELECT * FROM volume_runs WHERE run_id = ? ORDER BY id", [run_id])
+        return [_from_row(VolumeRow, row) for row in rows]
+
+    def last_successes(self, until: datetime | None = None) -> dict[tuple[str, str], datetime]:
+        """(policy, volume) -> start of its latest run with status ok or warning, before `until`."""
+        where, parameters = _period(None, until)
+        rows = self._read(
+            f"SELECT policy, volume, MAX(started_at) AS at FROM volume_runs WHERE {where} "
+            "AND status IN ('ok', 'warning') GROUP BY policy, volume",
+            parameters,
+        )
+        return {(row["policy"], row["volume"]): _required_time(row["at"]) for row in rows}
+
+    def latest_per_volume(self) -> list[VolumeRow]:
+        """The most recent outcome of every volume ever recorded, by volume name."""
+        rows = self._read(
+            "SELECT * FROM volume_runs WHERE id IN (SELECT MAX(id) FROM volume_runs GROUP BY volume) ORDER BY volume",
+            [],
+        )
+        return [_from_row(VolumeRow, row) for row in rows]
+
+    def daemon(self) -> DaemonRow | None:
+        rows = self._read("SELECT * FROM daemon WHERE id = 1", [])
+        return _from_row(DaemonRow, rows[0]) if rows else None
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_volume(connection: sqlite3.Connection, row: VolumeRow) -> None:
+        connection.execute(
+            "INSERT INTO volume_runs (run_id, started_at, volume, policy, strategy, status, verdict, warnings, "
+            "warning_count, downtime_s, size, duration_s, archive, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                row.run_id,
+                format_time(row.started_at),
+                row.volume,
+                row.policy,
+                row.strategy,
+                row.status,
+                row.verdict,
+                json.dumps(row.warnings),
+                row.warning_count,
+                row.downtime_s,
+                row.size,
+                row.duration_s,
+                row.archive,
+                row.error,
+            ),
+        )
+
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        """SQLite and file errors become HistoryError, naming the database."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            raise HistoryError(f"history {self.path}: {error}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._reported():
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            with self._reported():
+                connection.row_factory = sqlite3.Row
+                connection.execute("PRAGMA journal_mode = WAL")
+                connection.execute("PRAGMA synchronous = FULL")
+                connection.execute("PRAGMA foreign_keys = ON")
+                _migrate(connection, self.path)
+            return connection
+        except BaseException:
+            connection.close()
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed when the block ends, rolled back on any exception."""
+        with closing(self._connect()) as connection, self._reported():
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.rollback()
+                raise
+
+    def _read(self, query: str, parameters: Sequence[Any]) -> list[sqlite3.Row]:
+        if not self.path.exists():  # reading never creates the database
+            return []
+        with closing(self._connect()) as connection, self._reported():
+            return connection.execute(query, parameters).fetchall()
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to SCHEMA_VERSION; the version is re-read inside the write lock, so racing runs agree."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(
+                f"history {path} has schema version {version}, newer than this coord knows ({SCHEMA_VERSION}): "
+                "upgrade coord"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[number - 1]:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.rollback()
+        raise
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[str, list[Any]]:
+    clauses, parameters = ["1 = 1"], []
+    if since is not None:
+        clauses.append("started_at >= ?")
+        parameters.append(format_time(since))
+    if until is not None:
+        clauses.append("started_at < ?")
+        parameters.append(format_time(until))
+    return " AND ".join(clauses), parameters
+
+
+def _required_time(text: str) -> datetime:
+    moment = parse_time(text)
+    assert moment is not None
+    return moment
+
+
+_TIME_COLUMNS = ("started_at", "finished_at", "next_run_at", "stopped_at")
+_JSON_COLUMNS = ("policies", "errors", "warnings")
+Row = TypeVar("Row", RunRow, VolumeRow, DaemonRow)
+
+
+def _from_row(kind: type[Row], row: sqlite3.Row) -> Row:
+    """A row dataclass from a database row of the same column names, times and JSON decoded."""
+    values: dict[str, Any] = {}
+    for item in fields(kind):
+        value = row[item.name]
+        if item.name in _TIME_COLUMNS:
+            value = parse_time(value)
+        elif item.name in _JSON_COLUMNS:
+            value = json.loads(value)
+        values[item.name] = value
+    return kind(**values)

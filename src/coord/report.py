@@ -1,0 +1,290 @@
+"""Reports over the run history: pure functions from rows to summaries, and their text and JSON renderings.
+
+Definitions (README, "Run history and reports"): a volume's *runs* are its outcomes other than `excluded`;
+*successes* are `ok` plus `warning` (the backup was written; exit 0), *warnings* the `warning` ones among them,
+*failures* the `failed` ones; the success rate is successes / runs. Downtime statistics cover every run, failed
+ones too (a failed pause still froze the containers). *Last success* looks at all history before the end of the
+period, not only the period. Weeks are ISO 8601 weeks (Monday to Sunday) in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from coord.errors import UsageError
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, RunRow, VolumeRow
+
+SUCCESS_STATUSES = ("ok", "warning")
+WEEK = re.compile(r"^(\d{4})-?W(\d{1,2})$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Period:
+    """[start, end) in UTC, with how the operator asked for it."""
+
+    start: datetime
+    end: datetime
+    label: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": _iso(self.start), "to": _iso(self.end), "label": self.label}
+
+
+def week_of(moment: datetime) -> Period:
+    """The ISO week (UTC) that contains `moment`."""
+    year, week, _ = moment.astimezone(UTC).isocalendar()
+    return _week(year, week)
+
+
+def parse_week(text: str) -> Period:
+    """'2026-W48' (or '2026W48') -> that ISO week. Raises UsageError."""
+    match = WEEK.match(text.strip())
+    if not match:
+        raise UsageError(f"--week '{text}': expected an ISO week like 2026-W48")
+    year, week = int(match[1]), int(match[2])
+    try:
+        return _week(year, week)
+    except ValueError:
+        raise UsageError(f"--week '{text}': {year} has no ISO week {week}") from None
+
+
+def parse_since(text: str, now: datetime) -> Period:
+    """'2026-11-01' (midnight UTC) or an ISO date-time -> [then, now). Raises UsageError."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"--since '{text}': expected a date like 2026-11-01 or a date-time") from None
+    start = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if start > now:
+        raise UsageError(f"--since '{text}' is in the future")
+    return Period(start, now, f"since {text.strip()}")
+
+
+def _week(year: int, week: int) -> Period:
+    monday = date.fromisocalendar(year, week, 1)
+    start = datetime.combine(monday, time(), UTC)
+    return Period(start, start + timedelta(days=7), f"{year}-W{week:02d}")
+
+
+@dataclass
+class VolumeSummary:
+    policy: str
+    volume: str
+    runs: int = 0
+    successes: int = 0
+    warnings: int = 0
+    failures: int = 0
+    excluded: int = 0
+    downtime_total_s: float = 0.0
+    downtime_max_s: float = 0.0
+    last_success: datetime | None = None
+    last_status: str | None = None
+    last_error: str | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.runs if self.runs else None
+
+    @property
+    def downtime_mean_s(self) -> float | None:
+        return self.downtime_total_s / self.runs if self.runs else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "volume": self.volume,
+            "runs": self.runs,
+            "successes": self.successes,
+            "warnings": self.warnings,
+            "failures": self.failures,
+            "excluded": self.excluded,
+            "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
+            "downtime_mean_s": None if self.downtime_mean_s is None else round(self.downtime_mean_s, 3),
+            "downtime_max_s": round(self.downtime_max_s, 3),
+            "last_success": _iso(self.last_success),
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class RunCounts:
+    total: int = 0
+    by_status: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((OK, FAILED, INTERRUPTED, CRASHED, RUNNING), 0)
+    )
+
+    def to_json(self) -> dict[str, int]:
+        return {"total": self.total, **self.by_status}
+
+
+@dataclass
+class Report:
+    period: Period
+    runs: RunCounts
+    volumes: list[VolumeSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "period": self.period.to_json(),
+            "runs": self.runs.to_json(),
+            "volumes": [v.to_json() for v in self.volumes],
+        }
+
+
+def build_report(
+    period: Period,
+    run_statuses: Iterable[str],
+    volume_rows: Iterable[VolumeRow],
+    last_successes: dict[tuple[str, str], datetime],
+) -> Report:
+    """Aggregate one period.
+
+    `run_statuses` are the effective statuses of the runs that started in the period (crashed ones included),
+    `volume_rows` the volume outcomes of that period, `last_successes` each (policy, volume)'s latest success
+    before the period's end (from all history).
+    """
+    counts = RunCounts()
+    for status in run_statuses:
+        counts.total += 1
+        counts.by_status[status] = counts.by_status.get(status, 0) + 1
+    summaries: dict[tuple[str, str], VolumeSummary] = {}
+    for row in sorted(volume_rows, key=lambda r: (r.started_at, r.run_id)):
+        if not period.start <= row.started_at < period.end:
+            continue
+        summary = summaries.setdefault((row.policy, row.volume), VolumeSummary(row.policy, row.volume))
+        summary.last_status, summary.last_error = row.status, row.error
+        if row.status == "excluded":
+            summary.excluded += 1
+            continue
+        summary.runs += 1
+        summary.successes += row.status in SUCCESS_STATUSES
+        summary.warnings += row.status == "warning"
+        summary.failures += row.status == "failed"
+        summary.downtime_total_s += row.downtime_s
+        summary.downtime_max_s = max(summary.downtime_max_s, row.downtime_s)
+    for key, summary in summaries.items():
+        summary.last_success = last_successes.get(key)
+    return Report(period, counts, [summaries[key] for key in sorted(summaries)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def short_time(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "never"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def render_report(report: Report) -> list[str]:
+    """The report as text lines: a header with the run counts, then one row per policy and volume."""
+    period = report.period
+    counts = ", ".join(f"{n} {status}" for status, n in report.runs.by_status.items() if n)
+    lines = [
+        f"coord report {period.label} ({short_time(period.start)} .. {short_time(period.end)}): "
+        f"{report.runs.total} run(s)" + (f": {counts}" if counts else "")
+    ]
+    if not report.volumes:
+        lines.append("no volume outcomes recorded in this period")
+        return lines
+    header = ("policy", "volume", "runs", "ok", "warn", "fail", "rate", "downtime mean", "max", "last success")
+    rows = [header] + [
+        (
+            v.policy,
+            v.volume,
+            str(v.runs),
+            str(v.successes - v.warnings),
+            str(v.warnings),
+            str(v.failures),
+            "-" if v.success_rate is None else f"{v.success_rate:.0%}",
+            "-" if v.downtime_mean_s is None else f"{v.downtime_mean_s:.2f}s",
+            f"{v.downtime_max_s:.2f}s",
+            short_time(v.last_success) + (f" ({v.excluded} excluded)" if v.excluded else ""),
+        )
+        for v in report.volumes
+    ]
+    return lines + _table(rows, right_aligned=range(2, 9))
+
+
+def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[str]:
+    right = set(right_aligned)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        for row in rows
+    ]
+
+
+STATUS_LABEL = {"ok": "OK  ", "warning": "WARN", "failed": "FAIL", "excluded": "SKIP"}
+
+
+def render_status(latest: RunRow | None, latest_status: str | None, volumes: Sequence[VolumeRow]) -> list[str]:
+    """`coord status`: one line per volume (its last outcome), then one line for the latest run when it did not
+    end well or is still going (running, crashed, interrupted, or failed before any volume)."""
+    lines = []
+    for row in volumes:
+        head = f"{STATUS_LABEL.get(row.status, row.status.upper())} {row.volume} (policy {row.policy}, {row.strategy})"
+        when = f"{short_time(row.started_at)} run {row.run_id}"
+        if row.status == "excluded":
+            lines.append(f"{head} {when}: excluded by policy")
+        elif row.status == "failed":
+            lines.append(f"{head} {when}: {row.error or 'failed'}")
+        else:
+            downtime = f", downtime {row.downtime_s:.2f}s" if row.downtime_s else ""
+            lines.append(f"{head} {when}: {human_size(row.size)}, verdict {row.verdict}{downtime} -> {row.archive}")
+    if latest is None:
+        return ["no backup run recorded yet"]
+    shown = {row.run_id for row in volumes}
+    if latest_status != OK and (latest_status in (RUNNING, CRASHED, INTERRUPTED) or latest.id not in shown):
+        problem = "; ".join(latest.errors)
+        lines.append(
+            f"last run {latest.id} ({latest.trigger}, pid {latest.pid}) started {short_time(latest.started_at)}: "
+            f"{latest_status}" + (f": {problem}" if problem else "")
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the history (the only functions here that do)
+
+
+def report_for(history: History, period: Period) -> Report:
+    """The report of `period` from the history database."""
+    here = socket.gethostname()
+    return build_report(
+        period,
+        [run.effective_status(here) for run in history.runs(period.start, period.end)],
+        history.volume_runs(period.start, period.end),
+        history.last_successes(period.end),
+    )
+
+
+def status_of(history: History) -> dict[str, Any]:
+    """`coord status` as data: each volume's last outcome and the latest run with its effective status."""
+    latest = history.latest_run()
+    status = latest.effective_status() if latest else None
+    volumes = history.latest_per_volume()
+    return {
+        "ok": True,
+        "volumes": volumes,
+        "last_run": latest,
+        "last_run_status": status,
+    }
