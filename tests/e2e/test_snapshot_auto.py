@@ -131,16 +131,28 @@ def test_auto_escalates_under_heavy_churn(docker_client, make_volume, make_conta
     container = make_container("writer", CHURN, {volume: "/data"})
     wait_for(lambda: len(list(mount.glob("store/*/*/202601_*_1"))) >= 20, what="the writer's first merges")
     write_policy(tmp_path / "p", "ch", policy_text(volume, "auto", "escalate_to: pause\nmax_vanished: 0\n"))
-    run = backup(tmp_path / "p", tmp_path / "b")
-    assert run.returncode == 0, run.stderr
-    [entry] = run.json["volumes"]
+    escalated = None
+    for _ in range(6):  # a live read of this writer nearly always meets a vanished part; retry the rare quiet one
+        run = backup(tmp_path / "p", tmp_path / "b")
+        assert run.returncode == 0, run.stderr
+        [entry] = run.json["volumes"]
+        if len(entry["attempts"]) == 1:  # not escalated: then auto's rule must hold for the live read
+            [only] = entry["attempts"]
+            assert only["strategy"] == "live" and only["escalated"] is None
+            assert only["verdict"] != "at-risk" and only["warnings"]["vanished"] == 0
+            continue
+        escalated = entry
+        break
+    assert escalated is not None, "auto never escalated under heavy churn in 6 runs"
+    entry = escalated
     first, second = entry["attempts"]
     assert first["strategy"] == "live" and first["escalated"].endswith("retried with pause")
     assert second == {**second, "strategy": "pause", "verdict": "consistent", "escalated": None}
     assert (entry["status"], entry["verdict"]) == ("ok", "consistent")
     assert entry["containers"][0]["action"] == "paused"
     assert json.loads(Path(entry["manifest"]).read_text())["attempts"] == entry["attempts"]
-    assert len(list((tmp_path / "b" / volume).glob("*.tar.zst"))) == 1  # the live attempt was not kept
+    assert Path(entry["archive"]).exists()
+    assert not list((tmp_path / "b" / volume).glob("*.partial"))  # the discarded live attempt left nothing
     assert container_state(docker_client, container) == "running"
 
 

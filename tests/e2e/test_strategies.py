@@ -343,16 +343,17 @@ def test_hooks_run_outside_the_pause_and_after_hooks_always_run(writer, docker_c
 
 
 def test_shared_container_is_quiesced_once_and_stop_order_is_kept(
-    docker_client, make_volume, make_container, tmp_path
+    docker_client, make_volume, make_container, tmp_path, unique
 ) -> None:
+    service = unique("worker-service")  # unique: other sessions on the same engine must never match it
     data, wal = make_volume("pg-data"), make_volume("pg-wal")
     database = make_container("db", ["sleep", "600"], {data: "/data", wal: "/wal"})
-    worker = make_container("worker", ["sleep", "600"], labels={"com.docker.compose.service": "coordtest-worker"})
+    worker = make_container("worker", ["sleep", "600"], labels={"com.docker.compose.service": service})
     write_policy(
         tmp_path / "p",
         "data",
         f"volumes: [{data}]\nstrategy: stop\nstop_timeout: 1\n"
-        f"containers: [coordtest-worker]\nstop_order: [coordtest-worker]\n",
+        f"containers: [{service}]\nstop_order: [{service}]\n",
     )
     write_policy(tmp_path / "p", "wal", f"volumes: [{wal}]\nstrategy: stop\nstop_timeout: 1\n")
     plan = run_coord("plan", "--policies-dir", str(tmp_path / "p"))
