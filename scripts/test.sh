@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests $([ -d bench ] && echo bench)
 .venv/bin/python -m pytest "$@"

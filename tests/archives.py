@@ -35,8 +35,14 @@ def make_archive(source: Path, directory: Path, compression: Compression, encryp
 
 def decrypt_arguments(kind: str, key: ThrowawayKey, passphrase_file: Path, state: Path) -> list[str]:
     if kind == "passphrase":  # any home does; the test's own, not root's ~/.gnupg
-        return ["--homedir", str(state / "gnupg"), "--pinentry-mode", "loopback", "--passphrase-file",
-                str(passphrase_file)]
+        return [
+            "--homedir",
+            str(state / "gnupg"),
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-file",
+            str(passphrase_file),
+        ]
     return ["--homedir", str(key.home)]
 
 
@@ -47,5 +53,8 @@ def restore_without_coord(archive: Path, target: Path, gpg_arguments: list[str])
     gpg = " ".join(gpg_arguments)
     subprocess.run(
         f"set -o pipefail; gpg --batch {gpg} -d '{archive}' | {decompress} | tar -x --numeric-owner -C '{target}'",
-        shell=True, executable="/bin/bash", check=True, capture_output=True,
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+        capture_output=True,
     )

@@ -45,14 +45,29 @@ class ThrowawayKey:
 def generate_key(home: Path, name: str = "coord test") -> ThrowawayKey:
     """A new unprotected key pair in `home` (gpg --quick-gen-key), with its public key exported armored."""
     subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
-         "--quick-gen-key", f"{name} <test@coord.invalid>", "default", "default", "never"],
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{name} <test@coord.invalid>",
+            "default",
+            "default",
+            "never",
+        ],
         check=True,
         capture_output=True,
     )
     listing = subprocess.run(
         ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-secret-keys"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     public = home / "public.asc"

@@ -93,8 +93,15 @@ def snapshot_tree(root: Path) -> dict[str, tuple]:
             elif stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
                 detail = (os.major(info.st_rdev), os.minor(info.st_rdev))
             size = info.st_size if stat.S_ISREG(kind) else 0
-            snapshot[relative] = (kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, int(info.st_mtime),
-                                  size, detail)
+            snapshot[relative] = (
+                kind,
+                stat.S_IMODE(info.st_mode),
+                info.st_uid,
+                info.st_gid,
+                int(info.st_mtime),
+                size,
+                detail,
+            )
             if not stat.S_ISDIR(kind) and info.st_nlink > 1:
                 inodes.setdefault((info.st_dev, info.st_ino), []).append(relative)
     for names in inodes.values():

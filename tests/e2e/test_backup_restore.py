@@ -35,7 +35,6 @@ pytest_plugins = ["sharedfixtures"]  # throwaway_key, state_dir, passphrase_file
 pytestmark = pytest.mark.docker
 
 
-
 @pytest.fixture
 def new_volume_name(docker_client, unique) -> Iterator[Callable[[str], str]]:
     """Names for volumes coord itself creates (restore); removed at the end."""
@@ -52,8 +51,10 @@ def new_volume_name(docker_client, unique) -> Iterator[Callable[[str], str]]:
 
 
 def policy_text(volume: str, strategy: str = "live", encrypt: str = "", extra: str = "") -> str:
-    return (f"volumes: [{volume}]\nstrategy: {strategy}\n{encrypt}\n"
-            "restore: {allow_devices: true, allow_fifos: true}\n" + extra)
+    return (
+        f"volumes: [{volume}]\nstrategy: {strategy}\n{encrypt}\n"
+        "restore: {allow_devices: true, allow_fifos: true}\n" + extra
+    )
 
 
 def encrypt_key(kind: str, key: ThrowawayKey, passphrase_file: Path) -> tuple[str, list[str]]:
@@ -66,8 +67,17 @@ def encrypt_key(kind: str, key: ThrowawayKey, passphrase_file: Path) -> tuple[st
 
 
 def backup(policies: Path, dest: Path, state_dir: Path, *, verbose: bool = False) -> dict:
-    result = run_coord(*(["--verbose"] if verbose else []), "backup", "--policies-dir", str(policies),
-                       "--dest", str(dest), "--state-dir", str(state_dir), "--json")
+    result = run_coord(
+        *(["--verbose"] if verbose else []),
+        "backup",
+        "--policies-dir",
+        str(policies),
+        "--dest",
+        str(dest),
+        "--state-dir",
+        str(state_dir),
+        "--json",
+    )
     document = json.loads(result.stdout)
     document["returncode"], document["stderr"] = result.returncode, result.stderr
     return document
@@ -85,8 +95,17 @@ def backup(policies: Path, dest: Path, state_dir: Path, *, verbose: bool = False
     ],
 )
 def test_round_trip_is_byte_identical_through_coord_and_through_plain_tools(
-    tmp_path: Path, docker_client, make_volume, make_container, new_volume_name, state_dir: Path,
-    throwaway_key: ThrowawayKey, passphrase_file: Path, strategy: str, encryption: str, compression: str,
+    tmp_path: Path,
+    docker_client,
+    make_volume,
+    make_container,
+    new_volume_name,
+    state_dir: Path,
+    throwaway_key: ThrowawayKey,
+    passphrase_file: Path,
+    strategy: str,
+    encryption: str,
+    compression: str,
 ) -> None:
     source = make_volume("src")
     populate_tree(volume_path(docker_client, source), fifo=True, device=True)
@@ -119,8 +138,18 @@ def test_round_trip_is_byte_identical_through_coord_and_through_plain_tools(
     assert verified.stdout.startswith("OK ") and f"{manifest['entries']} entries" in verified.stdout
 
     target = new_volume_name("restored")
-    restored = run_coord("restore", str(archive), "--volume", target, "--state-dir", str(state_dir),
-                         "--policies-dir", str(policies), "--json", *secret)
+    restored = run_coord(
+        "restore",
+        str(archive),
+        "--volume",
+        target,
+        "--state-dir",
+        str(state_dir),
+        "--policies-dir",
+        str(policies),
+        "--json",
+        *secret,
+    )
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert restored.json["created"] is True and restored.json["entries"] == manifest["entries"]
     assert differences(expected, snapshot_tree(volume_path(docker_client, target))) == []
@@ -129,14 +158,21 @@ def test_round_trip_is_byte_identical_through_coord_and_through_plain_tools(
     by_hand.mkdir()
     decrypt = ""
     if encryption == "passphrase":
-        decrypt = (f"gpg --batch --homedir {state_dir}/gnupg --pinentry-mode loopback "
-                   f"--passphrase-file {passphrase_file} -d '{archive}' | ")
+        decrypt = (
+            f"gpg --batch --homedir {state_dir}/gnupg --pinentry-mode loopback "
+            f"--passphrase-file {passphrase_file} -d '{archive}' | "
+        )
     elif encryption == "public-key":
         decrypt = f"gpg --batch --homedir {throwaway_key.home} -d '{archive}' | "
     decompress = "zstd -d" if compression == "zstd" else "gzip -d"
     source_stream = f"{decompress} < '{archive}'" if not decrypt else decrypt + decompress
-    subprocess.run(f"set -o pipefail; {source_stream} | tar -x --numeric-owner -C {by_hand}",
-                   shell=True, executable="/bin/bash", check=True, capture_output=True)
+    subprocess.run(
+        f"set -o pipefail; {source_stream} | tar -x --numeric-owner -C {by_hand}",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+        capture_output=True,
+    )
     assert differences(expected, snapshot_tree(by_hand)) == []
 
 
@@ -174,7 +210,9 @@ def test_restore_into_a_volume_in_use_stops_and_restarts_its_containers(
     dry = run_coord("restore", archive, *common, "--force", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert {c["container"]: c["action"] for c in dry.json["containers"]} == {
-        running.name: "would stop", paused.name: "would stop", stopped.name: "left-alone"
+        running.name: "would stop",
+        paused.name: "would stop",
+        stopped.name: "left-alone",
     }
     assert snapshot_tree(root) == changed
 
@@ -212,13 +250,23 @@ def test_verify_catches_one_corrupt_byte(
         data = bytearray(archive.read_bytes())
         data[len(data) // 2] ^= 0x01
         archive.write_bytes(bytes(data))
-        result = run_coord("verify", str(archive), "--passphrase-file", str(passphrase_file),
-                           "--state-dir", str(state_dir), "--json")
+        result = run_coord(
+            "verify", str(archive), "--passphrase-file", str(passphrase_file), "--state-dir", str(state_dir), "--json"
+        )
         assert result.returncode == 1, result.stdout + result.stderr
         assert result.json["ok"] is False
         assert result.json["verdict"].startswith(f"FAIL {archive}: sha256 mismatch")
-        text = run_coord("verify", "--latest", volume["volume"], "--dest", str(dest),
-                         "--passphrase-file", str(passphrase_file), "--state-dir", str(state_dir))
+        text = run_coord(
+            "verify",
+            "--latest",
+            volume["volume"],
+            "--dest",
+            str(dest),
+            "--passphrase-file",
+            str(passphrase_file),
+            "--state-dir",
+            str(state_dir),
+        )
         assert text.returncode == 1 and text.stdout.startswith("FAIL ") and len(text.stdout.splitlines()) == 1
 
 
@@ -236,8 +284,14 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("encryption", ["none", "public-key"])
 def test_a_full_destination_fails_cleanly_and_keeps_the_earlier_archive(
-    tmp_path: Path, docker_client, make_volume, state_dir: Path, throwaway_key: ThrowawayKey,
-    passphrase_file: Path, small_filesystem: Path, encryption: str,
+    tmp_path: Path,
+    docker_client,
+    make_volume,
+    state_dir: Path,
+    throwaway_key: ThrowawayKey,
+    passphrase_file: Path,
+    small_filesystem: Path,
+    encryption: str,
 ) -> None:
     volume = make_volume("full")
     root = volume_path(docker_client, volume)
@@ -277,8 +331,13 @@ def test_retention_after_backups_and_never_after_a_failed_run(
     assert remaining == sorted(n for a in archives[1:] for n in (Path(a).name, Path(a).name + ".manifest.json"))
 
     passphrase_file.write_text("")  # the next run fails (empty passphrase) and must delete nothing
-    write_policy(policies, "app", policy_text(volume, encrypt=f"encrypt: {{passphrase_file: {passphrase_file}}}",
-                                              extra="retention: {keep_last: 1}\n"))
+    write_policy(
+        policies,
+        "app",
+        policy_text(
+            volume, encrypt=f"encrypt: {{passphrase_file: {passphrase_file}}}", extra="retention: {keep_last: 1}\n"
+        ),
+    )
     failed = backup(policies, dest, state_dir)
     assert failed["returncode"] == 1 and "first line is empty" in " ".join(failed["volumes"][0]["errors"])
     assert sorted(p.name for p in (dest / volume).iterdir()) == remaining
@@ -294,8 +353,9 @@ def test_a_malicious_archive_never_creates_the_volume(tmp_path: Path, docker_cli
         payload.size = 5
         writer.addfile(payload, io.BytesIO(b"pwned"))
     archive = tmp_path / "evil.tar.zst"
-    archive.write_bytes(subprocess.run(["zstd", "-q", "-c"], input=buffer.getvalue(), capture_output=True,
-                                       check=True).stdout)
+    archive.write_bytes(
+        subprocess.run(["zstd", "-q", "-c"], input=buffer.getvalue(), capture_output=True, check=True).stdout
+    )
     target = new_volume_name("evil")
     result = run_coord("restore", str(archive), "--volume", target, "--policies-dir", str(tmp_path / "none"))
     assert result.returncode == 1 and "refusing to restore" in result.stderr
@@ -323,12 +383,29 @@ def test_sigterm_during_restore_keeps_the_old_content_and_restarts_containers(
     running = make_container("running", ["sleep", "3600"], volumes={volume: "/data"})
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "coord", "restore", str(archive), "--volume", volume, "--force", "--stop-timeout", "1",
-         "--policies-dir", str(tmp_path / "none")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "coord",
+            "restore",
+            str(archive),
+            "--volume",
+            volume,
+            "--force",
+            "--stop-timeout",
+            "1",
+            "--policies-dir",
+            str(tmp_path / "none"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
-    wait_for(lambda: any(p.name.startswith(".coord-restore-") for p in root.iterdir()) or process.poll() is not None,
-             timeout=60, what="the restore to start extracting")
+    wait_for(
+        lambda: any(p.name.startswith(".coord-restore-") for p in root.iterdir()) or process.poll() is not None,
+        timeout=60,
+        what="the restore to start extracting",
+    )
     assert process.poll() is None, "the restore ended before it could be interrupted: make the archive larger"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

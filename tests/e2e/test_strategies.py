@@ -352,8 +352,7 @@ def test_shared_container_is_quiesced_once_and_stop_order_is_kept(
     write_policy(
         tmp_path / "p",
         "data",
-        f"volumes: [{data}]\nstrategy: stop\nstop_timeout: 1\n"
-        f"containers: [{service}]\nstop_order: [{service}]\n",
+        f"volumes: [{data}]\nstrategy: stop\nstop_timeout: 1\ncontainers: [{service}]\nstop_order: [{service}]\n",
     )
     write_policy(tmp_path / "p", "wal", f"volumes: [{wal}]\nstrategy: stop\nstop_timeout: 1\n")
     plan = run_coord("plan", "--policies-dir", str(tmp_path / "p"))

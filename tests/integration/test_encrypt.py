@@ -30,8 +30,13 @@ pytest_plugins = ["sharedfixtures"]  # throwaway_key, state_dir, empty_gpg_home,
 @pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
 @pytest.mark.parametrize("kind", ["passphrase", "public-key"])
 def test_an_encrypted_archive_restores_identically_without_coord(
-    tmp_path: Path, source: Path, passphrase_file: Path, throwaway_key: ThrowawayKey, state_dir: Path,
-    kind: str, compression: Compression,
+    tmp_path: Path,
+    source: Path,
+    passphrase_file: Path,
+    throwaway_key: ThrowawayKey,
+    state_dir: Path,
+    kind: str,
+    compression: Compression,
 ) -> None:
     encryption = encryption_of(kind, throwaway_key, passphrase_file, state_dir)
     archive = make_archive(source, tmp_path, compression, encryption)
@@ -77,9 +82,21 @@ def test_the_archive_is_openpgp_without_compression_and_secrets_stay_off_command
     head = archive.read_bytes()[:4]
     assert head[:4] != b"\x28\xb5\x2f\xfd"  # not a zstd frame: encrypted
     packets = subprocess.run(
-        ["gpg", "--batch", "--homedir", str(state_dir / "gnupg"), "--pinentry-mode", "loopback",
-         "--passphrase-file", str(passphrase_file), "--list-packets", str(archive)],
-        capture_output=True, text=True, check=True,
+        [
+            "gpg",
+            "--batch",
+            "--homedir",
+            str(state_dir / "gnupg"),
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-file",
+            str(passphrase_file),
+            "--list-packets",
+            str(archive),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert ":symkey enc packet:" in packets and "cipher 9" in packets  # 9 = AES256
     assert ":compressed packet:" not in packets  # --compress-algo none: zstd already did it

@@ -26,12 +26,21 @@ pytest_plugins = ["sharedfixtures"]  # throwaway_key, state_dir, empty_gpg_home,
 
 @pytest.mark.parametrize(
     ("kind", "compression"),
-    [("none", Compression.ZSTD), ("none", Compression.GZIP), ("passphrase", Compression.ZSTD),
-     ("public-key", Compression.GZIP)],
+    [
+        ("none", Compression.ZSTD),
+        ("none", Compression.GZIP),
+        ("passphrase", Compression.ZSTD),
+        ("public-key", Compression.GZIP),
+    ],
 )
 def test_coord_restore_gives_back_the_exact_tree(
-    tmp_path: Path, source: Path, passphrase_file: Path, throwaway_key: ThrowawayKey, state_dir: Path,
-    kind: str, compression: Compression,
+    tmp_path: Path,
+    source: Path,
+    passphrase_file: Path,
+    throwaway_key: ThrowawayKey,
+    state_dir: Path,
+    kind: str,
+    compression: Compression,
 ) -> None:
     encryption = None if kind == "none" else encryption_of(kind, throwaway_key, passphrase_file, state_dir)
     archive = make_archive(source, tmp_path, compression, encryption)
@@ -43,41 +52,55 @@ def test_coord_restore_gives_back_the_exact_tree(
         secret = ["--passphrase-file", str(passphrase_file)]
     elif kind == "public-key":
         secret = ["--gpg-home", str(throwaway_key.home)]
-    restored = run_coord("restore", str(archive), "--target-dir", str(tmp_path / "by-coord"), *secret,
-                         "--state-dir", str(state_dir), "--policies-dir", str(tmp_path / "none"))
+    restored = run_coord(
+        "restore",
+        str(archive),
+        "--target-dir",
+        str(tmp_path / "by-coord"),
+        *secret,
+        "--state-dir",
+        str(state_dir),
+        "--policies-dir",
+        str(tmp_path / "none"),
+    )
     assert restored.returncode == 0, restored.stderr
     assert differences(expected, snapshot_tree(tmp_path / "by-coord")) == []
 
 
 def test_wrong_passphrase_and_missing_key_fail_clearly_and_write_nothing(
-    tmp_path: Path, source: Path, passphrase_file: Path, throwaway_key: ThrowawayKey, state_dir: Path,
+    tmp_path: Path,
+    source: Path,
+    passphrase_file: Path,
+    throwaway_key: ThrowawayKey,
+    state_dir: Path,
     empty_gpg_home: Path,
 ) -> None:
-    symmetric = make_archive(source, tmp_path, Compression.ZSTD, encryption_of("passphrase", throwaway_key,
-                                                                              passphrase_file, state_dir))
+    symmetric = make_archive(
+        source, tmp_path, Compression.ZSTD, encryption_of("passphrase", throwaway_key, passphrase_file, state_dir)
+    )
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase\n")
     common = ["--state-dir", str(state_dir), "--policies-dir", str(tmp_path / "none")]
     target = tmp_path / "target"
 
-    result = run_coord("restore", str(symmetric), "--target-dir", str(target), "--passphrase-file", str(wrong),
-                       *common)
+    result = run_coord("restore", str(symmetric), "--target-dir", str(target), "--passphrase-file", str(wrong), *common)
     assert result.returncode == 1
     assert "wrong passphrase" in result.stderr and "Traceback" not in result.stderr
     assert not target.exists()
 
-    result = run_coord("restore", str(symmetric), "--target-dir", str(target), "--gpg-home", str(empty_gpg_home),
-                       *common)
+    result = run_coord(
+        "restore", str(symmetric), "--target-dir", str(target), "--gpg-home", str(empty_gpg_home), *common
+    )
     assert result.returncode == 1
     assert "encrypted with a passphrase: pass --passphrase-file" in result.stderr
     assert not target.exists()
 
     keyed_dir = tmp_path / "keyed"
     keyed_dir.mkdir()
-    keyed = make_archive(source, keyed_dir, Compression.ZSTD, encryption_of("public-key", throwaway_key,
-                                                                            passphrase_file, state_dir))
-    result = run_coord("restore", str(keyed), "--target-dir", str(target), "--gpg-home", str(empty_gpg_home),
-                       *common)
+    keyed = make_archive(
+        source, keyed_dir, Compression.ZSTD, encryption_of("public-key", throwaway_key, passphrase_file, state_dir)
+    )
+    result = run_coord("restore", str(keyed), "--target-dir", str(target), "--gpg-home", str(empty_gpg_home), *common)
     assert result.returncode == 1
     assert "no secret key for it in " + str(empty_gpg_home) in result.stderr
     assert "pass --gpg-home DIR with the secret key" in result.stderr
@@ -106,8 +129,9 @@ def craft_archive(path: Path, members: list[tuple]) -> Path:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as writer:
         for info, data in members:
             writer.addfile(info, data)
-    path.write_bytes(subprocess.run(["zstd", "-q", "-c"], input=buffer.getvalue(), capture_output=True,
-                                    check=True).stdout)
+    path.write_bytes(
+        subprocess.run(["zstd", "-q", "-c"], input=buffer.getvalue(), capture_output=True, check=True).stdout
+    )
     return path
 
 
@@ -118,7 +142,9 @@ def malicious_cases(outside: Path) -> dict[str, list[tuple]]:
         "deep traversal": [fine, _member("./a/../../escaped.txt", data=b"pwned")],
         "absolute path": [fine, _member(str(outside / "absolute.txt"), data=b"pwned")],
         "absolute symlink and write through it": [
-            fine, _member("./evil", tarfile.SYMTYPE, link=str(outside)), _member("./evil/through.txt", data=b"pwned")
+            fine,
+            _member("./evil", tarfile.SYMTYPE, link=str(outside)),
+            _member("./evil/through.txt", data=b"pwned"),
         ],
         "relative escaping symlink": [fine, _member("./up", tarfile.SYMTYPE, link="../outside")],
         "escape through a chain of symlinks": [
@@ -163,8 +189,9 @@ def test_malicious_archives_are_refused_and_nothing_is_written(tmp_path: Path, c
 def test_a_dry_run_lists_members_and_writes_nothing(tmp_path: Path, source: Path) -> None:
     archive = make_archive(source, tmp_path, Compression.ZSTD, None)
     target = tmp_path / "target"
-    result = run_coord("restore", str(archive), "--target-dir", str(target), "--dry-run",
-                       "--policies-dir", str(tmp_path / "none"))
+    result = run_coord(
+        "restore", str(archive), "--target-dir", str(target), "--dry-run", "--policies-dir", str(tmp_path / "none")
+    )
     assert result.returncode == 0, result.stderr
     assert "-rwsr-xr-x 0/0" in result.stdout and "setuid-tool" in result.stdout
     assert "lrwxrwxrwx 999/999" in result.stdout and "link-to-file -> data/file.txt" in result.stdout
@@ -196,8 +223,9 @@ def test_a_corrupt_archive_is_refused_and_the_old_content_stays(tmp_path: Path, 
     target = tmp_path / "target"
     target.mkdir()
     (target / "old-file").write_text("from before")
-    result = run_coord("restore", str(archive), "--target-dir", str(target), "--force",
-                       "--policies-dir", str(tmp_path / "none"))
+    result = run_coord(
+        "restore", str(archive), "--target-dir", str(target), "--force", "--policies-dir", str(tmp_path / "none")
+    )
     assert result.returncode == 1
     assert "cannot read" in result.stderr and "decompression failed" in result.stderr
     assert [p.name for p in target.iterdir()] == ["old-file"]

@@ -86,4 +86,3 @@ def test_every_problem_of_every_file_is_reported_at_once(tmp_path: Path) -> None
     with pytest.raises(PolicyError) as raised:
         load_policies(tmp_path)
     assert len(raised.value.problems) == 2
-

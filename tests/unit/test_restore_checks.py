@@ -83,8 +83,10 @@ def test_symlinks_leaving_the_volume_are_refused(members: list[Member], expected
 
 
 def test_a_member_below_a_symlink_is_refused_whatever_the_order() -> None:
-    for members in ([symlink("etc", "data"), directory("data"), member("etc/passwd")],
-                    [member("etc/passwd"), directory("data"), symlink("etc", "data")]):
+    for members in (
+        [symlink("etc", "data"), directory("data"), member("etc/passwd")],
+        [member("etc/passwd"), directory("data"), symlink("etc", "data")],
+    ):
         problems = check_members(members, DEFAULTS)
         assert any("etc/passwd: lies below the symlink etc" in problem for problem in problems), problems
 
@@ -120,8 +122,11 @@ def test_duplicates_and_a_non_directory_root_are_refused() -> None:
 
 
 def test_devices_and_fifos_only_when_the_policy_allows_them() -> None:
-    special = [member("null", MemberKind.CHARACTER_DEVICE), member("disk", MemberKind.BLOCK_DEVICE),
-               member("pipe", MemberKind.FIFO)]
+    special = [
+        member("null", MemberKind.CHARACTER_DEVICE),
+        member("disk", MemberKind.BLOCK_DEVICE),
+        member("pipe", MemberKind.FIFO),
+    ]
     problems = check_members(special, DEFAULTS)
     assert problems == [
         "null: character device (allow with restore.allow_devices in the policy)",

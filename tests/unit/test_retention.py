@@ -90,10 +90,14 @@ def test_prune_deletes_archive_and_manifest_together_and_leaves_strangers_alone(
     assert result.errors == []
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [
-            archives[0].name, archives[0].name + ".manifest.json",
-            archives[1].name, archives[1].name + ".manifest.json",
-            "v-20260101T000000Z.tar.zst", "v-20260601T120500Z.tar.zst.partial",
-            "gone.tar.zst.manifest.json", "broken.tar.zst.manifest.json",
+            archives[0].name,
+            archives[0].name + ".manifest.json",
+            archives[1].name,
+            archives[1].name + ".manifest.json",
+            "v-20260101T000000Z.tar.zst",
+            "v-20260601T120500Z.tar.zst.partial",
+            "gone.tar.zst.manifest.json",
+            "broken.tar.zst.manifest.json",
         ]
     )
     reasons = "\n".join(result.ignored)

@@ -47,9 +47,14 @@ def check(db_path: Path) -> dict:
         return {"error": f"{db_path} is in use by another ClickHouse/chdb process ({holder})"}
     connection = session.Session(str(db_path))
     try:
-        found = connection.query(
-            "SELECT count() FROM system.tables WHERE database = 'coord' AND name = 'events'", "TabSeparated"
-        ).bytes().decode().strip()
+        found = (
+            connection.query(
+                "SELECT count() FROM system.tables WHERE database = 'coord' AND name = 'events'", "TabSeparated"
+            )
+            .bytes()
+            .decode()
+            .strip()
+        )
         if found != "1":
             return {"error": f"table {TABLE} not found in {db_path}"}
         result = json.loads(
@@ -58,14 +63,18 @@ def check(db_path: Path) -> dict:
                            uniqExact(counter) AS distinct, uniqExact(batch) AS batches
                     FROM {TABLE}""",
                 "JSONEachRow",
-            ).bytes().decode()
+            )
+            .bytes()
+            .decode()
         )
         parts = json.loads(
             connection.query(
                 """SELECT count() AS active_parts, uniqExact(partition_id) AS partitions
                     FROM system.parts WHERE database = 'coord' AND table = 'events' AND active""",
                 "JSONEachRow",
-            ).bytes().decode()
+            )
+            .bytes()
+            .decode()
         )
     finally:
         connection.close()

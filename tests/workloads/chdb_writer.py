@@ -39,11 +39,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-rows", type=int, default=100, help="rows per INSERT (default 100)")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between INSERTs (default 0.1)")
     parser.add_argument("--batches", type=int, default=0, help="stop after this many batches in total (0: never)")
-    parser.add_argument("--partition-rows", type=int, default=20000,
-                        help="counter values per partition (default 20000: a new partition every 200 batches)")
+    parser.add_argument(
+        "--partition-rows",
+        type=int,
+        default=20000,
+        help="counter values per partition (default 20000: a new partition every 200 batches)",
+    )
     parser.add_argument("--old-parts-lifetime", type=int, default=1, help="seconds (default 1)")
-    parser.add_argument("--wide-parts", action=argparse.BooleanOptionalAction, default=True,
-                        help="write Wide parts (one file per column; default) instead of Compact ones")
+    parser.add_argument(
+        "--wide-parts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write Wide parts (one file per column; default) instead of Compact ones",
+    )
     return parser.parse_args(argv)
 
 
@@ -102,8 +110,11 @@ class Writer:
         self.create_table()
         batch, rows = self.resume_point()
         table_path = self.query("SELECT data_paths[1] FROM system.tables WHERE database = 'coord' AND name = 'events'")
-        print(f"chdb_writer: {TABLE} at {table_path.strip()}, resuming after batch {batch} ({rows} rows)",
-              file=sys.stderr, flush=True)
+        print(
+            f"chdb_writer: {TABLE} at {table_path.strip()}, resuming after batch {batch} ({rows} rows)",
+            file=sys.stderr,
+            flush=True,
+        )
         with self.log_path.open("a") as log:
             while not self.stopping and (a.batches <= 0 or batch < a.batches):
                 while self.pending:
