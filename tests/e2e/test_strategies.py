@@ -240,6 +240,18 @@ def test_a_second_run_waits_for_the_lock_then_gives_up(make_volume, tmp_path, is
     assert run.returncode == 0, run.stderr
 
 
+def backup_through_proxy(policies: Path, dest: Path, fail_pattern: str, fail_count: int):
+    """Run `coord backup` with the engine behind a FaultProxy failing the matching requests; (run, proxy)."""
+    socket_path = Path(f"/tmp/coord-proxy-{os.getpid()}.sock")
+    socket_path.unlink(missing_ok=True)
+    try:
+        with FaultProxy(socket_path, fail_pattern, fail_count=fail_count) as proxy:
+            run = backup(policies, dest, env={"DOCKER_HOST": f"unix://{socket_path}"})
+    finally:
+        socket_path.unlink(missing_ok=True)
+    return run, proxy
+
+
 @pytest.mark.parametrize(
     ("endpoint", "failures"),
     [("pause", 3), ("unpause", 6)],  # quiescing gets 4 attempts, putting back 8: both succeed in the end
@@ -247,13 +259,9 @@ def test_a_second_run_waits_for_the_lock_then_gives_up(make_volume, tmp_path, is
 def test_transient_engine_failures_are_retried(writer, docker_client, tmp_path, endpoint, failures) -> None:
     volume, container, _ = writer
     write_policy(tmp_path / "p", "db", policy_text(volume, "pause"))
-    socket_path = Path(f"/tmp/coord-proxy-{os.getpid()}.sock")
-    socket_path.unlink(missing_ok=True)
-    try:
-        with FaultProxy(socket_path, rf"^POST /v[\d.]+/containers/[^/]+/{endpoint} ", fail_count=failures) as proxy:
-            run = backup(tmp_path / "p", tmp_path / "b", env={"DOCKER_HOST": f"unix://{socket_path}"})
-    finally:
-        socket_path.unlink(missing_ok=True)
+    run, proxy = backup_through_proxy(
+        tmp_path / "p", tmp_path / "b", rf"^POST /v[\d.]+/containers/[^/]+/{endpoint} ", failures
+    )
     assert run.returncode == 0, run.stderr
     assert len(proxy.failed) == failures
     assert run.stderr.count("retrying") == failures, run.stderr
@@ -265,13 +273,7 @@ def test_transient_engine_failures_are_retried(writer, docker_client, tmp_path, 
 def test_quiescing_that_keeps_failing_fails_the_volume_cleanly(writer, docker_client, tmp_path) -> None:
     volume, container, _ = writer
     write_policy(tmp_path / "p", "db", policy_text(volume, "pause"))
-    socket_path = Path(f"/tmp/coord-proxy-{os.getpid()}.sock")
-    socket_path.unlink(missing_ok=True)
-    try:
-        with FaultProxy(socket_path, r"/containers/[^/]+/pause ", fail_count=100):
-            run = backup(tmp_path / "p", tmp_path / "b", env={"DOCKER_HOST": f"unix://{socket_path}"})
-    finally:
-        socket_path.unlink(missing_ok=True)
+    run, _ = backup_through_proxy(tmp_path / "p", tmp_path / "b", r"/containers/[^/]+/pause ", 100)
     assert run.returncode == 1
     [entry] = run.json["volumes"]
     assert entry["status"] == "failed"
@@ -282,13 +284,7 @@ def test_quiescing_that_keeps_failing_fails_the_volume_cleanly(writer, docker_cl
 def test_a_container_that_cannot_be_put_back_is_loud_and_recoverable(writer, docker_client, tmp_path) -> None:
     volume, container, _ = writer
     write_policy(tmp_path / "p", "db", policy_text(volume, "pause"))
-    socket_path = Path(f"/tmp/coord-proxy-{os.getpid()}.sock")
-    socket_path.unlink(missing_ok=True)
-    try:
-        with FaultProxy(socket_path, r"/containers/[^/]+/unpause ", fail_count=100):
-            run = backup(tmp_path / "p", tmp_path / "b", env={"DOCKER_HOST": f"unix://{socket_path}"})
-    finally:
-        socket_path.unlink(missing_ok=True)
+    run, _ = backup_through_proxy(tmp_path / "p", tmp_path / "b", r"/containers/[^/]+/unpause ", 100)
     assert run.returncode == 1
     assert run.json["ok"] is False
     [error] = run.json["errors"]
