@@ -1,0 +1,108 @@
+"""One `coord backup` run in-process, with the time of each step and coord's own CPU and peak RSS.
+
+Not a timed benchmark run (bench/run.py times the real CLI): this one wraps a few of coord's functions with a
+stopwatch to say where the time goes. It needs coord importable (.venv/bin/python) and root. Prints one JSON
+object on stdout:
+
+    imports_s      importing what `coord backup` imports (typer, rich, pydantic, docker SDK, coord)
+    plan_s         loading the policies, asking Docker for the volumes and the volume's mount point
+    archive_s      tar | zstd | coord (sha256 + write) until the compressor's output ends (archive._pump)
+    fsync_s        fsync of the archive (archive._sync)
+    consistency_s  re-listing every archived directory for the verdict (archive.assess_consistency)
+    read_back_s    reading the archive back: sha256, zstd -d | tar --list, comparing (runner.read_back)
+    other_s        the rest of the run: process waits, publishing (rename, fsync dir), manifest
+    total_s        imports to end
+    self_cpu_s     CPU used by coord's own Python process (all threads)
+    children_cpu_s CPU used by its children (tar, zstd, and the read-back's zstd -d and tar)
+    self_peak_rss_kb  peak RSS of coord's Python process alone (ru_maxrss of RUSAGE_SELF)
+    children_peak_rss_kb  peak RSS of the largest child
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import time
+from pathlib import Path
+
+_started = time.perf_counter()
+import coord.cli  # noqa: E402 - measured: what the CLI imports before it runs
+import coord.docker_ops  # noqa: E402
+from coord import archive, runner  # noqa: E402
+
+IMPORTS_S = time.perf_counter() - _started
+
+# (module, function name, phase): the steps timed. A name coord no longer has is reported, not fatal.
+TIMED = (
+    (archive, "_pump", "archive_s"),
+    (archive, "_sync", "fsync_s"),
+    (archive, "assess_consistency", "consistency_s"),
+    (runner, "read_back", "read_back_s"),
+    (runner, "load_policies", "plan_s"),
+    (runner, "plan_volumes", "plan_s"),
+    (coord.docker_ops.DockerControl, "connect", "plan_s"),
+    (coord.docker_ops.DockerControl, "volume_names", "plan_s"),
+    (coord.docker_ops.DockerControl, "volume_mountpoint", "plan_s"),
+)
+
+
+def _timed(function, phase: str, phases: dict[str, float]):  # type: ignore[no-untyped-def]
+    @functools.wraps(function)
+    def wrapper(*arguments, **keywords):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            return function(*arguments, **keywords)
+        finally:
+            phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies-dir", required=True)
+    parser.add_argument("--dest", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--policy", default="bench")
+    options = parser.parse_args()
+
+    phases: dict[str, float] = {"imports_s": IMPORTS_S}
+    missing = []
+    for owner, name, phase in TIMED:
+        function = owner.__dict__.get(name)
+        if function is None:
+            missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+            continue
+        wrapped = _timed(function.__func__ if isinstance(function, classmethod) else function, phase, phases)
+        setattr(owner, name, classmethod(wrapped) if isinstance(function, classmethod) else wrapped)
+
+    request = runner.BackupRequest(
+        policies_dir=Path(options.policies_dir),
+        dest=Path(options.dest),
+        policy_names=(options.policy,),
+        state_dir=Path(options.state_dir),
+    )
+    result = runner.run_backup(request, coord.docker_ops.DockerControl.connect())
+    total = time.perf_counter() - _started
+    named = sum(value for key, value in phases.items())
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report = {
+        **{key: round(value, 3) for key, value in phases.items()},
+        "other_s": round(total - named, 3),
+        "total_s": round(total, 3),
+        "self_cpu_s": round(own.ru_utime + own.ru_stime, 3),
+        "children_cpu_s": round(children.ru_utime + children.ru_stime, 3),
+        "self_peak_rss_kb": own.ru_maxrss,
+        "children_peak_rss_kb": children.ru_maxrss,
+        "ok": result.ok,
+        "volumes": [volume.to_json() for volume in result.volumes],
+        "not_timed": missing,
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

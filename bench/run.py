@@ -1,0 +1,698 @@
+#!/usr/bin/env python3
+"""Benchmark `coord backup` against the plain shell pipeline on the same data, in the same run.
+
+    sudo python3 bench/run.py                                   # 500 MiB / 20k files, 3 rounds (a few minutes)
+    sudo python3 bench/run.py --size 2G --files 50000 --small-files 1000000 --gpg    # the full P1 run
+    sudo python3 bench/run.py --scaling 10000,100000,1000000 --cases zstd,coord  # P3: RSS and time vs files
+
+What it does (docs/benchmarks.md has results and how to read them):
+
+1. Generates each data set deterministically (bench/datagen.py, seeded) into its own Docker named volume
+   `coordbench-<size>-<files>-s<seed>`, written as root into the volume's Mountpoint. A ClickHouse-shaped tree:
+   many small part files, most bytes in a few large .bin files that zstd compresses about 1.6x.
+2. Warms the page cache once per data set (`tar -cf - . | cat > /dev/null`): the page cache cannot be dropped
+   here, so every case reads from a warm cache. Runs `sync` before every timed run so no case pays for the
+   previous one's dirty pages.
+3. Times each case `--repeat` times, in alternating order (A B C, C B A, ...) because the machine is shared,
+   and prints the load average before and after every run. Wall time, CPU (user+sys of the whole process tree)
+   and peak RSS come from wait4(2); for coord also its Python process's peak RSS (sampled from /proc).
+4. Prints medians and minimums and the ratios between cases, never pass/fail. Ratios are medians of the
+   per-round ratios (paired: both runs of a round saw similar load) and ratios of the medians.
+5. Runs coord once more in-process (bench/coord_phases.py, not timed with the rest) to split its time into
+   steps: imports, plan, archive, fsync, consistency check, read-back validation.
+
+Never collected by pytest (it lives outside tests/). Needs root, a Docker engine, GNU tar, zstd, gzip
+(and gpg for --gpg). Results also go to <out>/results-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datagen  # a sibling module, found through the line above
+
+REPO = Path(__file__).resolve().parent.parent
+VOLUME_LABEL = "coord.bench"
+GPG_UID = "coord bench <bench@coord.invalid>"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    size: int
+    files: int
+    seed: int
+    role: str  # "main", "small-files" or "scaling"
+
+    @property
+    def volume(self) -> str:
+        return f"coordbench-{self.size // 1024}k-{self.files}-s{self.seed}"
+
+    @property
+    def spec(self) -> str:
+        return f"size={self.size},files={self.files},seed={self.seed},generator=1"
+
+
+@dataclass
+class Prepared:
+    dataset: DataSet
+    mountpoint: Path
+    summary: dict[str, int]
+    policies_dir: Path
+    created: bool
+
+
+@dataclass
+class Run:
+    case: str
+    volume: str
+    round: int
+    wall_s: float
+    cpu_s: float
+    tree_peak_rss_kb: int  # the largest single process of the tree (wait4's ru_maxrss)
+    load_before: float
+    load_after: float
+    archive_bytes: int
+    coord_peak_rss_kb: int | None = None  # coord's Python process alone, sampled
+    coord_duration_s: float | None = None  # coord's own duration_s for the volume (JSON)
+
+
+@dataclass
+class Context:
+    out: Path
+    coord: Path
+    python: Path
+    gpg_home: Path | None = None
+    gpg_recipient: str | None = None
+    log: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases: one command per case, built for a data set and an output directory.
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    command: Callable[[Context, Prepared, Path], str | list[str]]  # shell text or argv
+    output_suffix: str
+    needs_gpg: bool = False
+    unavailable: Callable[[Path], str | None] | None = None  # why this coord cannot run the case, or None
+
+
+def _shell_zstd(context: Context, prepared: Prepared, work: Path) -> str:
+    archive = shlex.quote(str(work / "out.tar.zst"))
+    return f"tar -C {shlex.quote(str(prepared.mountpoint))} -cf - . | zstd -T0 -q > {archive}"
+
+
+def _shell_zstd_verified(context: Context, prepared: Prepared, work: Path) -> str:
+    archive = shlex.quote(str(work / "out.tar.zst"))
+    pipeline = _shell_zstd(context, prepared, work)
+    return f"{pipeline} && sync {archive} && zstd -q -d -c {archive} | tar -tf - > /dev/null"
+
+
+def _shell_gzip(context: Context, prepared: Prepared, work: Path) -> str:
+    return f"tar -C {shlex.quote(str(prepared.mountpoint))} -czf {shlex.quote(str(work / 'out.tar.gz'))} ."
+
+
+def _shell_zstd_gpg(context: Context, prepared: Prepared, work: Path) -> str:
+    assert context.gpg_home is not None and context.gpg_recipient is not None
+    gpg = (
+        f"gpg --batch --no-tty --quiet --homedir {shlex.quote(str(context.gpg_home))} --trust-model always "
+        f"--compress-algo none --encrypt --recipient {context.gpg_recipient}"
+    )
+    return (
+        f"tar -C {shlex.quote(str(prepared.mountpoint))} -cf - . | zstd -T0 -q | {gpg} "
+        f"> {shlex.quote(str(work / 'out.tar.zst.gpg'))}"
+    )
+
+
+def _coord(context: Context, prepared: Prepared, work: Path, policies_dir: Path | None = None) -> list[str]:
+    return [
+        str(context.coord), "backup", "--policy", "bench", "--policies-dir", str(policies_dir or prepared.policies_dir),
+        "--dest", str(work / "dest"),
+        # its own lock and journal, not the default /var/lib/coord that other coord runs on this host use
+        "--state-dir", str(context.out / "state"),
+        "--json",
+    ]  # fmt: skip
+
+
+def _coord_gpg(context: Context, prepared: Prepared, work: Path) -> list[str]:
+    """coord with the policy's `encrypt: recipient_key_file:` (the shape issue 4 gives the policy) to the bench key."""
+    assert context.gpg_home is not None
+    policies_dir = prepared.policies_dir.with_name(prepared.policies_dir.name + "-gpg")
+    policies_dir.mkdir(parents=True, exist_ok=True)
+    text = (prepared.policies_dir / "bench.yaml").read_text()
+    key_file = context.gpg_home / "recipient.asc"
+    (policies_dir / "bench.yaml").write_text(f"{text}encrypt:\n  recipient_key_file: {key_file}\n")
+    return _coord(context, prepared, work, policies_dir)
+
+
+def coord_encryption_missing(coord: Path) -> str | None:
+    """Why this coord cannot encrypt (no `encrypt.recipient_key_file` in `coord schema`), or None when it can."""
+    completed = subprocess.run([str(coord), "schema"], capture_output=True, text=True)
+    try:
+        schema = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        return f"`coord schema` did not print JSON (exit {completed.returncode})"
+    encrypt = schema.get("properties", {}).get("encrypt")
+    if encrypt is None:
+        return "coord has no encryption setting yet (no `encrypt` key in `coord schema`)"
+    if "recipient_key_file" not in json.dumps(schema):
+        return "coord's `encrypt` setting has no recipient_key_file: update _coord_gpg in bench/run.py"
+    return None
+
+
+CASES = {
+    case.name: case
+    for case in (
+        Case("zstd", "tar -C MOUNT -cf - . | zstd -T0 -q > out.tar.zst", _shell_zstd, ".tar.zst"),
+        Case(
+            "zstd+verify",
+            "the zstd pipeline, then `sync out.tar.zst` and `zstd -dc out.tar.zst | tar -tf - > /dev/null` "
+            "(about the work coord does: fsync and a read-back listing; coord also hashes twice)",
+            _shell_zstd_verified,
+            ".tar.zst",
+        ),
+        Case("gzip", "tar -C MOUNT -czf out.tar.gz . (the incident's command)", _shell_gzip, ".tar.gz"),
+        Case("coord", "coord backup --policy bench --dest DEST --json (strategy live, zstd)", _coord, ".tar.zst"),
+        Case(
+            "zstd+gpg",
+            "tar -C MOUNT -cf - . | zstd -T0 -q | gpg --encrypt --recipient KEY --compress-algo none > out",
+            _shell_zstd_gpg,
+            ".gpg",
+            needs_gpg=True,
+        ),
+        Case(
+            "coord+gpg",
+            "coord backup with the policy's encrypt: recipient_key_file: (the bench key)",
+            _coord_gpg,
+            ".gpg",
+            needs_gpg=True,
+            unavailable=coord_encryption_missing,
+        ),
+    )
+}
+DEFAULT_CASES = ("zstd", "zstd+verify", "gzip", "coord")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running and measuring one command
+
+
+def _sample_peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Keep peak[0] at the highest VmHWM seen for `pid` (its own peak RSS, in kB) until `stop` is set."""
+    path = f"/proc/{pid}/status"
+    while not stop.is_set():
+        try:
+            with open(path) as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+                        break
+        except OSError:
+            return
+        stop.wait(0.05)
+
+
+def measure(command: str | list[str], *, sample_rss: bool = False) -> tuple[dict[str, float | int], str, str]:
+    """Run `command` (shell text or argv) to its end; wall, CPU and peak RSS of its process tree from wait4.
+
+    Raises RuntimeError with the command's stderr when it exits non-zero.
+    """
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        shell = isinstance(command, str)
+        argv = ["bash", "-o", "pipefail", "-c", command] if shell else command
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+        peak = [0]
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_peak_rss, args=(process.pid, stop, peak), daemon=True)
+        if sample_rss:
+            sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        stop.set()
+        if sample_rss:
+            sampler.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        load_after = os.getloadavg()[0]
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+    if process.returncode != 0:
+        shown = command if shell else shlex.join(command)
+        raise RuntimeError(f"exit {process.returncode}: {shown}\n{err.strip()}")
+    numbers = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "tree_peak_rss_kb": usage.ru_maxrss,
+        "load_before": load_before,
+        "load_after": load_after,
+        "own_peak_rss_kb": peak[0],
+    }
+    return numbers, out, err
+
+
+def run_case(context: Context, case: Case, prepared: Prepared, round_number: int) -> Run:
+    work = Path(tempfile.mkdtemp(prefix=f"{case.name.replace('+', '-')}-", dir=context.out))
+    try:
+        os.sync()  # no case pays for the previous one's dirty pages
+        numbers, out, _ = measure(case.command(context, prepared, work), sample_rss=case.name.startswith("coord"))
+        archives = [p for p in work.rglob("*") if p.is_file() and p.name.endswith(case.output_suffix)]
+        if not archives:
+            raise RuntimeError(f"{case.name} wrote no *{case.output_suffix} archive under {work}")
+        run = Run(
+            case=case.name,
+            volume=prepared.dataset.volume,
+            round=round_number,
+            wall_s=numbers["wall_s"],
+            cpu_s=numbers["cpu_s"],
+            tree_peak_rss_kb=int(numbers["tree_peak_rss_kb"]),
+            load_before=numbers["load_before"],
+            load_after=numbers["load_after"],
+            archive_bytes=sum(p.stat().st_size for p in archives),
+        )
+        if case.name.startswith("coord"):
+            document = json.loads(out)
+            volume = document["volumes"][0]
+            if not document["ok"] or volume["status"] != "ok":
+                raise RuntimeError(f"coord did not back up {prepared.dataset.volume} cleanly: {out}")
+            run.coord_duration_s = volume["duration_s"]
+            run.coord_peak_rss_kb = int(numbers["own_peak_rss_kb"]) or None
+        return run
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data sets in Docker volumes
+
+
+def docker(*arguments: str) -> str:
+    completed = subprocess.run(["docker", *arguments], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(arguments)}: {completed.stderr.strip()}")
+    return completed.stdout.strip()
+
+
+def volume_labels(name: str) -> dict[str, str] | None:
+    completed = subprocess.run(
+        ["docker", "volume", "inspect", "--format", "{{json .Labels}}", name], capture_output=True, text=True
+    )
+    if completed.returncode != 0:
+        return None
+    return json.loads(completed.stdout) or {}
+
+
+def prepare(dataset: DataSet, out: Path, reuse: bool) -> Prepared:
+    """The data set's volume, generated (or reused when --keep-volumes left a complete one), and its policy."""
+    marker = out / "volumes" / f"{dataset.volume}.json"
+    labels = volume_labels(dataset.volume)
+    if labels is not None and VOLUME_LABEL not in labels:
+        raise RuntimeError(f"volume {dataset.volume} exists and is not a benchmark volume: not touching it")
+    summary = None
+    if labels is not None and reuse and labels.get(VOLUME_LABEL) == dataset.spec and marker.exists():
+        summary = json.loads(marker.read_text())
+        log(f"{dataset.volume}: reusing the volume generated earlier ({marker})")
+    elif labels is not None:
+        docker("volume", "rm", dataset.volume)
+        marker.unlink(missing_ok=True)
+    created = summary is None
+    if created:
+        docker("volume", "create", "--label", f"{VOLUME_LABEL}={dataset.spec}", dataset.volume)
+    mountpoint = Path(docker("volume", "inspect", "--format", "{{.Mountpoint}}", dataset.volume))
+    if summary is None:
+        log(f"{dataset.volume}: generating {datagen.format_size(dataset.size)} in ~{dataset.files:,} files")
+        started = time.perf_counter()
+        summary = asdict(datagen.write_tree(str(mountpoint), dataset.size, dataset.files, dataset.seed))
+        log(f"{dataset.volume}: generated {summary['files']:,} files, {datagen.format_size(summary['bytes'])} "
+            f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(summary))
+    policies_dir = out / "policies" / dataset.volume
+    policies_dir.mkdir(parents=True, exist_ok=True)
+    (policies_dir / "bench.yaml").write_text(
+        f"description: benchmark data set {dataset.spec}\nvolumes:\n  - {dataset.volume}\nstrategy: live\n"
+    )
+    log(f"{dataset.volume}: warming the page cache (tar -cf - . | cat > /dev/null)")
+    subprocess.run(f"tar -C {shlex.quote(str(mountpoint))} -cf - . | cat > /dev/null", shell=True, check=True)
+    return Prepared(dataset, mountpoint, summary, policies_dir, created)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gpg for the encrypted cases
+
+
+def set_up_gpg(context: Context) -> None:
+    """A throw-away key in a short-named homedir (facts.md: long homedir paths break gpg-agent)."""
+    home = Path(tempfile.mkdtemp(prefix="cbg", dir="/tmp"))
+    home.chmod(0o700)
+    subprocess.run(
+        ["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback", "--passphrase", "",
+         "--quick-gen-key", GPG_UID, "future-default", "default", "never"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    listing = subprocess.run(
+        ["gpg", "--batch", "--homedir", str(home), "--with-colons", "--list-keys", GPG_UID],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    context.gpg_home = home
+    context.gpg_recipient = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    exported = subprocess.run(
+        ["gpg", "--batch", "--homedir", str(home), "--armor", "--export", context.gpg_recipient],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    (home / "recipient.asc").write_bytes(exported)  # for coord's policy (encrypt: recipient_key_file:)
+
+
+def tear_down_gpg(context: Context) -> None:
+    if context.gpg_home is not None:
+        subprocess.run(["gpgconf", "--homedir", str(context.gpg_home), "--kill", "gpg-agent"], capture_output=True)
+        shutil.rmtree(context.gpg_home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
+        except (OSError, IndexError):
+            return "missing"
+
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    filesystem = subprocess.run(
+        ["findmnt", "-no", "FSTYPE", "-T", "/var/lib/docker"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{memory_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "tar": first_line(["tar", "--version"]),
+        "zstd": first_line(["zstd", "--version"]),
+        "gzip": first_line(["gzip", "--version"]),
+        "gpg": first_line(["gpg", "--version"]),
+        "python": platform.python_version(),
+        "coord": first_line([str(REPO / ".venv/bin/coord"), "--version"]),
+        "volume filesystem": filesystem or "?",
+    }
+
+
+def ratio_lines(runs: list[Run], numerator: str, denominator: str, label: str) -> list[str]:
+    """'label: a / b = x (paired median), y (medians), z (minimums)', or nothing when a case is missing."""
+    top = {run.round: run.wall_s for run in runs if run.case == numerator}
+    bottom = {run.round: run.wall_s for run in runs if run.case == denominator}
+    if not top or not bottom:
+        return []
+    paired = [top[r] / bottom[r] for r in top if r in bottom]
+    return [
+        f"- {label}: {numerator} / {denominator} = {median(paired):.2f}x paired median "
+        f"(per round: {', '.join(f'{x:.2f}' for x in paired)}), {median(top.values()) / median(bottom.values()):.2f}x "
+        f"of medians, {min(top.values()) / min(bottom.values()):.2f}x of minimums"
+    ]
+
+
+def report_dataset(prepared: Prepared, runs: list[Run], phases: dict | None) -> list[str]:
+    summary = prepared.summary
+    lines = [
+        f"### {prepared.dataset.volume}: {summary['files']:,} files, {summary['directories']:,} directories, "
+        f"{datagen.format_size(summary['bytes'])} (largest file {datagen.format_size(summary['largest_file'])})",
+        "",
+        "| case | median wall s | min wall s | median CPU s | peak RSS MB (largest process) | archive | data/archive |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in dict.fromkeys(run.case for run in runs):
+        mine = [run for run in runs if run.case == name]
+        archive = median([run.archive_bytes for run in mine])
+        rss = max(run.tree_peak_rss_kb for run in mine) / 1024
+        coord_rss = [run.coord_peak_rss_kb for run in mine if run.coord_peak_rss_kb]
+        rss_text = f"{rss:.0f}" + (f" (coord's Python: {max(coord_rss) / 1024:.0f})" if coord_rss else "")
+        lines.append(
+            f"| {name} | {median([r.wall_s for r in mine]):.2f} | {min(r.wall_s for r in mine):.2f} | "
+            f"{median([r.cpu_s for r in mine]):.2f} | {rss_text} | {datagen.format_size(archive)} | "
+            f"{summary['bytes'] / archive:.2f}x |"
+        )
+    lines.append("")
+    lines += ratio_lines(runs, "coord", "zstd", "coord vs the zstd pipeline (target <= 1.1x, later 1.05x)")
+    lines += ratio_lines(runs, "coord", "zstd+verify", "coord vs pipeline + fsync + read-back listing")
+    lines += ratio_lines(runs, "gzip", "coord", "tar -czf vs coord (target >= 3x)")
+    lines += ratio_lines(runs, "gzip", "zstd", "tar -czf vs the zstd pipeline")
+    lines += ratio_lines(runs, "coord+gpg", "zstd+gpg", "coord+gpg vs the zstd+gpg pipeline")
+    lines += ratio_lines(runs, "zstd+gpg", "zstd", "what gpg adds to the pipeline")
+    coord_runs = [run for run in runs if run.case == "coord" and run.coord_duration_s is not None]
+    if coord_runs:
+        inside = median([run.coord_duration_s or 0.0 for run in coord_runs])
+        wall = median([run.wall_s for run in coord_runs])
+        lines.append(
+            f"- coord's JSON duration_s (archive + validation + publish) median {inside:.2f} s of {wall:.2f} s wall: "
+            f"{wall - inside:.2f} s is process start, imports, policy loading and Docker calls"
+        )
+    if phases:
+        steps = ("imports_s", "plan_s", "archive_s", "fsync_s", "consistency_s", "read_back_s", "other_s")
+        shown = ", ".join(f"{key[:-2]} {phases.get(key, 0.0):.2f}" for key in steps)
+        lines.append(f"- coord's steps (one in-process run, s): {shown}; total {phases['total_s']:.2f}")
+        lines.append(
+            f"- coord's own Python process: {phases['self_cpu_s']:.2f} s CPU, peak RSS "
+            f"{phases['self_peak_rss_kb'] / 1024:.0f} MB; its children (tar, zstd, read-back): "
+            f"{phases['children_cpu_s']:.2f} s CPU, largest {phases['children_peak_rss_kb'] / 1024:.0f} MB"
+        )
+    loads = [(run.load_before, run.load_after) for run in runs]
+    lines.append(
+        f"- load average (1 min) before/after runs: {min(a for a, _ in loads):.2f} to {max(b for _, b in loads):.2f}; "
+        "per run in the log above and in the JSON"
+    )
+    return [*lines, ""]
+
+
+def report_scaling(prepared_sets: list[Prepared], runs: list[Run], phases: dict[str, dict]) -> list[str]:
+    lines = [
+        "### Scaling with the number of files (P3)",
+        "",
+        "| files | data | zstd median s | coord median s | coord / zstd | coord s per 100k files | "
+        "coord duration_s | coord Python peak RSS MB (in-process run) | largest process RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prepared in prepared_sets:
+        mine = [run for run in runs if run.volume == prepared.dataset.volume]
+        zstd = [run.wall_s for run in mine if run.case == "zstd"]
+        coord = [run for run in mine if run.case == "coord"]
+        if not coord:
+            continue
+        coord_wall = median([run.wall_s for run in coord])
+        files = prepared.summary["files"]
+        own = phases.get(prepared.dataset.volume, {}).get("self_peak_rss_kb")
+        lines.append(
+            f"| {files:,} | {datagen.format_size(prepared.summary['bytes'])} | "
+            f"{median(zstd) if zstd else float('nan'):.2f} | {coord_wall:.2f} | "
+            f"{coord_wall / median(zstd) if zstd else float('nan'):.2f}x | {coord_wall / files * 100_000:.2f} | "
+            f"{median([run.coord_duration_s or 0.0 for run in coord]):.2f} | "
+            f"{own / 1024 if own else float('nan'):.0f} | {max(run.tree_peak_rss_kb for run in coord) / 1024:.0f} |"
+        )
+    return [*lines, ""]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time coord backup against tar | zstd -T0 (and tar -czf) on generated data in a Docker volume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[1],
+    )
+    parser.add_argument("--size", default="500M", help="data size of the main volume (K/M/G, powers of 1024)")
+    parser.add_argument("--files", type=int, default=20_000, help="approximate file count of the main volume")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (alternating order)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the data generator")
+    parser.add_argument(
+        "--small-files",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run every case on a second volume of N small files (P1's 1M-file volume)",
+    )
+    parser.add_argument("--small-size", default=None, help="data size of that volume (default: N KiB)")
+    parser.add_argument(
+        "--scaling",
+        default="",
+        metavar="N,N,...",
+        help="P3: also run on volumes of these file counts at --scaling-bytes-per-file each",
+    )
+    parser.add_argument("--scaling-bytes-per-file", default="1K", help="data per file of the scaling volumes")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list from {', '.join(CASES)}")
+    parser.add_argument("--gpg", action="store_true", help="add zstd+gpg and coord+gpg (a throw-away key)")
+    parser.add_argument("--no-main", action="store_true", help="skip the main volume (with --scaling)")
+    parser.add_argument("--no-phases", action="store_true", help="skip the in-process run that splits coord's time")
+    parser.add_argument(
+        "--keep-volumes",
+        action="store_true",
+        help="keep the generated volumes and reuse them in the next run with the same parameters",
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="work directory (archives, JSON)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def check_environment(cases: Sequence[Case]) -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("run as root: the data is written into the volumes' Mountpoint under /var/lib/docker")
+    tools = {"docker", "tar", "zstd", "gzip", "bash", "sync", "findmnt"}
+    if any(case.needs_gpg for case in cases):
+        tools |= {"gpg", "gpgconf"}
+    problems += [f"{tool} is not on PATH" for tool in sorted(tools) if shutil.which(tool) is None]
+    if not (REPO / ".venv" / "bin" / "coord").exists():
+        problems.append("no .venv/bin/coord: run scripts/bootstrap.sh first")
+    if problems:
+        sys.exit("bench: " + "; ".join(problems))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_arguments(argv)
+    names = [name.strip() for name in options.cases.split(",") if name.strip()]
+    if options.gpg:
+        names += [name for name in ("zstd+gpg", "coord+gpg") if name not in names]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        sys.exit(f"bench: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    cases = [CASES[name] for name in names]
+    check_environment(cases)
+    coord = REPO / ".venv" / "bin" / "coord"
+    reasons = {case.name: case.unavailable(coord) for case in cases if case.unavailable}
+    skipped = {name: reason for name, reason in reasons.items() if reason}
+    cases = [case for case in cases if case.name not in skipped]
+
+    datasets = []
+    if not options.no_main:
+        datasets.append(DataSet(datagen.parse_size(options.size), options.files, options.seed, "main"))
+    if options.small_files:
+        size = datagen.parse_size(options.small_size) if options.small_size else options.small_files * 1024
+        datasets.append(DataSet(size, options.small_files, options.seed, "small-files"))
+    per_file = datagen.parse_size(options.scaling_bytes_per_file)
+    for count in (int(text) for text in options.scaling.split(",") if text.strip()):
+        datasets.append(DataSet(count * per_file, count, options.seed, "scaling"))
+    datasets = list(dict.fromkeys(datasets))
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    context = Context(out=options.out, coord=coord, python=REPO / ".venv" / "bin" / "python")
+    host = machine()
+    all_runs: list[Run] = []
+    phases: dict[str, dict] = {}
+    prepared_sets: list[Prepared] = []
+    report: list[str] = []
+    try:
+        if any(case.needs_gpg for case in cases):
+            set_up_gpg(context)
+        for dataset in datasets:
+            prepared = prepare(dataset, options.out, options.keep_volumes)
+            prepared_sets.append(prepared)
+            runs = []
+            order = [case.name for case in cases if dataset.role != "scaling" or case.name in ("zstd", "coord")]
+            for round_number in range(options.repeat):
+                for name in order if round_number % 2 == 0 else reversed(order):
+                    run = run_case(context, CASES[name], prepared, round_number)
+                    runs.append(run)
+                    log(f"{dataset.volume} round {round_number + 1}/{options.repeat} {name:12s} "
+                        f"{run.wall_s:7.2f} s wall {run.cpu_s:7.2f} s CPU  "
+                        f"load {run.load_before:.2f} -> {run.load_after:.2f}")  # fmt: skip
+            if not options.no_phases and "coord" in order:
+                phases[dataset.volume] = run_phases(context, prepared)
+            all_runs += runs
+            if dataset.role != "scaling":
+                report += report_dataset(prepared, runs, phases.get(dataset.volume))
+        scaling = [p for p in prepared_sets if p.dataset.role == "scaling"]
+        if scaling:
+            report += report_scaling(scaling, all_runs, phases)
+    finally:
+        tear_down_gpg(context)
+        if not options.keep_volumes:
+            for prepared in prepared_sets:
+                subprocess.run(["docker", "volume", "rm", prepared.dataset.volume], capture_output=True)
+                (options.out / "volumes" / f"{prepared.dataset.volume}.json").unlink(missing_ok=True)
+        shutil.rmtree(options.out / "policies", ignore_errors=True)
+
+    header = [
+        "## Benchmark run",
+        "",
+        "Command: `" + shlex.join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
+        "",
+        *(f"- {key}: {value}" for key, value in host.items()),
+        f"- rounds per case: {options.repeat}, alternating order; page cache warmed once per volume (not dropped); "
+        "`sync` before every timed run",
+        *(f"- not measured: {name}: {reason}" for name, reason in skipped.items()),
+        "",
+    ]
+    text = "\n".join(header + report)
+    print(text)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    results = options.out / f"results-{stamp}.json"
+    results.write_text(
+        json.dumps(
+            {
+                "machine": host,
+                "arguments": vars(options) | {"out": str(options.out)},
+                "datasets": [{"volume": p.dataset.volume, "spec": p.dataset.spec, **p.summary} for p in prepared_sets],
+                "runs": [asdict(run) for run in all_runs],
+                "coord_phases": phases,
+                "report": text,
+            },
+            indent=2,
+        )
+    )
+    log(f"results: {results}")
+
+
+def run_phases(context: Context, prepared: Prepared) -> dict:
+    """coord once in-process (bench/coord_phases.py) for the split of its time; not counted in the medians."""
+    work = Path(tempfile.mkdtemp(prefix="phases-", dir=context.out))
+    try:
+        os.sync()
+        _, out, _ = measure([
+            str(context.python), str(Path(__file__).resolve().parent / "coord_phases.py"),
+            "--policies-dir", str(prepared.policies_dir), "--dest", str(work / "dest"),
+            "--state-dir", str(context.out / "state"),
+        ])  # fmt: skip
+        document = json.loads(out)
+        log(f"{prepared.dataset.volume} coord steps: " + ", ".join(
+            f"{key} {value}" for key, value in document.items() if isinstance(value, float | int)
+        ))  # fmt: skip
+        return document
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
