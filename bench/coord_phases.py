@@ -14,8 +14,8 @@ object on stdout:
     total_s        imports to end
     self_cpu_s     CPU used by coord's own Python process (all threads)
     children_cpu_s CPU used by its children (tar, zstd, and the read-back's zstd -d and tar)
-    self_peak_rss_kb  peak RSS of coord's Python process alone (ru_maxrss of RUSAGE_SELF)
-    children_peak_rss_kb  peak RSS of the largest child
+    self_peak_rss_kb  peak RSS of coord's Python process alone (VmHWM; not ru_maxrss, which Linux starts at
+                   the parent's RSS when the parent forked us)
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def _timed(function, phase: str, phases: dict[str, float]):  # type: ignore[no-u
     return wrapper
 
 
+def _own_peak_rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies-dir", required=True)
@@ -95,8 +100,7 @@ def main() -> None:
         "total_s": round(total, 3),
         "self_cpu_s": round(own.ru_utime + own.ru_stime, 3),
         "children_cpu_s": round(children.ru_utime + children.ru_stime, 3),
-        "self_peak_rss_kb": own.ru_maxrss,
-        "children_peak_rss_kb": children.ru_maxrss,
+        "self_peak_rss_kb": _own_peak_rss_kb(),
         "ok": result.ok,
         "volumes": [volume.to_json() for volume in result.volumes],
         "not_timed": missing,

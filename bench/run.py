@@ -49,6 +49,7 @@ import datagen  # a sibling module, found through the line above
 
 REPO = Path(__file__).resolve().parent.parent
 VOLUME_LABEL = "coord.bench"
+GNU_TIME = "/usr/bin/time"
 GPG_UID = "coord bench <bench@coord.invalid>"
 
 
@@ -231,8 +232,17 @@ DEFAULT_CASES = ("zstd", "zstd+verify", "gzip", "coord")
 # Running and measuring one command
 
 
-def _sample_peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
-    """Keep peak[0] at the highest VmHWM seen for `pid` (its own peak RSS, in kB) until `stop` is set."""
+def _sample_peak_rss(parent: int, stop: threading.Event, peak: list[int]) -> None:
+    """Keep peak[0] at the highest VmHWM (own peak RSS, kB) seen for the first child of `parent` until `stop`."""
+    children = f"/proc/{parent}/task/{parent}/children"
+    pid = ""
+    while not pid and not stop.is_set():
+        try:
+            with open(children) as listing:
+                pid = listing.read().split(" ")[0].strip()
+        except OSError:
+            return
+        stop.wait(0.01)
     path = f"/proc/{pid}/status"
     while not stop.is_set():
         try:
@@ -247,13 +257,18 @@ def _sample_peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
 
 
 def measure(command: str | list[str], *, sample_rss: bool = False) -> tuple[dict[str, float | int], str, str]:
-    """Run `command` (shell text or argv) to its end; wall, CPU and peak RSS of its process tree from wait4.
+    """Run `command` (shell text or argv) to its end: wall time, and from GNU time the CPU (user+sys) of the
+    whole process tree and the peak RSS of its largest process; with `sample_rss`, also the command's own peak.
 
-    Raises RuntimeError with the command's stderr when it exits non-zero.
+    Through /usr/bin/time, not wait4 from here: Linux carries a parent's RSS into a forked child's ru_maxrss
+    (the hiwater mark is recorded at exec), so children of this process, which holds the data generator's
+    memory, would all report at least its size. /usr/bin/time is a small parent. Raises RuntimeError with the
+    command's stderr when it exits non-zero.
     """
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr, tempfile.NamedTemporaryFile() as usage:
         shell = isinstance(command, str)
         argv = ["bash", "-o", "pipefail", "-c", command] if shell else command
+        argv = [GNU_TIME, "--format=%e %U %S %M", f"--output={usage.name}", "--", *argv]
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
@@ -262,23 +277,24 @@ def measure(command: str | list[str], *, sample_rss: bool = False) -> tuple[dict
         sampler = threading.Thread(target=_sample_peak_rss, args=(process.pid, stop, peak), daemon=True)
         if sample_rss:
             sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
+        process.wait()
         wall = time.perf_counter() - started
         stop.set()
         if sample_rss:
             sampler.join()
-        process.returncode = os.waitstatus_to_exitcode(status)
         load_after = os.getloadavg()[0]
         stdout.seek(0)
         stderr.seek(0)
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+        # the last line: "Command exited with non-zero status N" may come before it
+        _, user, system, max_rss = Path(usage.name).read_text().splitlines()[-1].split()
     if process.returncode != 0:
         shown = command if shell else shlex.join(command)
         raise RuntimeError(f"exit {process.returncode}: {shown}\n{err.strip()}")
     numbers = {
         "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "tree_peak_rss_kb": usage.ru_maxrss,
+        "cpu_s": float(user) + float(system),
+        "tree_peak_rss_kb": int(max_rss),
         "load_before": load_before,
         "load_after": load_after,
         "own_peak_rss_kb": peak[0],
@@ -511,7 +527,7 @@ def report_dataset(prepared: Prepared, runs: list[Run], phases: dict | None) -> 
         lines.append(
             f"- coord's own Python process: {phases['self_cpu_s']:.2f} s CPU, peak RSS "
             f"{phases['self_peak_rss_kb'] / 1024:.0f} MB; its children (tar, zstd, read-back): "
-            f"{phases['children_cpu_s']:.2f} s CPU, largest {phases['children_peak_rss_kb'] / 1024:.0f} MB"
+            f"{phases['children_cpu_s']:.2f} s CPU"
         )
     loads = [(run.load_before, run.load_after) for run in runs]
     lines.append(
@@ -597,6 +613,8 @@ def check_environment(cases: Sequence[Case]) -> None:
     if any(case.needs_gpg for case in cases):
         tools |= {"gpg", "gpgconf"}
     problems += [f"{tool} is not on PATH" for tool in sorted(tools) if shutil.which(tool) is None]
+    if not os.access(GNU_TIME, os.X_OK):
+        problems.append(f"no {GNU_TIME} (GNU time measures CPU and peak RSS): apt-get install time")
     if not (REPO / ".venv" / "bin" / "coord").exists():
         problems.append("no .venv/bin/coord: run scripts/bootstrap.sh first")
     if problems:
