@@ -112,6 +112,19 @@ class _LineCollector(threading.Thread):
                 self.on_line(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
 
 
+def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) -> None:
+    """Read tar's index (one member per line) to its end into `tree`, hashing each line with its newline.
+
+    Runs in its own thread, the only writer of `tree` and `digest` (the pump only reads tree.count). Called once
+    per member, so it is kept lean: tar ends every index line with one newline (a newline inside a name is
+    escaped as \\n), so the raw line is hashed as it is, with no decode/encode round trip.
+    """
+    with stream:
+        for raw in stream:
+            digest.update(raw if raw.endswith(b"\n") else raw + b"\n")
+            tree.add_member(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+
+
 def tar_create_command(source: Path, matcher: ExcludeMatcher, index_fd: int) -> list[str]:
     return [
         "tar",
@@ -202,18 +215,11 @@ def _run_pipeline(
 ) -> None:
     tree = ArchivedTree()
     digest = hashlib.sha256()
-    index_lock = threading.Lock()
-
-    def on_index_line(line: str) -> None:
-        with index_lock:
-            tree.add_member(line)
-            digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
-
     tar_messages: list[str] = []
     compressor_messages: list[str] = []
     index_read, index_write = os.pipe()
     tar = compressor = None
-    collectors: list[_LineCollector] = []
+    collectors: list[threading.Thread] = []
     try:
         tar = subprocess.Popen(
             tar_create_command(source, matcher, index_write),
@@ -236,7 +242,7 @@ def _run_pipeline(
         assert compressor.stdout is not None and compressor.stderr is not None
         tar.stdout.close()  # the compressor owns it now; tar gets SIGPIPE if the compressor dies
         collectors = [
-            _LineCollector(os.fdopen(index_read, "rb"), on_index_line),
+            threading.Thread(target=_collect_index, args=(os.fdopen(index_read, "rb"), tree, digest), daemon=True),
             _LineCollector(tar.stderr, tar_messages.append),
             _LineCollector(compressor.stderr, compressor_messages.append),
         ]
