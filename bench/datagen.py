@@ -12,8 +12,8 @@ machines archive the same data. The shape follows a ClickHouse data root with At
 
 Most files are small; most bytes are in a few large .bin files, because part sizes follow a heavy-tailed
 (log-normal) law: many small fresh parts, a few large merged ones. The .bin contents are blocks of three
-kinds mixed at random (see BLOCK_WEIGHTS). zstd compresses the mix
-about 1.6x: not to nothing (all zeros), not 1.0x (pure random); the benchmark prints the ratio it got.
+kinds mixed at random (see BLOCK_WEIGHTS); zstd -3 compresses the mix about 1.6x: not to nothing (all zeros),
+not 1.0x (pure random). The benchmark prints the ratio it got.
 """
 
 from __future__ import annotations
