@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
 from coord.excludes import ExcludeMatcher
-from coord.policy import Compression
+from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 
 CHUNK_SIZE = 1 << 20
@@ -143,8 +143,10 @@ def create_archive(
     compression: Compression,
     on_progress: ProgressCallback | None = None,
     compressor: list[str] | None = None,
+    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
 ) -> ArchiveOutcome:
-    """Archive the directory `source` into `partial_path` (created; must not exist).
+    """Archive the directory `source` into `partial_path` (created; must not exist); `consistency` is the rule of
+    the verdict (consistency.py).
 
     Returns the outcome with every problem classified; problems with the source or the destination are
     CRITICAL problems in the outcome, not exceptions. On an exception (KeyboardInterrupt, SystemExit from a
@@ -165,7 +167,9 @@ def create_archive(
         outcome.finished_at = time.time()
         return outcome
     try:
-        _run_pipeline(source, output, matcher, compressor or compressor_command(compression), outcome, on_progress)
+        _run_pipeline(
+            source, output, matcher, compressor or compressor_command(compression), outcome, on_progress, consistency
+        )
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -180,6 +184,7 @@ def _run_pipeline(
     compressor_argv: list[str],
     outcome: ArchiveOutcome,
     on_progress: ProgressCallback | None,
+    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
 ) -> None:
     tree = ArchivedTree()
     digest = hashlib.sha256()
@@ -252,7 +257,7 @@ def _run_pipeline(
             outcome.problems.append(problem)
     if written_ok:
         outcome.problems.extend(_exit_status_problems(tar_status, compressor_status, outcome, compressor_messages))
-    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher)
+    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher, consistency)
 
 
 def _exit_status_problems(

@@ -333,6 +333,7 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
             policy.compression,
             progress.update if progress else None,
             compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
+            policy.consistency,
         )
     except BaseException:
         if job.partial_entry is not None:

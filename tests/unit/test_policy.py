@@ -29,8 +29,8 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
             "volumes: [a]\nstrategy: live\nexlude: [tmp]\n",
             [
                 "policies/clickhouse.yaml:3: exlude: unknown key 'exlude' (did you mean 'exclude'?); allowed keys: "
-                "description, volumes, strategy, exclude, compression, on_at_risk, escalate_to, max_vanished, "
-                "compression_level, compression_threads, containers, stop_timeout, stop_order, hooks"
+                "description, volumes, strategy, exclude, compression, on_at_risk, consistency, escalate_to, "
+                "max_vanished, compression_level, compression_threads, containers, stop_timeout, stop_order, hooks"
             ],
             id="unknown-key",
         ),
@@ -110,6 +110,11 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
                 "policies/clickhouse.yaml:3: on_at_risk: 'ignore' is not one of warn, fail",
             ],
             id="every-problem-at-once",
+        ),
+        pytest.param(
+            "volumes: [a]\nstrategy: live\nconsistency: clickhuose\n",
+            ["policies/clickhouse.yaml:3: consistency: 'clickhuose' is not one of generic, clickhouse"],
+            id="bad-consistency",
         ),
     ],
 )
