@@ -333,7 +333,8 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
             policy.compression,
             progress.update if progress else None,
             compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
-            policy.consistency,
+            consistency=policy.consistency,
+            content_unchanged=job.snapshot.content_unchanged if source is not None and job.snapshot else None,
         )
     except BaseException:
         if job.partial_entry is not None:
@@ -461,5 +462,7 @@ def build_manifest(
         "downtime_s": round(result.downtime_s, 3),
         "hooks": result.hooks,
         "attempts": result.attempts,
-        "snapshot": {"method": snapshot.method.value, "modified_after": modified} if snapshot else None,
+        "snapshot": {"method": snapshot.method.value, "modified_after": modified, "relinked": outcome.relinked}
+        if snapshot
+        else None,
     }
