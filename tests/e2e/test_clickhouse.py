@@ -1,7 +1,7 @@
 """Every strategy against a real ClickHouse engine under load: back up, restore, open the table, count the rows.
 
 The chdb workload (tests/workloads/chdb_writer.py, docs/clickhouse.md) inserts R = 1000 rows every 0.1 s into a
-MergeTree table that already holds a partition of history (300,000 rows, read first); merges and the deletion of
+MergeTree table that already holds a partition of history (600,000 rows, read first); merges and the deletion of
 merged-away parts (old_parts_lifetime 1 s) run all the time. coord backs the volume up with the strategy under test
 and `consistency: clickhouse`; the archive is extracted into a fresh volume the way an operator would without coord
 (`<decompressor> -dc A | tar -x --numeric-owner -C MOUNT`) and opened by the same engine (chdb_check.py).
@@ -14,7 +14,7 @@ Rows expected:
   vanished; batch k is block k). The log, read after the table, is further ahead: those rows are not a loss.
 
 The reads use gzip -9: gzip reads its input as it compresses, so tar walks the volume at the compressor's pace and
-a read of this 30 MB volume takes seconds, long enough for merges to race it as they race the read of a large
+a read of this ~50 MB volume takes seconds, long enough for merges to race it as they race the read of a large
 volume (zstd's worker threads would take the whole volume in at once).
 
 The tests assert correctness, never timings: the table loads, no row is there twice, pause/stop/snapshot lose
@@ -43,7 +43,7 @@ from coord.policy import load_policies
 pytestmark = pytest.mark.docker
 
 BATCH_ROWS = 1000
-HISTORY_BATCHES = 300
+HISTORY_BATCHES = 600
 WRITER = [
     "python3", "/workloads/chdb_writer.py", "--data", "/data",
     "--atomic-log",  # every file immutable once written (the snapshot strategy needs it); see docs/clickhouse.md
@@ -80,7 +80,7 @@ def last_commit(log: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def history(docker_client, chdb_image, tmp_path_factory) -> Path:
-    """A chdb data directory holding the table with its partition of history (batches 1-300), written once."""
+    """A chdb data directory holding the table with its partition of history (the first batches), written once."""
     name = f"coordtest-{uuid.uuid4().hex[:8]}-chdb-history"
     volume = docker_client.volumes.create(name, labels={"coord.test": "history"})
     container = None

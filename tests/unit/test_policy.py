@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from coord.errors import PolicyError, UsageError
-from coord.policy import Strategy, load_policies, parse_policy, render_json_schema
+from coord.policy import ConsistencyRule, Strategy, load_policies, parse_policy, render_json_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,7 +143,8 @@ def test_unknown_policy_name_lists_the_available_ones(tmp_path: Path) -> None:
 
 def test_shipped_policies_are_valid() -> None:
     loaded = {item.name: item.policy for item in load_policies(REPO / "policies")}
-    assert loaded["clickhouse"].strategy is Strategy.LIVE
+    assert loaded["clickhouse"].strategy is Strategy.SNAPSHOT
+    assert loaded["clickhouse"].consistency is ConsistencyRule.CLICKHOUSE
     assert "clickhouse" in loaded and len(loaded) >= 2
 
 
