@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set everything up and show coord at work: a ClickHouse-like writer merges and deletes parts on a Docker
-# volume while `coord backup --policy clickhouse` archives it live with the shipped policy.
+# volume while `coord backup --policy clickhouse` archives it with the shipped policy (strategy snapshot: the
+# writer is paused while its tree is hard-linked, then the links are archived while it runs again).
+# The writer's files are all immutable once written, as ClickHouse's parts are (ATOMIC_LOG=1: its log is rewritten
+# and renamed, not appended to in place), which is what a snapshot needs.
 # Archives land in ./demo-backups. The writer and its volume are removed at the end (--keep leaves them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +14,8 @@ volume=coord-demo_clickhouse-data
 writer=coord-demo-clickhouse
 docker rm -f "$writer" >/dev/null 2>&1 || true
 docker volume create --label coord.demo=1 "$volume" >/dev/null
-docker run -d --name "$writer" --label coord.demo=1 -v "$volume:/data" coord-test/busybox:latest \
-  sh /workloads/clickhouse_churn.sh >/dev/null
+docker run -d --name "$writer" --label coord.demo=1 -v "$volume:/data" -e ATOMIC_LOG=1 \
+  coord-test/busybox:latest sh /workloads/clickhouse_churn.sh >/dev/null
 cleanup() {
   if [ "$keep" != --keep ]; then
     docker rm -f "$writer" >/dev/null 2>&1 || true

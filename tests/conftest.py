@@ -102,6 +102,17 @@ def _force_remove(container) -> None:
         pass
 
 
+@pytest.fixture(scope="session")
+def chdb_image(docker_client) -> str:
+    """The digest-tagged chdb image (a real ClickHouse engine); the build script is a no-op when the recipe's image
+    exists, and builds it (and the Debian base) otherwise: minutes from scratch, see docs/images.md."""
+    completed = subprocess.run(
+        [str(REPO / "scripts" / "build-chdb-image.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert completed.returncode == 0, f"build-chdb-image.sh failed:\n{completed.stderr[-4000:]}"
+    return completed.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     token = uuid.uuid4().hex[:8]

@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, volume_path
+from conftest import volume_path
 
 pytestmark = pytest.mark.docker
 
 PART_NAME = re.compile(r"^(?P<partition>[0-9a-f]+)_(?P<min>\d+)_(?P<max>\d+)_(?P<level>\d+)$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@pytest.fixture(scope="session")
-def chdb_image(docker_client) -> str:
-    """The digest-tagged chdb image; the build script is a no-op when the recipe's image exists."""
-    completed = subprocess.run(
-        [str(REPO / "scripts" / "build-chdb-image.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert completed.returncode == 0, f"build-chdb-image.sh failed:\n{completed.stderr[-4000:]}"
-    return completed.stdout.strip().splitlines()[-1]
 
 
 def test_dockerfile_from_the_base_image_builds_and_runs_python(docker_client, chdb_image, unique, tmp_path):

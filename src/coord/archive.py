@@ -30,7 +30,7 @@ from typing import BinaryIO
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
-from coord.policy import Compression
+from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 
 CHUNK_SIZE = 1 << 20
@@ -86,6 +86,8 @@ class ArchiveOutcome:
     entries: int = 0
     entries_digest: str = ""
     problems: list[EntryProblem] = field(default_factory=list)
+    # snapshot reads: files tar called changed whose content provably is the snapshot's (a hard link removed)
+    relinked: list[str] = field(default_factory=list)
     consistency: Consistency | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -173,10 +175,16 @@ def create_archive(
     on_progress: ProgressCallback | None = None,
     compressor: list[str] | None = None,
     write: StreamWriter | None = None,
+    *,
+    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
+    content_unchanged: Callable[[str], bool] | None = None,
 ) -> ArchiveOutcome:
-    """Archive the directory `source` into `partial_path` (created; must not exist) through `write`.
+    """Archive the directory `source` into `partial_path` (created; must not exist) through `write`
+    (default `write_file`); `consistency` is the rule of the verdict (consistency.py). For a snapshot read,
+    `content_unchanged(path)` tells whether a file tar called changed is still as it was at the snapshot
+    (Snapshot.content_unchanged): such files go to `relinked`, not to the problems.
 
-    `write` defaults to `write_file` (the compressed archive as is). Returns the outcome with every problem
+    Returns the outcome with every problem
     classified; problems with the source or the destination are CRITICAL problems in the outcome, not
     exceptions. `sha256`/`size` in the outcome are those of the compressed stream. On an exception
     (KeyboardInterrupt, SystemExit from a signal) the child processes are killed and `partial_path` removed
@@ -195,8 +203,17 @@ def create_archive(
         outcome.finished_at = time.time()
         return outcome
     try:
-        argv = compressor or compressor_command(compression)
-        _run_pipeline(source, partial_path, write or write_file, matcher, argv, outcome, on_progress)
+        _run_pipeline(
+            source,
+            partial_path,
+            write or write_file,
+            matcher,
+            compressor or compressor_command(compression),
+            outcome,
+            on_progress,
+            consistency,
+            content_unchanged,
+        )
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -212,6 +229,8 @@ def _run_pipeline(
     compressor_argv: list[str],
     outcome: ArchiveOutcome,
     on_progress: ProgressCallback | None,
+    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
+    content_unchanged: Callable[[str], bool] | None = None,
 ) -> None:
     tree = ArchivedTree()
     digest = hashlib.sha256()
@@ -279,11 +298,15 @@ def _run_pipeline(
     outcome.entries_digest = digest.hexdigest()
     for line in tar_messages:
         problem = classify_tar_line(line)
-        if problem is not None:
+        if problem is None:
+            continue
+        if problem.kind is ProblemKind.CHANGED and content_unchanged is not None and content_unchanged(problem.path):
+            outcome.relinked.append(problem.path)
+        else:
             outcome.problems.append(problem)
     if written_ok:
         outcome.problems.extend(_exit_status_problems(tar_status, compressor_status, outcome, compressor_messages))
-    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher)
+    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher, consistency)
 
 
 def _exit_status_problems(
@@ -298,7 +321,7 @@ def _exit_status_problems(
         # from open/savedir) also gives 2, so exit 2 is fine only when every message was classified.
         if not any(p.kind is ProblemKind.VANISHED for p in outcome.problems):
             problems.append(EntryProblem(ProblemKind.CRITICAL, "", f"tar exited with status {tar_status}"))
-    elif tar_status == 1 and not outcome.problems:
+    elif tar_status == 1 and not outcome.problems and not outcome.relinked:
         problems.append(EntryProblem(ProblemKind.CRITICAL, "", "tar exited with status 1 and reported nothing"))
     if compressor_status != 0:
         said = "; ".join(compressor_messages) or "no message"

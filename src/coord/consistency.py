@@ -16,6 +16,11 @@ Verdicts:
 
 The re-listing happens after tar ends, so a change in that short window counts too: the rule errs on the side
 of at-risk, never of consistent.
+
+With the policy's `consistency: clickhouse`, a MergeTree table directory (one holding format_version.txt) is
+judged by its part names instead (clickhouse.py): at-risk only when a part that went missing during the read is
+contained in no part the archive holds completely; when every such part is, the directory is harmless (fuzzy).
+Other directories keep the generic rule.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from coord.clickhouse import FORMAT_VERSION_FILE, TableJudgement, judge_table_directory, parse_format_version
 from coord.excludes import ExcludeMatcher
+from coord.policy import ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, member_to_path
 
 SAMPLE_SIZE = 20
@@ -89,6 +96,31 @@ class Consistency:
     gained: int
     lost: int
     excluded: list[str]
+    # consistency: clickhouse: table directories the generic rule would call at-risk, cleared by the part rule
+    cleared_directories: list[DirectoryChange] = field(default_factory=list)
+
+
+def _damaged_children(problems: list[EntryProblem]) -> dict[str, set[str]]:
+    """For each directory, its children with a member at or below them that vanished or shrank while read."""
+    damaged: dict[str, set[str]] = defaultdict(set)
+    for problem in problems:
+        if problem.kind not in (ProblemKind.VANISHED, ProblemKind.SHRANK) or not problem.path:
+            continue
+        path = problem.path
+        while path and path != ".":
+            parent, name = _split(path)
+            damaged[parent].add(name)
+            path = "" if parent == "." else parent
+    return damaged
+
+
+def _table_format_version(root: str, directory: str) -> int | None:
+    """The format version of a MergeTree table directory, None when `directory` is not one."""
+    try:
+        with open(os.path.join(root, directory, FORMAT_VERSION_FILE), encoding="ascii", errors="replace") as handle:
+            return parse_format_version(handle.read(64))
+    except OSError:
+        return None
 
 
 def assess_consistency(
@@ -96,8 +128,12 @@ def assess_consistency(
     tree: ArchivedTree,
     problems: list[EntryProblem],
     matcher: ExcludeMatcher,
+    rule: ConsistencyRule = ConsistencyRule.GENERIC,
 ) -> Consistency:
-    """Compare what tar archived under `root` with the tree now, and give the verdict with its reasons."""
+    """Compare what tar archived under `root` with the tree now, and give the verdict with its reasons.
+
+    `rule` is the policy's `consistency`: under clickhouse, table directories are judged by their part names.
+    """
     reported: dict[str, set[str]] = defaultdict(set)
     vanished: dict[str, set[str]] = defaultdict(set)
     for problem in problems:
@@ -107,8 +143,11 @@ def assess_consistency(
         reported[parent].add(name)
         if problem.kind is ProblemKind.VANISHED:
             vanished[parent].add(name)
+    damaged = _damaged_children(problems) if rule is ConsistencyRule.CLICKHOUSE else {}
 
     changes: list[DirectoryChange] = []
+    cleared: list[DirectoryChange] = []
+    judged: list[tuple[str, TableJudgement]] = []
     excluded: list[str] = []
     total_gained = total_lost = 0
     for directory in sorted(tree.directories):
@@ -130,19 +169,37 @@ def assess_consistency(
         lost = sorted((seen - kept) | vanished.get(directory, set()))
         total_gained += len(gained)
         total_lost += len(lost)
-        if gained and lost:
+        format_version = _table_format_version(root, directory) if rule is ConsistencyRule.CLICKHOUSE else None
+        if format_version is not None:
+            judgement = judge_table_directory(
+                archived=tree.children.get(directory, set()),
+                vanished=vanished.get(directory, set()),
+                damaged=damaged.get(directory, set()),
+                after=kept,
+                format_version=format_version,
+                reported=reported.get(directory, set()),
+            )
+            judged.append((directory, judgement))
+            if judgement.at_risk:
+                missing = [part.name for part in judgement.missing] or judgement.other_lost
+                changes.append(DirectoryChange(directory, missing, gained))
+            elif gained and lost:
+                cleared.append(DirectoryChange(directory, lost, gained))
+        elif gained and lost:
             changes.append(DirectoryChange(directory, lost, gained))
 
     kinds = {kind: sum(1 for p in problems if p.kind is kind) for kind in ProblemKind}
-    reasons = []
-    if changes:
-        reasons.append(
-            f"{len(changes)} director{'y' if len(changes) == 1 else 'ies'} lost entries and gained new ones during "
-            f"the read (e.g. {changes[0].directory}): data may be in neither copy"
+    reasons = _clickhouse_reasons(judged, cleared) if rule is ConsistencyRule.CLICKHOUSE else []
+    generic_changes = [c for c in changes if all(c.directory != d for d, _ in judged)]
+    if generic_changes:
+        reasons.insert(
+            0,
+            f"{len(generic_changes)} director{'y' if len(generic_changes) == 1 else 'ies'} lost entries and gained "
+            f"new ones during the read (e.g. {generic_changes[0].directory}): data may be in neither copy",
         )
     if kinds[ProblemKind.SHRANK]:
         reasons.append(f"{kinds[ProblemKind.SHRANK]} file(s) shrank while read and were padded with zeros")
-    if reasons:
+    if changes or kinds[ProblemKind.SHRANK]:
         verdict = Verdict.AT_RISK
     else:
         for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED):
@@ -160,4 +217,32 @@ def assess_consistency(
         gained=total_gained,
         lost=total_lost,
         excluded=sorted(excluded),
+        cleared_directories=cleared,
     )
+
+
+def _clickhouse_reasons(judged: list[tuple[str, TableJudgement]], cleared: list[DirectoryChange]) -> list[str]:
+    """The part rule's findings, in words: rows missing (at-risk), or why a racy table directory is harmless."""
+    reasons = []
+    missing = [(directory, part) for directory, judgement in judged for part in judgement.missing]
+    if missing:
+        directory, part = missing[0]
+        tables = len({directory for directory, _ in missing})
+        reasons.append(
+            f"{len(missing)} part(s) in {tables} table(s) went missing during the read and no part in the archive "
+            f"contains them (e.g. {directory}/{part.describe()}): their rows are missing from the archive"
+        )
+    for directory, judgement in judged:
+        if not judgement.missing and judgement.at_risk:
+            reasons.append(
+                f"{directory}: entries other than parts were lost and gained during the read "
+                f"(e.g. {judgement.other_lost[0]}, {judgement.other_gained[0]}): data may be in neither copy"
+            )
+    if cleared:
+        covered = sum(len(judgement.covered) for _, judgement in judged)
+        reasons.append(
+            f"{len(cleared)} table director{'y' if len(cleared) == 1 else 'ies'} lost and gained parts during the read "
+            f"(the generic rule would say at-risk), but each of the {covered} part(s) that went missing is contained "
+            f"in a part the archive holds (consistency: clickhouse)"
+        )
+    return reasons

@@ -56,6 +56,13 @@ class OnAtRisk(StrEnum):
     FAIL = "fail"
 
 
+class ConsistencyRule(StrEnum):
+    """How the verdict judges a directory that lost and gained entries while it was read."""
+
+    GENERIC = "generic"
+    CLICKHOUSE = "clickhouse"
+
+
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -294,6 +301,17 @@ class Policy(BaseModel):
             "volume fails and no archive is kept."
         ),
         examples=["warn", "fail"],
+    )
+    consistency: ConsistencyRule = Field(
+        default=ConsistencyRule.GENERIC,
+        description=(
+            "How the verdict judges a directory that lost and gained entries while it was read. generic (default): "
+            "at-risk, since data may be in neither copy. clickhouse: in MergeTree table directories (those with a "
+            "format_version.txt), judge by part names instead: a part that went missing during the read is harmless "
+            "when a part in the archive contains its block range, and at-risk when only a part that is not in the "
+            "archive does (its rows are missing from the archive); other directories keep the generic rule."
+        ),
+        examples=["clickhouse"],
     )
     escalate_to: Escalation = Field(
         default=Escalation.PAUSE,

@@ -348,6 +348,8 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
             progress.update if progress else None,
             compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
             job.check.write,
+            consistency=policy.consistency,
+            content_unchanged=job.snapshot.content_unchanged if source is not None and job.snapshot else None,
         )
     except BaseException:
         if job.partial_entry is not None:
@@ -480,5 +482,7 @@ def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, rea
         "downtime_s": round(result.downtime_s, 3),
         "hooks": result.hooks,
         "attempts": result.attempts,
-        "snapshot": {"method": snapshot.method.value, "modified_after": modified} if snapshot else None,
+        "snapshot": {"method": snapshot.method.value, "modified_after": modified, "relinked": outcome.relinked}
+        if snapshot
+        else None,
     }

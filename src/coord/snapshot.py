@@ -10,6 +10,11 @@ snapshot too. Stores whose files are immutable once written (ClickHouse parts, K
 that; Postgres does all the time, so it is not a snapshot workload. coord detects it: after the archive is
 read, any snapshot file whose mtime is later than the unpause is reported, and the verdict becomes at-risk.
 
+Reading a hardlink snapshot while the volume's own names are removed (ClickHouse deleting a merged-away part)
+makes tar say "file changed as we read it": removing a link changes the shared inode's ctime, which tar checks.
+`content_unchanged` tells those apart from real changes (a write moves the mtime past the unpause), so the archive
+step can record them as relinked instead of changed.
+
 The snapshot directory is excluded from the archive (it is the archive's root, and never inside itself),
 journaled before it is created, and removed after the archive, or by `coord recover` after a crash.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
@@ -65,6 +71,17 @@ class Snapshot:
                 except FileNotFoundError:
                     continue
         return sorted(changed)
+
+    def content_unchanged(self, relative_path: str) -> bool:
+        """True when the snapshot's file at `relative_path` is a regular file of a hardlink snapshot not written
+        since the unpause: a "changed" report for it means only its inode's ctime moved (a link removed)."""
+        if self.method is not CloneMethod.HARDLINK or not self.unpaused_at_ns:
+            return False
+        try:
+            status = os.lstat(self.path / relative_path)
+        except OSError:
+            return False
+        return stat.S_ISREG(status.st_mode) and status.st_mtime_ns <= self.unpaused_at_ns
 
 
 def is_snapshot_name(name: str) -> bool:

@@ -65,7 +65,10 @@ def test_plain_tar_fails_on_the_churning_volume_but_coord_live_succeeds(churning
     assert removed_reported, f"plain tar never met a removed part in 20 runs (exit statuses {tar_statuses})"
 
     policies = tmp_path / "policies"
-    clickhouse = (REPO / "policies" / "clickhouse.yaml").read_text().replace('"*clickhouse*"', f'"{volume}"')
+    # The shipped policy's excludes, read live (it ships with strategy snapshot).
+    shipped = (REPO / "policies" / "clickhouse.yaml").read_text().replace('"*clickhouse*"', f'"{volume}"')
+    clickhouse = shipped.replace("strategy: snapshot", "strategy: live")
+    assert "strategy: live" in clickhouse
     write_policy(policies, "clickhouse", clickhouse)
     vanished_seen = 0
     for _ in range(8):

@@ -49,7 +49,8 @@ def test_snapshot_of_a_churning_volume_is_consistent_with_short_downtime(immutab
     [action] = entry["containers"]
     assert action["action"] == "paused" and action["restored"]
     manifest = json.loads(Path(entry["manifest"]).read_text())
-    assert manifest["snapshot"] == {"method": "hardlink", "modified_after": []}
+    snapshot = manifest["snapshot"]
+    assert (snapshot["method"], snapshot["modified_after"], type(snapshot["relinked"])) == ("hardlink", [], list)
     # The container was paused only while the links were made, not while 160 MiB were compressed.
     read_time = entry["duration_s"]
     print(f"snapshot downtime {entry['downtime_s']:.3f}s, backup {read_time:.3f}s")

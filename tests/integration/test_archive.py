@@ -4,6 +4,8 @@ import hashlib
 import os
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from coord.consistency import ArchivedTree, Verdict, assess_consistency
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression
 from coord.problems import EntryProblem, ProblemKind
+from coord.snapshot import CloneMethod, Snapshot
 from coord.verify import Expected, compare, read_back
 
 
@@ -195,3 +198,42 @@ def test_shrunk_member_is_at_risk(tmp_path: Path) -> None:
     tree = read_of("./", "./f")
     shrank = [EntryProblem(ProblemKind.SHRANK, "f", "File shrank by 10 bytes; padding with zeros")]
     assert assess_consistency(str(tmp_path), tree, shrank, ExcludeMatcher.of([])).verdict is Verdict.AT_RISK
+
+
+def test_a_link_removed_while_a_snapshot_file_is_read_is_relinked_not_changed(tmp_path: Path) -> None:
+    """Reading a hardlink snapshot while the volume drops its own name of a file (ClickHouse deleting a merged-away
+    part): tar sees the inode's ctime move and says "file changed as we read it"; the content is the snapshot's."""
+    volume, snapshot = tmp_path / "volume", tmp_path / "snapshot"
+    (volume / "part").mkdir(parents=True)
+    (volume / "part/data.bin").write_bytes(os.urandom(4 << 20))
+    (snapshot / "part").mkdir(parents=True)
+    os.link(volume / "part/data.bin", snapshot / "part/data.bin")
+    view = Snapshot(snapshot, CloneMethod.HARDLINK, unpaused_at_ns=time.time_ns())
+    # The compressor starts draining only after the volume's link is gone, so tar is mid-file when it goes.
+    threading.Timer(0.3, (volume / "part/data.bin").unlink).start()
+    slow = ["sh", "-c", "sleep 0.8; exec gzip -1 -c"]
+
+    plain = create_archive(snapshot, tmp_path / "a.tar.partial", ExcludeMatcher.of([]), Compression.GZIP, None, slow)
+    assert [(p.kind, p.path) for p in plain.problems] == [(ProblemKind.CHANGED, "part/data.bin")]
+    assert plain.consistency.verdict is Verdict.FUZZY
+
+    os.link(snapshot / "part/data.bin", volume / "part/data.bin")
+    threading.Timer(0.3, (volume / "part/data.bin").unlink).start()
+    outcome = create_archive(
+        snapshot,
+        tmp_path / "b.tar.partial",
+        ExcludeMatcher.of([]),
+        Compression.GZIP,
+        None,
+        slow,
+        content_unchanged=view.content_unchanged,
+    )
+    assert (outcome.problems, outcome.relinked) == ([], ["part/data.bin"])
+    assert outcome.consistency.verdict is Verdict.CONSISTENT
+
+    # A write after the unpause is a real change: it stays one.
+    with open(snapshot / "part/data.bin", "ab") as handle:
+        handle.write(b"x")
+    assert not view.content_unchanged("part/data.bin")
+    assert not view.content_unchanged("part")  # a directory is never shared with the volume
+    assert not Snapshot(snapshot, CloneMethod.REFLINK, unpaused_at_ns=time.time_ns()).content_unchanged("part/x")

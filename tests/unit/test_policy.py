@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from coord.errors import PolicyError, UsageError
-from coord.policy import Strategy, load_policies, parse_policy, render_json_schema
+from coord.policy import ConsistencyRule, Strategy, load_policies, parse_policy, render_json_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,9 +29,9 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
             "volumes: [a]\nstrategy: live\nexlude: [tmp]\n",
             [
                 "policies/clickhouse.yaml:3: exlude: unknown key 'exlude' (did you mean 'exclude'?); allowed keys: "
-                "description, volumes, strategy, exclude, compression, on_at_risk, escalate_to, max_vanished, "
-                "compression_level, compression_threads, containers, stop_timeout, stop_order, hooks, encrypt, "
-                "retention, restore"
+                "description, volumes, strategy, exclude, compression, on_at_risk, consistency, escalate_to, "
+                "max_vanished, compression_level, compression_threads, containers, stop_timeout, stop_order, hooks, "
+                "encrypt, retention, restore"
             ],
             id="unknown-key",
         ),
@@ -112,6 +112,11 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
             ],
             id="every-problem-at-once",
         ),
+        pytest.param(
+            "volumes: [a]\nstrategy: live\nconsistency: clickhuose\n",
+            ["policies/clickhouse.yaml:3: consistency: 'clickhuose' is not one of generic, clickhouse"],
+            id="bad-consistency",
+        ),
     ],
 )
 def test_malformed_policy_messages(text: str, expected: list[str]) -> None:
@@ -139,7 +144,8 @@ def test_unknown_policy_name_lists_the_available_ones(tmp_path: Path) -> None:
 
 def test_shipped_policies_are_valid() -> None:
     loaded = {item.name: item.policy for item in load_policies(REPO / "policies")}
-    assert loaded["clickhouse"].strategy is Strategy.LIVE
+    assert loaded["clickhouse"].strategy is Strategy.SNAPSHOT
+    assert loaded["clickhouse"].consistency is ConsistencyRule.CLICKHOUSE
     assert "clickhouse" in loaded and len(loaded) >= 2
 
 

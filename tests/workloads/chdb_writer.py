@@ -14,14 +14,23 @@ Runs in the coord-test/chdb image (scripts/build-chdb-image.sh) as
   (flushed and fsynced). The log is a lower bound at any instant: a batch is committed shortly before its line is
   written. After a clean stop (SIGTERM/SIGINT: the batch in flight finishes, the session closes, exit 0) the last
   line equals the table's row count.
+- With --atomic-log the log is not appended to in place: the whole log is written to <log>.tmp, fsynced and renamed
+  over <log>, so that every file on the volume is immutable once it has its final name, like ClickHouse's parts
+  (what coord's snapshot strategy relies on; exclude <log>.tmp like ClickHouse's tmp_* directories).
+- --backfill-batches N inserts the first N batches back to back (no --interval between them): with
+  --partition-rows N*R that gives the table a partition of history, read first, before the partition being written.
 - Restarting on the same volume continues where the table ends (next batch and counter), appending to the log.
 - SIGUSR1 runs `SYSTEM STOP MERGES coord.events` and SIGUSR2 `SYSTEM START MERGES coord.events` between batches
-  (chdb locks its data path, so no other process can send these statements).
+  (chdb locks its data path, so no other process can send these statements). Once the statement has run, the
+  writer creates (STOP) or removes (START) the file /tmp/chdb_writer.merges-stopped, outside the volume, so that a
+  hook can wait until merges are really stopped:
+  `kill -USR1 1 && until [ -e /tmp/chdb_writer.merges-stopped ]; do sleep 0.05; done`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -29,6 +38,7 @@ import time
 from pathlib import Path
 
 TABLE = "coord.events"
+MERGES_STOPPED_FLAG = Path("/tmp/chdb_writer.merges-stopped")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +48,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log", help="commit log (default <data>/writer.log)")
     parser.add_argument("--batch-rows", type=int, default=100, help="rows per INSERT (default 100)")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between INSERTs (default 0.1)")
+    parser.add_argument(
+        "--backfill-batches",
+        type=int,
+        default=0,
+        help="insert the first N batches back to back, without --interval: a table with history",
+    )
     parser.add_argument("--batches", type=int, default=0, help="stop after this many batches in total (0: never)")
     parser.add_argument(
         "--partition-rows",
@@ -46,6 +62,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="counter values per partition (default 20000: a new partition every 200 batches)",
     )
     parser.add_argument("--old-parts-lifetime", type=int, default=1, help="seconds (default 1)")
+    parser.add_argument(
+        "--atomic-log",
+        action="store_true",
+        help="rewrite the log to <log>.tmp and rename it, instead of appending in place",
+    )
     parser.add_argument(
         "--wide-parts",
         action=argparse.BooleanOptionalAction,
@@ -67,6 +88,7 @@ class Writer:
         self.session = session.Session(str(self.db_path))
         self.stopping = False
         self.pending: list[str] = []
+        self.log_lines = self.log_path.read_text() if arguments.atomic_log and self.log_path.exists() else ""
 
     def query(self, sql: str, fmt: str = "TabSeparated") -> str:
         return self.session.query(sql, fmt).bytes().decode()
@@ -95,6 +117,31 @@ class Writer:
         batch, rows = self.query(f"SELECT max(batch), count() FROM {TABLE}").split()
         return int(batch), int(rows)
 
+    def record_commit(self, log, line: str) -> None:
+        """Make the commit line durable: appended to the open log, or (--atomic-log) in a new file renamed over it."""
+        if not self.arguments.atomic_log:
+            log.write(line)
+            log.flush()
+            os.fsync(log.fileno())
+            return
+        self.log_lines += line
+        scratch = self.log_path.with_name(self.log_path.name + ".tmp")
+        with scratch.open("w") as new:
+            new.write(self.log_lines)
+            new.flush()
+            os.fsync(new.fileno())
+        os.replace(scratch, self.log_path)
+
+    def run_pending(self) -> None:
+        while self.pending:
+            statement = self.pending.pop(0)
+            self.query(statement)
+            if statement.startswith("SYSTEM STOP MERGES"):
+                MERGES_STOPPED_FLAG.touch()
+            else:
+                MERGES_STOPPED_FLAG.unlink(missing_ok=True)
+            print(f"chdb_writer: {statement}", file=sys.stderr, flush=True)
+
     def on_signal(self, signum: int, _frame) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
@@ -115,12 +162,9 @@ class Writer:
             file=sys.stderr,
             flush=True,
         )
-        with self.log_path.open("a") as log:
+        with contextlib.nullcontext() if a.atomic_log else self.log_path.open("a") as log:
             while not self.stopping and (a.batches <= 0 or batch < a.batches):
-                while self.pending:
-                    statement = self.pending.pop(0)
-                    self.query(statement)
-                    print(f"chdb_writer: {statement}", file=sys.stderr, flush=True)
+                self.run_pending()
                 batch += 1
                 first = (batch - 1) * a.batch_rows
                 self.query(
@@ -128,10 +172,8 @@ class Writer:
                     f"SELECT {first} + number, {batch}, randomPrintableASCII(64) FROM numbers({a.batch_rows})"
                 )
                 rows += a.batch_rows
-                log.write(f"{batch} {rows} {time.time():.3f}\n")
-                log.flush()
-                os.fsync(log.fileno())
-                if a.interval > 0 and not self.stopping:
+                self.record_commit(log, f"{batch} {rows} {time.time():.3f}\n")
+                if a.interval > 0 and not self.stopping and batch > a.backfill_batches:
                     time.sleep(a.interval)
         self.session.close()
         print(f"chdb_writer: stopped after batch {batch} ({rows} rows)", file=sys.stderr, flush=True)
