@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,30 +77,25 @@ def last_commit(log: Path) -> tuple[int, int]:
     return int(batch), int(rows)
 
 
-@pytest.fixture(scope="module")
-def history(docker_client, chdb_image, tmp_path_factory) -> Path:
-    """A chdb data directory holding the table with its partition of history (the first batches), written once."""
-    name = f"coordtest-{uuid.uuid4().hex[:8]}-chdb-history"
-    volume = docker_client.volumes.create(name, labels={"coord.test": "history"})
-    container = None
-    try:
-        container = docker_client.containers.run(
-            chdb_image,
-            [*WRITER, "--batches", str(HISTORY_BATCHES)],
-            name=name,
-            detach=True,
-            volumes={name: {"bind": "/data", "mode": "rw"}},
+HISTORY: dict[str, Path] = {}  # the seed, written by the first test that needs it
+
+
+@pytest.fixture
+def history(docker_client, chdb_image, make_volume, make_container, tmp_path_factory) -> Path:
+    """A chdb data directory holding the table with its partition of history (the first batches), written once per
+    session with the writer's --batches and copied for every test."""
+    if "seed" not in HISTORY:
+        volume = make_volume("chdb-history")
+        writer = make_container(
+            "chdb-history", [*WRITER, "--batches", str(HISTORY_BATCHES)], {volume: "/data"}, image=chdb_image
         )
-        status = container.wait(timeout=300)["StatusCode"]
-        assert status == 0, container.logs().decode(errors="replace")[-2000:]
+        status = writer.wait(timeout=300)["StatusCode"]
+        assert status == 0, writer.logs().decode(errors="replace")[-2000:]
         seed = tmp_path_factory.mktemp("chdb-history")
-        subprocess.run(["cp", "-a", f"{volume.attrs['Mountpoint']}/.", str(seed)], check=True)
+        subprocess.run(["cp", "-a", f"{volume_path(docker_client, volume)}/.", str(seed)], check=True)
         assert last_commit(seed / "writer.log") == (HISTORY_BATCHES, HISTORY_BATCHES * BATCH_ROWS)
-        return seed
-    finally:
-        if container is not None:
-            container.remove(force=True)
-        volume.remove(force=True)
+        HISTORY["seed"] = seed
+    return HISTORY["seed"]
 
 
 @dataclass
