@@ -6,10 +6,12 @@ object on stdout:
 
     imports_s      importing what `coord backup` imports (typer, rich, pydantic, docker SDK, coord)
     plan_s         loading the policies, asking Docker for the volumes and the volume's mount point
-    archive_s      tar | zstd | coord (sha256 + write) until the compressor's output ends (archive._pump)
-    fsync_s        fsync of the archive (archive._sync)
+    archive_s      tar | zstd | coord (sha256 + write) until the compressor's output ends (archive._pump; in
+                   coords with encryption archive.write_file, which includes the fsync)
+    fsync_s        fsync of the archive (archive._sync; absent when write_file does it)
     consistency_s  re-listing every archived directory for the verdict (archive.assess_consistency)
-    read_back_s    reading the archive back: sha256, zstd -d | tar --list, comparing (runner.read_back)
+    read_back_s    reading the archive back: sha256, zstd -d | tar --list, comparing (runner.read_back, or
+                   WrittenArchiveCheck.read_back)
     other_s        the rest of the run: process waits, publishing (rename, fsync dir), manifest
     total_s        imports to end
     self_cpu_s     CPU used by coord's own Python process (all threads)
@@ -30,16 +32,20 @@ from pathlib import Path
 _started = time.perf_counter()
 import coord.cli  # noqa: E402 - measured: what the CLI imports before it runs
 import coord.docker_ops  # noqa: E402
-from coord import archive, runner  # noqa: E402
+from coord import archive, runner, verify  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - _started
 
-# (module, function name, phase): the steps timed. A name coord no longer has is reported, not fatal.
+# (owner, function name, phase): the steps timed, under the names of coord before and after encryption came
+# (archive._pump/_sync and runner.read_back, then archive.write_file with the fsync in it and
+# WrittenArchiveCheck.read_back). A name this coord does not have is listed in "not_timed", not fatal.
 TIMED = (
     (archive, "_pump", "archive_s"),
     (archive, "_sync", "fsync_s"),
+    (archive, "write_file", "archive_s"),
     (archive, "assess_consistency", "consistency_s"),
     (runner, "read_back", "read_back_s"),
+    (getattr(verify, "WrittenArchiveCheck", None), "read_back", "read_back_s"),
     (runner, "load_policies", "plan_s"),
     (runner, "plan_volumes", "plan_s"),
     (coord.docker_ops.DockerControl, "connect", "plan_s"),
@@ -76,7 +82,7 @@ def main() -> None:
     phases: dict[str, float] = {"imports_s": IMPORTS_S}
     missing = []
     for owner, name, phase in TIMED:
-        function = owner.__dict__.get(name)
+        function = owner.__dict__.get(name) if owner is not None else None
         if function is None:
             missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
             continue

@@ -522,7 +522,7 @@ def report_dataset(prepared: Prepared, runs: list[Run], phases: dict | None) -> 
         )
     if phases:
         steps = ("imports_s", "plan_s", "archive_s", "fsync_s", "consistency_s", "read_back_s", "other_s")
-        shown = ", ".join(f"{key[:-2]} {phases.get(key, 0.0):.2f}" for key in steps)
+        shown = ", ".join(f"{key[:-2]} {phases[key]:.2f}" for key in steps if key in phases)
         lines.append(f"- coord's steps (one in-process run, s): {shown}; total {phases['total_s']:.2f}")
         lines.append(
             f"- coord's own Python process: {phases['self_cpu_s']:.2f} s CPU, peak RSS "

@@ -117,9 +117,9 @@ class _LineCollector(threading.Thread):
 def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) -> None:
     """Read tar's index (one member per line) to its end into `tree`, hashing each line with its newline.
 
-    Runs in its own thread, the only writer of `tree` and `digest` (the pump only reads tree.count). Called once
-    per member, so it is kept lean: tar ends every index line with one newline (a newline inside a name is
-    escaped as \\n), so the raw line is hashed as it is, with no decode/encode round trip.
+    Runs in its own thread, the only writer of `tree` and `digest` (the stream's reader only reads tree.count, for
+    progress). Called once per member, so it is kept lean: tar ends every index line with one newline (a newline
+    inside a name is escaped as \\n), so the raw line is hashed as it is, with no decode/encode round trip.
     """
     with stream:
         for raw in stream:
