@@ -180,3 +180,28 @@ def container_state(docker_client, container) -> str:
     container.reload()
     state = container.attrs["State"]
     return "paused" if state.get("Paused") else state["Status"]
+
+
+CHURN = ["sh", "/workloads/clickhouse_churn.sh"]
+
+
+def start_churning_writer(docker_client, make_volume, make_container, stem: str, merged_parts: int):
+    """A fresh volume with the ClickHouse-like writer on it, once it has merged `merged_parts` parts.
+    Returns (volume name, container, host path of the volume)."""
+    volume = make_volume(stem)
+    container = make_container("writer", CHURN, {volume: "/data"})
+    mount = volume_path(docker_client, volume)
+    wait_for(lambda: len(list(mount.glob("store/*/*/202601_*_1"))) >= merged_parts, what="the writer's first merges")
+    return volume, container, mount
+
+
+def archive_listing(archive: Path, decompressor: str = "zstd") -> list[str]:
+    """The member names GNU tar lists in a compressed archive (decompressor: zstd or gzip)."""
+    completed = subprocess.run(
+        f"{decompressor} -dc '{archive}' | tar -tf -",
+        shell=True,
+        capture_output=True,
+        check=True,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+    )
+    return completed.stdout.decode().splitlines()

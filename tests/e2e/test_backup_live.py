@@ -6,29 +6,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO, run_coord, volume_path, wait_for, write_policy
+from tests.conftest import (
+    REPO,
+    archive_listing,
+    run_coord,
+    start_churning_writer,
+    volume_path,
+    write_policy,
+)
 
 pytestmark = pytest.mark.docker
-
-CHURN = ["sh", "/workloads/clickhouse_churn.sh"]
-
-
-def listing_of(archive: Path) -> list[str]:
-    completed = subprocess.run(
-        f"zstd -dc '{archive}' | tar -tf -",
-        shell=True,
-        capture_output=True,
-        check=True,
-        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
-    )
-    return completed.stdout.decode().splitlines()
 
 
 def assert_archive_matches_manifest(volume_json: dict) -> dict:
     archive = Path(volume_json["archive"])
     manifest = json.loads(Path(volume_json["manifest"]).read_text())
     assert manifest["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert manifest["entries"] == len(listing_of(archive)) == volume_json["entries"]
+    assert manifest["entries"] == len(archive_listing(archive)) == volume_json["entries"]
     assert manifest["size"] == archive.stat().st_size
     assert not list(archive.parent.glob("*.partial"))
     return manifest
@@ -36,11 +30,7 @@ def assert_archive_matches_manifest(volume_json: dict) -> dict:
 
 @pytest.fixture
 def churning_clickhouse(docker_client, make_volume, make_container):
-    volume = make_volume("clickhouse-data")
-    container = make_container("writer", CHURN, {volume: "/data"})
-    mount = volume_path(docker_client, volume)
-    wait_for(lambda: len(list(mount.glob("store/*/*/202601_*_1"))) >= 20, what="the writer's first merges")
-    return volume, container, mount
+    return start_churning_writer(docker_client, make_volume, make_container, "clickhouse-data", 20)
 
 
 def test_plain_tar_fails_on_the_churning_volume_but_coord_live_succeeds(churning_clickhouse, tmp_path: Path) -> None:
@@ -145,7 +135,7 @@ def test_excludes_are_honoured_and_recorded(docker_client, make_volume, tmp_path
     assert run.returncode == 0, run.stderr
     [entry] = run.json["volumes"]
     assert (entry["status"], entry["verdict"]) == ("ok", "consistent")
-    names = listing_of(Path(entry["archive"]))
+    names = archive_listing(Path(entry["archive"]))
     assert "./store/263/2632a5fb-f759-4d05-824b-dddcb78faff3/all_1_1_0/data.bin" in names
     assert not any("tmp_merge" in name or "shadow" in name for name in names)
     manifest = assert_archive_matches_manifest(entry)

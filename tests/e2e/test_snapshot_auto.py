@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import container_state, run_coord, volume_path, wait_for, write_policy
+from tests.conftest import CHURN, container_state, run_coord, volume_path, wait_for, write_policy
 from tests.e2e.test_strategies import (
-    CHURN,
     assert_writer_was_quiet,
     backup,
     journal_files,

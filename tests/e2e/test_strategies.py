@@ -13,12 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO, container_state, run_coord, volume_path, wait_for, write_policy
+from tests.conftest import (
+    REPO,
+    container_state,
+    run_coord,
+    start_churning_writer,
+    volume_path,
+    wait_for,
+    write_policy,
+)
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.docker
 
-CHURN = ["sh", "/workloads/clickhouse_churn.sh"]
 PART = re.compile(r"^\./store/[^/]+/[^/]+/202601_(\d+)_(\d+)_\d+/$")
 CLICKHOUSE_EXCLUDES = (REPO / "policies/clickhouse.yaml").read_text().split("exclude:", 1)[1]
 
@@ -63,11 +70,7 @@ def backup(policies: Path, dest: Path, *extra: str, **options) -> object:
 
 @pytest.fixture
 def writer(docker_client, make_volume, make_container):
-    volume = make_volume("pg-data")
-    container = make_container("writer", CHURN, {volume: "/data"})
-    mount = volume_path(docker_client, volume)
-    wait_for(lambda: len(list(mount.glob("store/*/*/202601_*_1"))) >= 10, what="the writer's first merges")
-    return volume, container, mount
+    return start_churning_writer(docker_client, make_volume, make_container, "pg-data", 10)
 
 
 @pytest.mark.parametrize("strategy", ["pause", "stop"])

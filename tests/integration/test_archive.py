@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import archive_listing
 
 from coord.archive import create_archive
 from coord.consistency import ArchivedTree, Verdict, assess_consistency
@@ -28,15 +29,7 @@ def make_tree(root: Path) -> None:
 
 
 def listing(archive: Path, compression: Compression) -> list[str]:
-    tool = "zstd" if compression is Compression.ZSTD else "gzip"
-    out = subprocess.run(
-        f"{tool} -dc '{archive}' | tar -tf -",
-        shell=True,
-        capture_output=True,
-        check=True,
-        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
-    )
-    return out.stdout.decode().splitlines()
+    return archive_listing(archive, "zstd" if compression is Compression.ZSTD else "gzip")
 
 
 @pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
