@@ -1,0 +1,97 @@
+"""The backup's own check (WrittenArchiveCheck): the stream is listed while it is written, the file hashed after.
+
+Real tar, zstd/gzip and files; the faults are real bytes: a compressor whose output is damaged on its way to
+coord (the file then matches the stream, so only the in-line listing can catch it), and a store whose file on disk
+differs from the stream it was given.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from coord.archive import ArchiveOutcome, compressor_command, create_archive, write_file
+from coord.excludes import ExcludeMatcher
+from coord.policy import Compression
+from coord.verify import WrittenArchiveCheck
+
+# Copies stdin to stdout with one byte in the middle inverted: damage made between the compressor and coord.
+FLIP_MIDDLE_BYTE = (
+    "import sys; d = bytearray(sys.stdin.buffer.read()); d[len(d) // 2] ^= 0xFF; sys.stdout.buffer.write(d)"
+)
+
+
+def make_tree(root: Path) -> None:
+    for part in range(20):
+        directory = root / "store" / "263" / "uuid" / f"all_{part}_{part}_0"
+        directory.mkdir(parents=True)
+        (directory / "data.bin").write_bytes(os.urandom(50_000))
+        (directory / "count.txt").write_text(str(part))
+    (root / "weird name\nwith newline").write_text("x")
+
+
+def archive_through(
+    check: WrittenArchiveCheck, source: Path, partial: Path, compression: Compression, compressor: list[str]
+) -> ArchiveOutcome:
+    try:
+        return create_archive(source, partial, ExcludeMatcher.of([]), compression, None, compressor, check.write)
+    finally:
+        check.end_writing()
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
+def test_a_good_archive_is_listed_while_written_and_passes(tmp_path: Path, compression: Compression) -> None:
+    make_tree(tmp_path / "src")
+    partial = tmp_path / "a.partial"
+    check = WrittenArchiveCheck(compression, None)
+    assert check.lists_while_writing
+    outcome = archive_through(check, tmp_path / "src", partial, compression, compressor_command(compression))
+    assert outcome.problems == []
+    read, mismatches = check.read_back(partial, outcome)
+    assert mismatches == []
+    assert read.entries == outcome.entries == 65  # ., store, 263, uuid, 20 parts x (dir + 2 files), the odd name
+    assert (read.sha256, read.size) == (outcome.sha256, outcome.size)
+
+
+def test_a_stream_damaged_before_coord_fails_though_the_file_matches_it(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    partial = tmp_path / "a.partial"
+    check = WrittenArchiveCheck(Compression.ZSTD, None)
+    damaging = ["sh", "-c", f'zstd -q -c -3 | {sys.executable} -c "{FLIP_MIDDLE_BYTE}"']
+    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, damaging)
+    assert outcome.problems == []  # tar and the "compressor" both succeeded: nothing on the write side shows it
+    read, mismatches = check.read_back(partial, outcome)
+    assert read.sha256 == outcome.sha256  # the file holds exactly the damaged stream
+    assert any("decompression failed" in problem for problem in mismatches), mismatches
+
+
+def test_a_file_that_differs_from_the_stream_fails(tmp_path: Path) -> None:
+    """A store that loses a byte on the way to disk (a bug, a bad device): caught by hashing the file."""
+
+    def lossy_store(stream: BinaryIO, path: Path) -> None:
+        write_file(stream, path)
+        with open(path, "r+b") as handle:
+            handle.seek(100)
+            byte = handle.read(1)
+            handle.seek(100)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+
+    make_tree(tmp_path / "src")
+    partial = tmp_path / "a.partial"
+    check = WrittenArchiveCheck(Compression.ZSTD, None, store=lossy_store)
+    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    read, mismatches = check.read_back(partial, outcome)
+    assert read.entries == outcome.entries  # the stream itself was fine
+    assert [problem for problem in mismatches if problem.startswith("sha256 mismatch")], mismatches
+
+
+def test_a_missing_file_fails(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    partial = tmp_path / "a.partial"
+    check = WrittenArchiveCheck(Compression.ZSTD, None)
+    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    partial.unlink()
+    _, mismatches = check.read_back(partial, outcome)
+    assert any("cannot read" in problem for problem in mismatches), mismatches
