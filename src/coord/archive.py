@@ -203,17 +203,19 @@ def create_archive(
         outcome.finished_at = time.time()
         return outcome
     try:
-        _run_pipeline(
-            source,
-            partial_path,
-            write or write_file,
-            matcher,
-            compressor or compressor_command(compression),
-            outcome,
-            on_progress,
-            consistency,
-            content_unchanged,
-        )
+        with ArchivedTree() as tree:
+            _run_pipeline(
+                tree,
+                source,
+                partial_path,
+                write or write_file,
+                matcher,
+                compressor or compressor_command(compression),
+                outcome,
+                on_progress,
+                consistency,
+                content_unchanged,
+            )
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -222,6 +224,7 @@ def create_archive(
 
 
 def _run_pipeline(
+    tree: ArchivedTree,
     source: Path,
     partial_path: Path,
     write: StreamWriter,
@@ -232,7 +235,6 @@ def _run_pipeline(
     consistency: ConsistencyRule = ConsistencyRule.GENERIC,
     content_unchanged: Callable[[str], bool] | None = None,
 ) -> None:
-    tree = ArchivedTree()
     digest = hashlib.sha256()
     tar_messages: list[str] = []
     compressor_messages: list[str] = []

@@ -25,10 +25,14 @@ Other directories keep the generic rule.
 
 from __future__ import annotations
 
+import marshal
 import os
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import IO
 
 from coord.clickhouse import FORMAT_VERSION_FILE, TableJudgement, judge_table_directory, parse_format_version
 from coord.excludes import ExcludeMatcher
@@ -54,22 +58,103 @@ def _join(directory: str, name: str) -> str:
 
 
 @dataclass
-class ArchivedTree:
-    """The members tar wrote, grouped by directory; built from tar's index output as it streams."""
+class _OpenDirectory:
+    path: str
+    archived: bool  # tar archived the directory itself (False only for a parent met out of tar's usual order)
+    names: list[str] = field(default_factory=list)
 
-    children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    directories: set[str] = field(default_factory=set)
-    count: int = 0
+
+class ArchivedTree:
+    """The members tar wrote, directory by directory; built from tar's index output as it streams.
+
+    tar --sort=name writes depth-first: a directory, then its entries in name order, each subdirectory's whole
+    subtree before the next entry. So once a member's parent is not the directory tar entered last, every directory
+    entered since is complete: its names go to a spool file (unlinked, in the temporary directory) and leave
+    memory. Memory follows the depth times the largest directory, not the number of files (keeping every name
+    cost 120 MB per million files: docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._open: list[_OpenDirectory] = []  # the directories tar is inside, the volume root first
+        self._spool: IO[bytes] | None = None
+        self._in_order = True
 
     def add_member(self, escaped_member: str) -> None:
         """Record one line of tar's index ('./store/263/x/' for a directory, escaped as tar prints it)."""
         self.count += 1
         path = member_to_path(escaped_member)
-        if escaped_member.endswith("/"):
-            self.directories.add(path)
         if path != ".":
             parent, name = _split(path)
-            self.children[parent].add(name)
+            top = self._open[-1] if self._open else None
+            (top if top is not None and top.path == parent else self._enter(parent)).names.append(name)
+        if escaped_member.endswith("/"):
+            self._open.append(_OpenDirectory(path, archived=True))
+
+    @property
+    def names_in_memory(self) -> int:
+        """Names held for the directories tar is still inside (the rest are spooled)."""
+        return sum(len(directory.names) for directory in self._open)
+
+    def _enter(self, parent: str) -> _OpenDirectory:
+        """The open directory `parent`, closing every directory entered after it."""
+        for depth in range(len(self._open) - 1, -1, -1):
+            if self._open[depth].path == parent:
+                while len(self._open) > depth + 1:
+                    self._close(self._open.pop())
+                return self._open[depth]
+        # Not among the open directories: not tar's depth-first order (never seen with --sort=name). Still
+        # correct: `directories` then merges the spooled names per directory, at the old memory cost.
+        self._in_order = False
+        directory = _OpenDirectory(parent, archived=False)
+        self._open.append(directory)
+        return directory
+
+    def _close(self, directory: _OpenDirectory) -> None:
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115 - closed by close()
+        marshal.dump((directory.path, directory.archived, directory.names), self._spool)
+
+    def directories(self) -> Iterator[tuple[str, set[str]]]:
+        """Each directory tar archived with the names it archived in it, once tar is done (in tar's order)."""
+        while self._open:
+            self._close(self._open.pop())
+        if self._spool is None:
+            return
+        self._spool.flush()
+        self._spool.seek(0)
+        if self._in_order:
+            for path, archived, names in self._records():
+                if archived:
+                    yield path, set(names)
+            return
+        merged: dict[str, set[str]] = defaultdict(set)
+        archived_directories = set()
+        for path, archived, names in self._records():
+            merged[path].update(names)
+            if archived:
+                archived_directories.add(path)
+        for path in sorted(archived_directories):
+            yield path, merged[path]
+
+    def _records(self) -> Iterator[tuple[str, bool, list[str]]]:
+        assert self._spool is not None
+        while True:
+            try:
+                yield marshal.load(self._spool)
+            except EOFError:
+                return
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def __enter__(self) -> ArchivedTree:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -150,7 +235,7 @@ def assess_consistency(
     judged: list[tuple[str, TableJudgement]] = []
     excluded: list[str] = []
     total_gained = total_lost = 0
-    for directory in sorted(tree.directories):
+    for directory, archived in tree.directories():
         try:
             with os.scandir(os.path.join(root, directory)) as entries:
                 present = {entry.name for entry in entries}
@@ -158,13 +243,11 @@ def assess_consistency(
             continue  # the directory itself went away: its parent records it as lost
         except NotADirectoryError:
             continue
-        kept = set()
-        for name in present:
-            if matcher.excludes(_join(directory, name)):
-                excluded.append(_join(directory, name))
-            else:
-                kept.add(name)
-        seen = tree.children.get(directory, set()) | reported.get(directory, set())
+        seen = archived | reported.get(directory, set())
+        # Only names tar did not see can be excluded ones (tar never touches those): match just these.
+        excluded_here = {name for name in present - seen if matcher.excludes(_join(directory, name))}
+        excluded.extend(_join(directory, name) for name in excluded_here)
+        kept = present - excluded_here
         gained = sorted(kept - seen)
         lost = sorted((seen - kept) | vanished.get(directory, set()))
         total_gained += len(gained)
@@ -172,7 +255,7 @@ def assess_consistency(
         format_version = _table_format_version(root, directory) if rule is ConsistencyRule.CLICKHOUSE else None
         if format_version is not None:
             judgement = judge_table_directory(
-                archived=tree.children.get(directory, set()),
+                archived=archived,
                 vanished=vanished.get(directory, set()),
                 damaged=damaged.get(directory, set()),
                 after=kept,
@@ -188,6 +271,9 @@ def assess_consistency(
         elif gained and lost:
             changes.append(DirectoryChange(directory, lost, gained))
 
+    for found in (changes, cleared):
+        found.sort(key=lambda change: change.directory)
+    judged.sort(key=lambda item: item[0])
     kinds = {kind: sum(1 for p in problems if p.kind is kind) for kind in ProblemKind}
     reasons = _clickhouse_reasons(judged, cleared) if rule is ConsistencyRule.CLICKHOUSE else []
     generic_changes = [c for c in changes if all(c.directory != d for d, _ in judged)]
