@@ -113,7 +113,10 @@ class ArchivedTree:
     def _close(self, directory: _OpenDirectory) -> None:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115 - closed by close()
-        marshal.dump((directory.path, directory.archived, directory.names), self._spool)
+        # Length-prefixed: marshal.load on a file reads in tiny steps, marshal.loads of one record is ~4x faster.
+        record = marshal.dumps((directory.path, directory.archived, directory.names))
+        self._spool.write(len(record).to_bytes(4, "little"))
+        self._spool.write(record)
 
     def directories(self) -> Iterator[tuple[str, set[str]]]:
         """Each directory tar archived with the names it archived in it, once tar is done (in tar's order)."""
@@ -139,11 +142,8 @@ class ArchivedTree:
 
     def _records(self) -> Iterator[tuple[str, bool, list[str]]]:
         assert self._spool is not None
-        while True:
-            try:
-                yield marshal.load(self._spool)
-            except EOFError:
-                return
+        while header := self._spool.read(4):
+            yield marshal.loads(self._spool.read(int.from_bytes(header, "little")))
 
     def close(self) -> None:
         if self._spool is not None:
