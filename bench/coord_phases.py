@@ -10,8 +10,9 @@ object on stdout:
                    coords with encryption archive.write_file, which includes the fsync)
     fsync_s        fsync of the archive (archive._sync; absent when write_file does it)
     consistency_s  re-listing every archived directory for the verdict (archive.assess_consistency)
-    read_back_s    reading the archive back: sha256, zstd -d | tar --list, comparing (runner.read_back, or
-                   WrittenArchiveCheck.read_back)
+    read_back_s    checking the archive after writing (runner.read_back, or WrittenArchiveCheck.read_back):
+                   before the in-line check sha256, zstd -d | tar --list and comparing; since, the file's sha256
+                   (the listing runs during archive_s)
     other_s        the rest of the run: process waits, publishing (rename, fsync dir), manifest
     total_s        imports to end
     self_cpu_s     CPU used by coord's own Python process (all threads)
@@ -43,6 +44,7 @@ TIMED = (
     (archive, "_pump", "archive_s"),
     (archive, "_sync", "fsync_s"),
     (archive, "write_file", "archive_s"),
+    (verify, "write_file", "archive_s"),  # coord since the in-line check: WrittenArchiveCheck stores through it
     (archive, "assess_consistency", "consistency_s"),
     (runner, "read_back", "read_back_s"),
     (getattr(verify, "WrittenArchiveCheck", None), "read_back", "read_back_s"),

@@ -281,11 +281,11 @@ class WrittenArchiveCheck:
     """
 
     def __init__(
-        self, compression: Compression, encryption: Encryption | None, store: StreamWriter = write_file
+        self, compression: Compression, encryption: Encryption | None, store: StreamWriter | None = None
     ) -> None:
         self.compression = compression
         self.encryption = encryption
-        self._store = store
+        self._store = store or write_file
         if encryption is not None:
             self._store = functools.partial(encrypt_to_file, encryption=encryption)
         self._lister: StreamLister | None = None
