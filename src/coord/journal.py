@@ -23,16 +23,23 @@ from coord.manifest import fsync_directory
 
 log = logging.getLogger("coord.journal")
 
+# What an entry is about (JournalEntry.kind).
+CONTAINER = "container"  # a container coord paused or stopped (key: its id)
+PARTIAL = "partial"  # a .partial archive being written (key: its path)
+SNAPSHOT = "snapshot"  # a snapshot directory of a volume (key: its path)
+
+# What coord did to it (JournalEntry.action).
 PAUSED = "paused"
 STOPPED = "stopped"
 STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
+WRITING = "writing"
 
 
 @dataclass(frozen=True)
 class JournalEntry:
-    kind: str  # "container" | "partial"
-    key: str  # container id, or the partial file's path
-    action: str  # paused | stopped | writing
+    kind: str  # CONTAINER | PARTIAL | SNAPSHOT
+    key: str  # container id, or the partial file's or snapshot directory's path
+    action: str  # PAUSED | STOPPED | STOPPED_PAUSED for a container; WRITING, SNAPSHOT otherwise
     name: str  # container name, for messages
     pid: int
     at: float

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
-from coord.journal import Journal
+from coord.journal import CONTAINER, PARTIAL, PAUSED, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal
 from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
@@ -37,27 +37,27 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
     """
     report = RecoveryReport()
     for entry in journal.entries():
-        if entry.kind == "snapshot":
+        if entry.kind == SNAPSHOT:
             remove_snapshot(Path(entry.key))
             report.removed_partials.append(entry.key)
             journal.clear(entry)
             continue
-        if entry.kind == "partial":
+        if entry.kind == PARTIAL:
             remove_partial(Path(entry.key))
             report.removed_partials.append(entry.key)
             journal.clear(entry)
             continue
-        before = docker.container_state(entry.key) if entry.kind == "container" else None
+        before = docker.container_state(entry.key) if entry.kind == CONTAINER else None
         error = put_back(docker, entry.key, entry.name, entry.action)
         if error is not None and "no longer exists" not in error:
             report.errors.append(error)
             continue
         if error is not None:
             report.restored.append(f"{entry.name}: {error}")
-        elif (entry.action == "paused" and before == "paused") or (
-            entry.action in ("stopped", "stopped-paused") and before in ("exited", "created")
+        elif (entry.action == PAUSED and before == "paused") or (
+            entry.action in (STOPPED, STOPPED_PAUSED) and before in ("exited", "created")
         ):
-            verb = "unpaused" if entry.action == "paused" else "started"
+            verb = "unpaused" if entry.action == PAUSED else "started"
             report.restored.append(f"{verb} {entry.name} (left {entry.action} by coord pid {entry.pid})")
         else:
             report.restored.append(f"{entry.name} was already {before}: left alone")

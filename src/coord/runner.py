@@ -28,7 +28,7 @@ from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
 from coord.hooks import HookRun, run_hook
-from coord.journal import Journal, JournalEntry
+from coord.journal import PARTIAL, SNAPSHOT, WRITING, Journal, JournalEntry
 from coord.lock import run_lock
 from coord.manifest import MANIFEST_FORMAT, fsync_directory, manifest_path_for, write_json_atomically
 from coord.plan import QuiesceGroup, VolumePlan, group_volumes, plan_volumes
@@ -256,7 +256,7 @@ def _quiesced_pass(
 def _take_snapshot(job: _Job, journal: Journal) -> None:
     assert job.source is not None
     path = snapshot_path_for(job.source)
-    job.snapshot_entry = journal.record("snapshot", str(path), "snapshot", job.plan.volume)
+    job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, job.plan.volume)
     try:
         job.snapshot = take_snapshot(job.source, path, detect_clone_method(job.source))
     except CoordError as error:
@@ -336,7 +336,7 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
     assert job.source is not None
     job.check = WrittenArchiveCheck(policy.compression, job.encryption)
     try:
-        job.partial_entry = journal.record("partial", str(job.partial), "writing", job.plan.volume)
+        job.partial_entry = journal.record(PARTIAL, str(job.partial), WRITING, job.plan.volume)
         log.info("%s: archiving %s (policy %s)", job.plan.volume, job.source, job.plan.policy.name)
         if progress:
             progress.begin(job.plan.volume)

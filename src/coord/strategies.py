@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError
-from coord.journal import PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
+from coord.journal import CONTAINER, PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
 from coord.plan import QUIESCING, QuiesceGroup
 from coord.policy import Strategy
 from coord.results import ContainerAction
@@ -110,7 +110,7 @@ def _quiesce_one(
         return
     else:
         verb = STOPPED if strategy is Strategy.STOP else PAUSED
-    entry = journal.record("container", container.id, verb, container.name)
+    entry = journal.record(CONTAINER, container.id, verb, container.name)
     action = ContainerAction(container.name, container.id, STOPPED if verb == STOPPED_PAUSED else verb, state)
     actions.append(action)
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
