@@ -4,6 +4,7 @@
     sudo python3 bench/run.py                                   # 500 MiB / 20k files, 3 rounds (a few minutes)
     sudo python3 bench/run.py --size 2G --files 50000 --small-files 1000000 --gpg    # the full P1 run
     sudo python3 bench/run.py --scaling 10000,100000,1000000 --cases zstd,coord  # P3: RSS and time vs files
+    sudo python3 bench/run.py --size 2G --files 50000 --downtime --keep-volumes   # P2: downtime per strategy
 
 What it does (docs/benchmarks.md has results and how to read them):
 
@@ -20,6 +21,10 @@ What it does (docs/benchmarks.md has results and how to read them):
    per-round ratios (paired: both runs of a round saw similar load) and ratios of the medians.
 5. Runs coord once more in-process (bench/coord_phases.py, not timed with the rest) to split its time into
    steps: imports, plan, archive, fsync, consistency check, read-back validation.
+6. With --downtime (P2): starts a container on the main volume (coord-test/busybox, a heartbeat writer) and runs
+   `coord backup --json` with a generated policy per strategy (stop, pause, snapshot), `--repeat` rounds in
+   alternating order; reads each run's downtime_s and duration_s from coord's JSON and checks them against the
+   engine's events and the writer's heartbeats. Times bare `docker stop/start/pause/unpause` once per round.
 
 Never collected by pytest (it lives outside tests/). Needs root, a Docker engine, GNU tar, zstd, gzip
 (and gpg for --gpg). Results also go to <out>/results-<timestamp>.json.
@@ -29,17 +34,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -421,6 +429,278 @@ def tear_down_gpg(context: Context) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# P2: container downtime per strategy, with a running container on the main volume
+
+DOWNTIME_STRATEGIES = ("stop", "pause", "snapshot")
+SERVICE_NAME = "coordbench-downtime"
+SERVICE_IMAGE = "coord-test/busybox"  # built offline by scripts/build-test-images.sh; never pulled
+WRITER_DIRECTORY = "coord-bench-writer"  # the writer's files in the volume, removed again at the end
+HEARTBEAT = "/tmp/heartbeat"  # in the container's own file system, not in the volume
+TICK_S = 0.05
+# PID 1 of the container. `trap 'exit 0' TERM` makes it stop at once on SIGTERM (a bare `sleep` as PID 1 has no
+# handler, so the kernel ignores SIGTERM and `docker stop` waits its whole timeout, then kills). Every tick it
+# appends the host's boot-time clock (/proc/uptime, 10 ms steps) to its heartbeat file; every 20 ticks (~1 s) it
+# writes a small "part" the way ClickHouse does: into tmp_part_N, renamed to part_N, replacing the part of that
+# slot 10 parts earlier (a new inode each time, never a file changed in place).
+WRITER_SCRIPT = f"""\
+trap 'exit 0' TERM
+mkdir -p /data/{WRITER_DIRECTORY}
+i=0
+while :; do
+  read up idle < /proc/uptime
+  echo "$up" >> {HEARTBEAT}
+  i=$((i + 1))
+  if [ $((i % 20)) -eq 0 ]; then
+    slot=$((i / 20 % 10))
+    echo "part $i at $up" > /data/{WRITER_DIRECTORY}/tmp_part_$slot
+    mv /data/{WRITER_DIRECTORY}/tmp_part_$slot /data/{WRITER_DIRECTORY}/part_$slot
+  fi
+  sleep {TICK_S} & wait $!
+done
+"""
+DOWN_EVENTS = ("pause", "kill")  # the engine's first event of a pause or a stop (kill: SIGTERM sent)
+BACK_EVENTS = ("unpause", "start")
+
+
+@dataclass
+class DowntimeRun:
+    strategy: str
+    volume: str
+    round: int
+    downtime_s: float  # coord's JSON: the longest time a container was paused or stopped (volumes[0].downtime_s)
+    duration_s: float  # coord's JSON duration_s: from the start of the archive step to the published manifest
+    wall_s: float  # the whole `coord backup` process
+    cpu_s: float
+    load_before: float
+    load_after: float
+    status: str
+    verdict: str | None
+    warnings: dict[str, int]
+    containers: list[dict]  # coord's JSON containers[]: action, seconds, restored
+    engine_s: float | None  # docker events: first pause/kill to last unpause/start of the container
+    engine_events: list[tuple[str, float]]  # (action, seconds after the coord process started)
+    service_gap_s: float | None  # the longest gap between two heartbeats of the writer around the run
+
+
+@dataclass
+class BareCycle:
+    round: int
+    stop_s: float  # `docker stop -t 30 NAME`, the CLI's wall time
+    start_s: float
+    pause_s: float
+    unpause_s: float
+    inspect_s: float  # `docker inspect NAME`: what the CLI itself costs (process start, one API call)
+    stop_engine_s: float | None  # docker events kill -> die: the container's own shutdown
+    stop_gap_s: float | None  # the writer's longest heartbeat gap over the stop + start
+
+
+@dataclass
+class Service:
+    name: str
+    id: str
+    mountpoint: Path
+
+    def state(self) -> str:
+        return docker("inspect", "--format", "{{.State.Status}}", self.id)
+
+    def heartbeats(self) -> list[float]:
+        """Every heartbeat the writer wrote, read through its PID 1's root (no `docker exec` in the events)."""
+        pid = docker("inspect", "--format", "{{.State.Pid}}", self.id)
+        try:
+            text = Path(f"/proc/{pid}/root{HEARTBEAT}").read_text()
+        except OSError:
+            return []
+        beats = []
+        for line in text.splitlines():
+            try:
+                beats.append(float(line))
+            except ValueError:
+                continue  # a line cut by a read in the middle of a write
+        return beats
+
+    def assert_running(self, after: float, timeout_s: float = 5.0) -> None:
+        """Benchmark precondition, not a test: the container runs and its writer wrote after `after` (boot time)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.state()
+            if state == "running" and (beats := self.heartbeats()) and beats[-1] > after:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"container {self.name} is {state} and its writer is silent: the benchmark stops")
+            time.sleep(TICK_S)
+
+
+def boot_time() -> float:
+    """The clock of the writer's heartbeats (/proc/uptime is CLOCK_BOOTTIME; no time namespace in the container)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def longest_gap(beats: Sequence[float], start: float, end: float) -> float | None:
+    """The longest interval between consecutive heartbeats that overlaps [start, end], or None without beats."""
+    gaps = [b - a for a, b in itertools.pairwise(beats) if b >= start and a <= end]
+    return max(gaps) if gaps else None
+
+
+def engine_events(container_id: str, since: float, until: float) -> list[tuple[str, float]]:
+    """The container's state events between two wall-clock times: (action, unix time)."""
+    text = docker(
+        "events", "--since", f"{since:.9f}", "--until", f"{until:.9f}", "--filter", f"container={container_id}",
+        "--filter", "type=container", "--format", "{{json .}}",
+    )  # fmt: skip
+    events = []
+    for line in text.splitlines():
+        event = json.loads(line)
+        events.append((event["Action"], event["timeNano"] / 1e9))
+    return events
+
+
+def engine_window(events: Sequence[tuple[str, float]]) -> float | None:
+    down = [at for action, at in events if action in DOWN_EVENTS]
+    back = [at for action, at in events if action in BACK_EVENTS]
+    return max(back) - min(down) if down and back and max(back) > min(down) else None
+
+
+def start_service(prepared: Prepared) -> Service:
+    """The container the strategies pause and stop: coord-test/busybox with the writer, the volume at /data."""
+    existing = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Labels}}", SERVICE_NAME], capture_output=True, text=True
+    )
+    if existing.returncode == 0:
+        if VOLUME_LABEL not in (json.loads(existing.stdout) or {}):
+            raise RuntimeError(f"a container {SERVICE_NAME} exists and is not a benchmark container: not touching it")
+        docker("rm", "--force", SERVICE_NAME)
+    shutil.rmtree(prepared.mountpoint / WRITER_DIRECTORY, ignore_errors=True)  # a killed run's leftovers
+    container_id = docker(
+        "run", "--detach", "--name", SERVICE_NAME, "--label", f"{VOLUME_LABEL}=downtime",
+        "--volume", f"{prepared.dataset.volume}:/data", SERVICE_IMAGE, "sh", "-c", WRITER_SCRIPT,
+    )  # fmt: skip
+    service = Service(SERVICE_NAME, container_id, prepared.mountpoint)
+    service.assert_running(boot_time())
+    log(f"{SERVICE_NAME}: running on {prepared.dataset.volume} (/data), heartbeat every {TICK_S * 1000:.0f} ms")
+    return service
+
+
+def remove_service(service: Service | None, prepared: Prepared) -> None:
+    if service is not None:
+        subprocess.run(["docker", "rm", "--force", service.id], capture_output=True)
+    shutil.rmtree(prepared.mountpoint / WRITER_DIRECTORY, ignore_errors=True)
+
+
+def downtime_policy(context: Context, prepared: Prepared, strategy: str) -> Path:
+    """The `bench` policy of the volume with this strategy; the writer's unfinished tmp_part is excluded, as
+    ClickHouse's tmp_* parts are in the shipped policy."""
+    policies_dir = context.out / "policies" / f"{prepared.dataset.volume}-{strategy}"
+    policies_dir.mkdir(parents=True, exist_ok=True)
+    (policies_dir / "bench.yaml").write_text(
+        f"description: P2 benchmark, {strategy}, data set {prepared.dataset.spec}\n"
+        f"volumes:\n  - {prepared.dataset.volume}\nstrategy: {strategy}\n"
+        f"exclude:\n  - {WRITER_DIRECTORY}/tmp_*\n"
+    )
+    return policies_dir
+
+
+def run_downtime_case(
+    context: Context, prepared: Prepared, service: Service, strategy: str, round_number: int
+) -> DowntimeRun:
+    work = Path(tempfile.mkdtemp(prefix=f"downtime-{strategy}-", dir=context.out))
+    try:
+        os.sync()
+        command = _coord(context, prepared, work, downtime_policy(context, prepared, strategy))
+        since, booted = time.time(), boot_time()
+        numbers, out, _ = measure(command)
+        until, ended = time.time(), boot_time()
+        document = json.loads(out)
+        volume = document["volumes"][0]
+        if not document["ok"] or volume["status"] == "failed":
+            raise RuntimeError(f"coord did not back up {prepared.dataset.volume} with {strategy}: {out}")
+        touched = [c for c in volume["containers"] if c["action"] in ("paused", "stopped")]
+        if [c["container"] for c in touched] != [service.name]:
+            raise RuntimeError(f"coord {strategy} changed {touched}, expected only {service.name}: {out}")
+        service.assert_running(ended)
+        events = engine_events(service.id, since, until)
+        return DowntimeRun(
+            strategy=strategy,
+            volume=prepared.dataset.volume,
+            round=round_number,
+            downtime_s=volume["downtime_s"],
+            duration_s=volume["duration_s"],
+            wall_s=numbers["wall_s"],
+            cpu_s=numbers["cpu_s"],
+            load_before=numbers["load_before"],
+            load_after=numbers["load_after"],
+            status=volume["status"],
+            verdict=volume["verdict"],
+            warnings=volume["warnings"],
+            containers=volume["containers"],
+            engine_s=engine_window(events),
+            engine_events=[(action, round(at - since, 3)) for action, at in events],
+            service_gap_s=longest_gap(service.heartbeats(), booted, ended),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def timed_docker(*arguments: str) -> float:
+    started = time.perf_counter()
+    docker(*arguments)
+    return time.perf_counter() - started
+
+
+def bare_cycle(service: Service, round_number: int) -> BareCycle:
+    """What stopping and pausing cost on their own: the docker CLI, no archive in between."""
+    inspect_s = timed_docker("inspect", "--format", "{{.State.Status}}", service.id)
+    since, booted = time.time(), boot_time()
+    stop_s = timed_docker("stop", "--time", "30", service.id)
+    start_s = timed_docker("start", service.id)
+    until, ended = time.time(), boot_time()
+    service.assert_running(ended)
+    events = engine_events(service.id, since, until)
+    kill = [at for action, at in events if action == "kill"]
+    die = [at for action, at in events if action == "die"]
+    if stop_s > 5:
+        raise RuntimeError(f"docker stop took {stop_s:.1f} s: the container's PID 1 does not exit on SIGTERM")
+    pause_s = timed_docker("pause", service.id)
+    unpause_s = timed_docker("unpause", service.id)
+    service.assert_running(boot_time())
+    return BareCycle(
+        round=round_number,
+        stop_s=stop_s,
+        start_s=start_s,
+        pause_s=pause_s,
+        unpause_s=unpause_s,
+        inspect_s=inspect_s,
+        stop_engine_s=die[0] - kill[0] if kill and die else None,
+        stop_gap_s=longest_gap(service.heartbeats(), booted, ended),
+    )
+
+
+def run_downtime(
+    context: Context, prepared: Prepared, strategies: Sequence[str], repeat: int
+) -> tuple[list[DowntimeRun], list[BareCycle]]:
+    """P2: each strategy `repeat` times in alternating order on the main volume, the service container running."""
+    runs: list[DowntimeRun] = []
+    bare: list[BareCycle] = []
+    service = None
+    try:
+        service = start_service(prepared)
+        for round_number in range(repeat):
+            cycle = bare_cycle(service, round_number)
+            bare.append(cycle)
+            log(f"{SERVICE_NAME} round {round_number + 1}/{repeat} bare docker: stop {cycle.stop_s:.2f} s, start "
+                f"{cycle.start_s:.2f} s, pause {cycle.pause_s:.2f} s, unpause {cycle.unpause_s:.2f} s")  # fmt: skip
+            for strategy in strategies if round_number % 2 == 0 else reversed(strategies):
+                run = run_downtime_case(context, prepared, service, strategy, round_number)
+                runs.append(run)
+                log(f"{prepared.dataset.volume} round {round_number + 1}/{repeat} {strategy:8s} downtime "
+                    f"{run.downtime_s:7.3f} s (engine {run.engine_s or float('nan'):.3f}, writer's gap "
+                    f"{run.service_gap_s or float('nan'):.3f})  duration_s {run.duration_s:6.2f}  "
+                    f"wall {run.wall_s:6.2f} s  load {run.load_before:.2f} -> {run.load_after:.2f}")  # fmt: skip
+    finally:
+        remove_service(service, prepared)
+    return runs, bare
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Reporting
 
 
@@ -537,6 +817,75 @@ def report_dataset(prepared: Prepared, runs: list[Run], phases: dict | None) -> 
     return [*lines, ""]
 
 
+def downtime_ratio_line(runs: list[DowntimeRun], numerator: str, denominator: str, label: str) -> list[str]:
+    """'label: a / b downtime = x (y%) paired median (per round), of medians', or nothing when one is missing."""
+    top = {run.round: run.downtime_s for run in runs if run.strategy == numerator}
+    bottom = {run.round: run.downtime_s for run in runs if run.strategy == denominator and run.downtime_s > 0}
+    paired = [top[r] / bottom[r] for r in top if r in bottom]
+    if not paired:
+        return []
+    of_medians = median(list(top.values())) / median(list(bottom.values()))
+    return [
+        f"- {label}: {numerator} / {denominator} downtime = {median(paired):.3f}x ({median(paired):.1%}) paired "
+        f"median (per round: {', '.join(f'{x:.3f}' for x in paired)}), {of_medians:.3f}x ({of_medians:.1%}) of medians"
+    ]
+
+
+def report_downtime(prepared: Prepared, runs: list[DowntimeRun], bare: list[BareCycle]) -> list[str]:
+    summary = prepared.summary
+    rounds = len({run.round for run in runs})
+    lines = [
+        f"### P2: container downtime per strategy, {prepared.dataset.volume}: {summary['files']:,} files, "
+        f"{datagen.format_size(summary['bytes'])}",
+        "",
+        f"One container ({SERVICE_NAME}, {SERVICE_IMAGE}) mounts the volume at /data and runs a writer: a heartbeat "
+        f"every {TICK_S * 1000:.0f} ms in its own /tmp, a small part renamed into /data/{WRITER_DIRECTORY}/ every "
+        f"~1 s. coord backs the volume up with each strategy, {rounds} rounds in alternating order.",
+        "",
+        "| strategy | median downtime s | min downtime s | median duration_s | median coord wall s | "
+        "downtime / duration_s | downtime / coord wall | engine's events s | writer's longest gap s | verdicts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for strategy in dict.fromkeys(run.strategy for run in runs):
+        mine = [run for run in runs if run.strategy == strategy]
+        engine = [run.engine_s for run in mine if run.engine_s is not None]
+        gaps = [run.service_gap_s for run in mine if run.service_gap_s is not None]
+        verdicts = ", ".join(f"{n}x {v}" for v, n in Counter(f"{r.status} {r.verdict}" for r in mine).items())
+        lines.append(
+            f"| {strategy} | {median([r.downtime_s for r in mine]):.3f} | {min(r.downtime_s for r in mine):.3f} | "
+            f"{median([r.duration_s for r in mine]):.2f} | {median([r.wall_s for r in mine]):.2f} | "
+            f"{median([r.downtime_s / r.duration_s for r in mine if r.duration_s]):.1%} | "
+            f"{median([r.downtime_s / r.wall_s for r in mine]):.1%} | "
+            f"{median(engine) if engine else float('nan'):.3f} | {median(gaps) if gaps else float('nan'):.3f} | "
+            f"{verdicts} |"
+        )
+    lines.append("")
+    lines += downtime_ratio_line(runs, "snapshot", "stop", "snapshot vs stop (target <= 2%)")
+    lines += downtime_ratio_line(runs, "snapshot", "pause", "snapshot vs pause")
+    lines += downtime_ratio_line(runs, "pause", "stop", "pause vs stop")
+    if bare:
+
+        def typical(values: list[float | None]) -> str:
+            known = [value for value in values if value is not None]
+            return f"{median(known):.3f}" if known else "?"
+
+        lines.append(
+            f"- bare docker CLI, no archive (median of {len(bare)}, one cycle per round): "
+            f"`docker stop --time 30` {typical([c.stop_s for c in bare])} s (the engine's kill -> die: "
+            f"{typical([c.stop_engine_s for c in bare])} s), `docker start` {typical([c.start_s for c in bare])} s, "
+            f"writer's gap over stop + start {typical([c.stop_gap_s for c in bare])} s; "
+            f"`docker pause` {typical([c.pause_s for c in bare])} s, `docker unpause` "
+            f"{typical([c.unpause_s for c in bare])} s; `docker inspect` (the CLI's own cost) "
+            f"{typical([c.inspect_s for c in bare])} s"
+        )
+    loads = [(run.load_before, run.load_after) for run in runs]
+    lines.append(
+        f"- load average (1 min) before/after coord runs: {min(a for a, _ in loads):.2f} to "
+        f"{max(b for _, b in loads):.2f}; every run in the log above and in the JSON (`downtime_runs`, `docker_bare`)"
+    )
+    return [*lines, ""]
+
+
 def report_scaling(prepared_sets: list[Prepared], runs: list[Run], phases: dict[str, dict]) -> list[str]:
     lines = [
         "### Scaling with the number of files (P3)",
@@ -592,7 +941,21 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="P3: also run on volumes of these file counts at --scaling-bytes-per-file each",
     )
     parser.add_argument("--scaling-bytes-per-file", default="1K", help="data per file of the scaling volumes")
-    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list from {', '.join(CASES)}")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma list from {', '.join(CASES)} (default {','.join(DEFAULT_CASES)}; none with --downtime)",
+    )
+    parser.add_argument(
+        "--downtime",
+        action="store_true",
+        help="P2: container downtime of coord's stop, pause and snapshot on the main volume, a container running",
+    )
+    parser.add_argument(
+        "--strategies",
+        default=",".join(DOWNTIME_STRATEGIES),
+        help="with --downtime: comma list of coord strategies to compare",
+    )
     parser.add_argument("--gpg", action="store_true", help="add zstd+gpg and coord+gpg (a throw-away key)")
     parser.add_argument("--no-main", action="store_true", help="skip the main volume (with --scaling)")
     parser.add_argument("--no-phases", action="store_true", help="skip the in-process run that splits coord's time")
@@ -605,7 +968,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def check_environment(cases: Sequence[Case]) -> None:
+def check_environment(cases: Sequence[Case], downtime: bool = False) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root: the data is written into the volumes' Mountpoint under /var/lib/docker")
@@ -617,20 +980,32 @@ def check_environment(cases: Sequence[Case]) -> None:
         problems.append(f"no {GNU_TIME} (GNU time measures CPU and peak RSS): apt-get install time")
     if not (REPO / ".venv" / "bin" / "coord").exists():
         problems.append("no .venv/bin/coord: run scripts/bootstrap.sh first")
+    if downtime and subprocess.run(["docker", "image", "inspect", SERVICE_IMAGE], capture_output=True).returncode:
+        problems.append(f"no image {SERVICE_IMAGE} (nothing is pulled): run scripts/build-test-images.sh")
     if problems:
         sys.exit("bench: " + "; ".join(problems))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_arguments(argv)
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks that remove the container and the volumes
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if options.cases is None:
+        options.cases = "" if options.downtime else ",".join(DEFAULT_CASES)
     names = [name.strip() for name in options.cases.split(",") if name.strip()]
+    strategies = [name.strip() for name in options.strategies.split(",") if name.strip()]
+    if options.downtime and (options.no_main or not strategies):
+        sys.exit("bench: --downtime runs on the main volume: drop --no-main, give --strategies")
+    wrong = [name for name in strategies if name not in ("live", "pause", "stop", "snapshot", "auto")]
+    if wrong:
+        sys.exit(f"bench: unknown strategy {', '.join(wrong)}; choose from live, pause, stop, snapshot, auto")
     if options.gpg:
         names += [name for name in ("zstd+gpg", "coord+gpg") if name not in names]
     unknown = [name for name in names if name not in CASES]
     if unknown:
         sys.exit(f"bench: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     cases = [CASES[name] for name in names]
-    check_environment(cases)
+    check_environment(cases, options.downtime)
     coord = REPO / ".venv" / "bin" / "coord"
     reasons = {case.name: case.unavailable(coord) for case in cases if case.unavailable}
     skipped = {name: reason for name, reason in reasons.items() if reason}
@@ -653,6 +1028,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     all_runs: list[Run] = []
     phases: dict[str, dict] = {}
     prepared_sets: list[Prepared] = []
+    downtime_runs: list[DowntimeRun] = []
+    bare: list[BareCycle] = []
     report: list[str] = []
     try:
         if any(case.needs_gpg for case in cases):
@@ -672,8 +1049,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not options.no_phases and "coord" in order:
                 phases[dataset.volume] = run_phases(context, prepared)
             all_runs += runs
-            if dataset.role != "scaling":
+            if dataset.role != "scaling" and runs:
                 report += report_dataset(prepared, runs, phases.get(dataset.volume))
+            if options.downtime and dataset.role == "main":
+                downtime_runs, bare = run_downtime(context, prepared, strategies, options.repeat)
+                report += report_downtime(prepared, downtime_runs, bare)
         scaling = [p for p in prepared_sets if p.dataset.role == "scaling"]
         if scaling:
             report += report_scaling(scaling, all_runs, phases)
@@ -691,8 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "Command: `" + shlex.join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
         "",
         *(f"- {key}: {value}" for key, value in host.items()),
-        f"- rounds per case: {options.repeat}, alternating order; page cache warmed once per volume (not dropped); "
-        "`sync` before every timed run",
+        f"- rounds per case{' and strategy' if options.downtime else ''}: {options.repeat}, alternating order; "
+        "page cache warmed once per volume (not dropped); `sync` before every timed run",
         *(f"- not measured: {name}: {reason}" for name, reason in skipped.items()),
         "",
     ]
@@ -707,6 +1087,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "arguments": vars(options) | {"out": str(options.out)},
                 "datasets": [{"volume": p.dataset.volume, "spec": p.dataset.spec, **p.summary} for p in prepared_sets],
                 "runs": [asdict(run) for run in all_runs],
+                "downtime_runs": [asdict(run) for run in downtime_runs],
+                "docker_bare": [asdict(cycle) for cycle in bare],
                 "coord_phases": phases,
                 "report": text,
             },
