@@ -41,10 +41,10 @@ from coord.signals import termination_raises
 from coord.snapshot import (
     SNAPSHOT_PREFIX,
     Snapshot,
-    detect_clone_method,
+    complete_snapshot,
+    prepare_snapshot,
     remove_snapshot,
     snapshot_path_for,
-    take_snapshot,
 )
 from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
@@ -229,39 +229,88 @@ def _quiesced_pass(
     actions: list[ContainerAction],
 ) -> None:
     """Quiesce the group's containers per `strategy` and read the volumes: inside the window (pause, stop), or
-    from snapshots taken inside it and read once the containers run again (snapshot)."""
+    from snapshots made current inside it and read once the containers run again (snapshot)."""
     for job in jobs:
         job.used = strategy
+    if strategy is Strategy.SNAPSHOT:
+        _snapshot_pass(group, jobs, dest, docker, journal, progress, actions)
+        return
     with quiesced(group, docker, journal, actions, strategy):
-        if strategy is not Strategy.SNAPSHOT:
-            for job in jobs:
-                _archive(job, dest, journal, progress)
-            return
         for job in jobs:
-            _take_snapshot(job, journal)
-        unpause_started_ns = time.time_ns()  # a write after this point is a write after the snapshot
-    for job in jobs:
-        if job.snapshot is None:
-            continue
-        job.snapshot.unpaused_at_ns = unpause_started_ns
-        entry = job.snapshot_entry
-        try:
+            _archive(job, dest, journal, progress)
+
+
+def _snapshot_pass(
+    group: QuiesceGroup,
+    jobs: list[_Job],
+    dest: Path,
+    docker: DockerControl,
+    journal: Journal,
+    progress: Progress | None,
+    actions: list[ContainerAction],
+) -> None:
+    """strategy snapshot: link each volume's tree while the containers run, pause them only to bring the links
+    up to date (snapshot.py), and archive from the snapshots once they run again. Snapshots are removed however
+    this ends; a crash leaves them to `coord recover` through the journal."""
+    try:
+        prepared = [job for job in jobs if _prepare_snapshot(job, journal)]
+        if not prepared:
+            return  # every volume refused: nothing to pause for
+        with quiesced(group, docker, journal, actions, Strategy.SNAPSHOT):
+            for job in prepared:
+                _complete_snapshot(job)
+            unpause_started_ns = time.time_ns()  # a write after this point is a write after the snapshot
+        for job in prepared:
+            if job.snapshot is None:
+                continue
+            job.snapshot.unpaused_at_ns = unpause_started_ns
             _archive(job, dest, journal, progress, source=job.snapshot.path)
             job.modified_after_snapshot = job.snapshot.modified_since_unpause(_matcher(job))
-        finally:
-            remove_snapshot(job.snapshot.path)
-            journal.clear(entry)
+            _drop_snapshot(job, journal)
+    finally:
+        for job in jobs:
+            _drop_snapshot(job, journal)
 
 
-def _take_snapshot(job: _Job, journal: Journal) -> None:
+def _prepare_snapshot(job: _Job, journal: Journal) -> bool:
+    """Journal and link the volume's snapshot while its containers run; False (the reason recorded) if refused."""
     assert job.source is not None
     path = snapshot_path_for(job.source)
     job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, job.plan.volume)
     try:
-        job.snapshot = take_snapshot(job.source, path, detect_clone_method(job.source))
+        job.snapshot = prepare_snapshot(job.source, path)
     except CoordError as error:
-        journal.clear(job.snapshot_entry)
+        _drop_snapshot(job, journal)
         job.result.errors.append(error.message)
+        return False
+    return True
+
+
+def _complete_snapshot(job: _Job) -> None:
+    """While paused: bring the prepared snapshot up to date (the pause lasts as long as this)."""
+    assert job.source is not None and job.snapshot is not None
+    try:
+        counts = complete_snapshot(job.source, job.snapshot)
+    except CoordError as error:
+        job.snapshot = None  # complete_snapshot removed it; the journal entry goes with _drop_snapshot
+        job.result.errors.append(error.message)
+        return
+    log.info(
+        "%s: snapshot brought up to date while paused: %d linked, %d removed, %d new directories",
+        job.plan.volume,
+        counts.linked,
+        counts.removed,
+        counts.copied_directories,
+    )
+
+
+def _drop_snapshot(job: _Job, journal: Journal) -> None:
+    """Remove the volume's snapshot directory, if any, and its journal entry."""
+    if job.snapshot_entry is None:
+        return
+    remove_snapshot(Path(job.snapshot_entry.key))
+    journal.clear(job.snapshot_entry)
+    job.snapshot_entry = None
 
 
 def _escalate_if_needed(job: _Job, journal: Journal) -> bool:

@@ -1,9 +1,19 @@
-"""The snapshot strategy's snapshot: a copy of the volume's tree that costs only links, taken while paused.
+"""The snapshot strategy's snapshot: a copy of the volume's tree that costs only links, made current while paused.
 
-While the containers are paused, coord builds `<volume root>/.coord-snapshot-<pid>/` with `cp -a --link`
-(every file a hard link to the same inode, directories and symlinks recreated with their owners, modes and
-times), or with `cp -a --reflink=always` where the file system can clone (btrfs, XFS with reflink): then the
-copy is independent of later writes. The containers are unpaused and the archive is read from the snapshot.
+The snapshot is `<volume root>/.coord-snapshot-<pid>/`, taken in two steps so that the pause lasts as long as
+the changes take to apply, not as long as the whole tree takes to link:
+
+1. `prepare_snapshot`, while the containers run: `cp -a --link` builds the tree (every file a hard link to the
+   same inode, directories and symlinks recreated with their owners, modes and times). Files vanish under it
+   (the containers are writing), which is harmless: step 2 decides what the snapshot holds.
+2. `complete_snapshot`, while they are paused: one pass over both trees (`scandir`, which gives each entry's
+   inode without a stat) links what is new or was replaced, removes what is gone, copies new directories, and
+   gives every directory the live one's owner, mode and times. Afterwards each name in the snapshot points to
+   the inode that name had at the pause, which is what a `cp -a --link` taken inside the pause gives.
+
+Where the file system can clone (btrfs, XFS with reflink), the copy is made in step 2 alone, with
+`cp -a --reflink=always`: a clone does not share later writes, so one made before the pause would hold stale
+content. The containers are unpaused and the archive is read from the snapshot.
 
 A hard link shares its inode with the live file: a file modified IN PLACE after the unpause changes inside the
 snapshot too. Stores whose files are immutable once written (ClickHouse parts, Kafka/Loki segments) never do
@@ -120,13 +130,120 @@ def _refusal(source: Path, error: OSError) -> SnapshotError:
     return SnapshotError(f"snapshot of {source} impossible: {why}; use strategy pause or stop for this volume")
 
 
-def take_snapshot(source: Path, snapshot: Path, method: CloneMethod) -> Snapshot:
-    """Clone the tree under `source` (except snapshot directories) into `snapshot`. Fast: run it while paused.
+def prepare_snapshot(source: Path, snapshot: Path) -> Snapshot:
+    """Step 1, while the containers run: choose the clone method and, for hard links, link the tree already.
 
-    Raises SnapshotError with the reason (read-only, no space, cross-device) and removes what it made.
+    Raises SnapshotError when a snapshot cannot work here (read-only, cross-device, no space, permissions), so
+    the volume is refused before any container is paused; removes what it made.
+    """
+    method = detect_clone_method(source)
+    if method is CloneMethod.HARDLINK:
+        # The tree changes under cp: "No such file or directory" for what the containers deleted meanwhile is
+        # expected and mended by complete_snapshot. Only the reasons a snapshot cannot work here stop it.
+        _clone_tree(source, snapshot, method, refuse_only=True)
+    return Snapshot(snapshot, method)
+
+
+def complete_snapshot(source: Path, snapshot: Snapshot) -> SyncCounts:
+    """Step 2, while the containers are paused: make `snapshot` exactly the tree under `source` now.
+
+    Raises SnapshotError (and removes the snapshot) when that fails.
     """
     try:
-        root = os.lstat(source)
+        counts = SyncCounts()
+        if snapshot.method is CloneMethod.REFLINK:
+            _clone_tree(source, snapshot.path, snapshot.method, refuse_only=False)
+            counts.copied_directories = 1
+        else:
+            _sync_directory(str(source), str(snapshot.path), counts, at_root=True)
+        _copy_directory_metadata(str(source), str(snapshot.path), counts)
+        return counts
+    except OSError as error:
+        remove_snapshot(snapshot.path)
+        raise _refusal(source, error) from None
+    except SnapshotError:
+        remove_snapshot(snapshot.path)
+        raise
+
+
+@dataclass
+class SyncCounts:
+    """What complete_snapshot changed in the prepared tree (logged: it is what the pause cost)."""
+
+    linked: int = 0
+    removed: int = 0
+    copied_directories: int = 0
+    directories_fixed: int = 0
+
+
+def _sync_directory(live: str, copy: str, counts: SyncCounts, *, at_root: bool = False) -> None:
+    """Make directory `copy` hold the same names, as links to the same inodes, as `live`; then its metadata."""
+    with os.scandir(live) as entries:
+        present = {entry.name: entry for entry in entries if not (at_root and is_snapshot_name(entry.name))}
+    with os.scandir(copy) as entries:
+        copied = {entry.name: entry for entry in entries}
+    for name, entry in list(copied.items()):
+        now = present.get(name)
+        both_directories = now is not None and now.is_dir(follow_symlinks=False) and entry.is_dir(follow_symlinks=False)
+        # Directories are the snapshot's own (new inodes): compared by content below. Anything else is the
+        # live entry's inode, or stale.
+        if now is None or (not both_directories and now.inode() != entry.inode()):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            del copied[name]
+            counts.removed += 1
+    for name, entry in present.items():
+        was = copied.get(name)
+        if entry.is_dir(follow_symlinks=False):
+            if was is not None:
+                _sync_directory(entry.path, was.path, counts)
+            else:
+                _clone_tree_into(entry.path, copy)
+                counts.copied_directories += 1
+        elif was is None:  # new, or replaced (its stale link was removed above)
+            try:
+                os.link(entry.path, os.path.join(copy, name), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the listing: something besides the paused containers writes here
+            counts.linked += 1
+    if not at_root:
+        _copy_directory_metadata(live, copy, counts)
+
+
+def _copy_directory_metadata(live: str, copy: str, counts: SyncCounts) -> None:
+    """Owner, mode and times of the live directory, as `cp -a` gives them (times last: linking changed them)."""
+    wanted = os.lstat(live)
+    have = os.lstat(copy)
+    if (have.st_uid, have.st_gid) != (wanted.st_uid, wanted.st_gid):
+        os.chown(copy, wanted.st_uid, wanted.st_gid, follow_symlinks=False)
+    if stat.S_IMODE(have.st_mode) != stat.S_IMODE(wanted.st_mode):
+        os.chmod(copy, stat.S_IMODE(wanted.st_mode))
+    if have.st_mtime_ns != wanted.st_mtime_ns:
+        os.utime(copy, ns=(wanted.st_atime_ns, wanted.st_mtime_ns))
+        counts.directories_fixed += 1
+
+
+def _clone_tree_into(source_directory: str, target_parent: str) -> None:
+    completed = subprocess.run(
+        ["cp", "-a", "--link", "-t", target_parent, source_directory], capture_output=True, text=True, env=ENVIRONMENT
+    )
+    if completed.returncode != 0:
+        raise SnapshotError(f"linking {source_directory} into the snapshot failed: {_last_line(completed.stderr)}")
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text.strip() else "cp failed"
+
+
+def _clone_tree(source: Path, snapshot: Path, method: CloneMethod, *, refuse_only: bool) -> None:
+    """`cp -a` (--link or --reflink=always) of the tree under `source`, snapshot directories aside, into `snapshot`.
+
+    Raises SnapshotError and removes the snapshot when cp fails; with `refuse_only`, only for the reasons a
+    snapshot cannot work here (cross-device, no space, read-only): other failures are left for the sync to mend.
+    """
+    try:
         snapshot.mkdir(mode=0o700)
         entries = [entry for entry in os.listdir(source) if not is_snapshot_name(entry)]
     except OSError as error:
@@ -142,17 +259,16 @@ def take_snapshot(source: Path, snapshot: Path, method: CloneMethod) -> Snapshot
             text=True,
             env=ENVIRONMENT,
         )
-        if completed.returncode != 0:
+        if completed.returncode == 0:
+            continue
+        for errno, words in ((18, "cross-device"), (28, "No space"), (30, "Read-only")):
+            if words in completed.stderr:
+                remove_snapshot(snapshot)
+                message = next(line for line in completed.stderr.splitlines() if words in line)
+                raise _refusal(source, OSError(errno, message))
+        if not refuse_only:
             remove_snapshot(snapshot)
-            message = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "cp failed"
-            for errno, words in ((18, "cross-device"), (28, "No space"), (30, "Read-only")):
-                if words in message:
-                    raise _refusal(source, OSError(errno, message))
-            raise SnapshotError(f"snapshot of {source} failed: {message}")
-    os.chown(snapshot, root.st_uid, root.st_gid)
-    os.chmod(snapshot, root.st_mode & 0o7777)
-    os.utime(snapshot, ns=(root.st_atime_ns, root.st_mtime_ns))
-    return Snapshot(snapshot, method)
+            raise SnapshotError(f"snapshot of {source} failed: {_last_line(completed.stderr)}")
 
 
 def remove_snapshot(path: Path) -> None:
