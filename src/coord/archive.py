@@ -34,6 +34,7 @@ from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 
 CHUNK_SIZE = 1 << 20
+INDEX_CHUNK_SIZE = 1 << 16
 TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 ProgressCallback = Callable[[int, int], None]  # (entries archived so far, compressed bytes written so far)
@@ -115,16 +116,25 @@ class _LineCollector(threading.Thread):
 
 
 def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) -> None:
-    """Read tar's index (one member per line) to its end into `tree`, hashing each line with its newline.
+    """Read tar's index (one member per line) to its end into `tree`, hashing it.
 
     Runs in its own thread, the only writer of `tree` and `digest` (the stream's reader only reads tree.count, for
-    progress). Called once per member, so it is kept lean: tar ends every index line with one newline (a newline
-    inside a name is escaped as \\n), so the raw line is hashed as it is, with no decode/encode round trip.
+    progress). It handles a million lines per million files, so it works in chunks: one hash update and one decode
+    per chunk (tar ends every line with one newline and escapes newlines in names, so the digest of the chunks is
+    that of the lines), leaving the per-line work to ArchivedTree.add_members.
     """
+    pending = b""
     with stream:
-        for raw in stream:
-            digest.update(raw if raw.endswith(b"\n") else raw + b"\n")
-            tree.add_member(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+        while chunk := stream.read(INDEX_CHUNK_SIZE):
+            digest.update(chunk)
+            data = pending + chunk
+            end = data.rfind(b"\n") + 1  # decode whole lines only: a UTF-8 sequence may straddle the chunks
+            pending = data[end:]
+            if end:
+                tree.add_members(data[:end].decode("utf-8", "surrogateescape").split("\n")[:-1])
+    if pending:  # not from tar (it ends every line), but do not lose it
+        digest.update(b"\n")
+        tree.add_members([pending.decode("utf-8", "surrogateescape")])
 
 
 def tar_create_command(source: Path, matcher: ExcludeMatcher, index_fd: int) -> list[str]:

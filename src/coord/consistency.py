@@ -82,14 +82,24 @@ class ArchivedTree:
 
     def add_member(self, escaped_member: str) -> None:
         """Record one line of tar's index ('./store/263/x/' for a directory, escaped as tar prints it)."""
-        self.count += 1
-        path = member_to_path(escaped_member)
-        if path != ".":
-            parent, name = _split(path)
-            top = self._open[-1] if self._open else None
-            (top if top is not None and top.path == parent else self._enter(parent)).names.append(name)
-        if escaped_member.endswith("/"):
-            self._open.append(_OpenDirectory(path, archived=True))
+        self.add_members([escaped_member])
+
+    def add_members(self, escaped_members: list[str]) -> None:
+        """Record lines of tar's index in order. The hot loop of a live read (once per file): kept inline."""
+        open_directories = self._open
+        for member in escaped_members:
+            if "\\" in member or not member.startswith("./"):
+                path = member_to_path(member)
+            else:
+                path = member[2:].rstrip("/") or "."
+            if path != ".":
+                parent, _, name = path.rpartition("/")
+                parent = parent or "."
+                top = open_directories[-1] if open_directories else None
+                (top if top is not None and top.path == parent else self._enter(parent)).names.append(name)
+            if member.endswith("/"):
+                open_directories.append(_OpenDirectory(path, archived=True))
+        self.count += len(escaped_members)
 
     @property
     def names_in_memory(self) -> int:

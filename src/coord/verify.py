@@ -164,11 +164,12 @@ class StreamLister:
         self._stderr[name] = stream.read()
 
     def _count(self) -> None:
+        """Count and hash tar's listing in chunks: a line per member, so per-line Python work would add up."""
         assert self.lister.stdout is not None
         with self.lister.stdout:
-            for line in self.lister.stdout:
-                self._listing_digest.update(line)
-                self.result.entries += 1
+            while chunk := self.lister.stdout.read(1 << 16):
+                self._listing_digest.update(chunk)
+                self.result.entries += chunk.count(b"\n")
 
     def write(self, chunk: bytes | memoryview) -> None:
         if self._digest is not None:

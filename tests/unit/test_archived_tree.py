@@ -1,8 +1,11 @@
 """ArchivedTree: tar's index grouped per directory, spooled once tar leaves a directory."""
 
+import hashlib
+import io
 import random
 from collections import defaultdict
 
+from coord.archive import INDEX_CHUNK_SIZE, _collect_index
 from coord.consistency import ArchivedTree
 
 
@@ -106,3 +109,18 @@ def test_names_tar_escapes_come_back_as_the_file_system_spells_them() -> None:
 def test_an_empty_index_has_no_directories() -> None:
     with ArchivedTree() as tree:
         assert grouping_of(tree) == {}
+
+
+def test_the_index_reader_gives_the_same_tree_and_digest_whatever_the_chunk_boundaries() -> None:
+    """tar's index arrives in 64 KiB chunks: lines (and, were tar not under LC_ALL=C, UTF-8 sequences) straddle them."""
+    names = [f"{'é' * (index % 7)}file-{index:06}" for index in range(12_000)]
+    for shift in range(4):  # move every boundary by a byte, so some fall inside a two-byte 'é'
+        lines = ["./", f"./a{'p' * shift}", "./d/", *[f"./d/{name}" for name in names]]
+        raw = "".join(f"{line}\n" for line in lines).encode()
+        assert len(raw) > 3 * INDEX_CHUNK_SIZE
+        digest = hashlib.sha256()
+        with ArchivedTree() as tree:
+            _collect_index(io.BytesIO(raw), tree, digest)
+            assert digest.hexdigest() == hashlib.sha256(raw).hexdigest()
+            assert tree.count == len(lines)
+            assert grouping_of(tree) == {".": {f"a{'p' * shift}", "d"}, "d": set(names)}
