@@ -125,7 +125,7 @@ def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) 
     """
     pending = b""
     with stream:
-        while chunk := stream.read(INDEX_CHUNK_SIZE):
+        while chunk := stream.read1(INDEX_CHUNK_SIZE):  # type: ignore[attr-defined] - what the pipe holds, no wait
             digest.update(chunk)
             data = pending + chunk
             end = data.rfind(b"\n") + 1  # decode whole lines only: a UTF-8 sequence may straddle the chunks

@@ -167,7 +167,7 @@ class StreamLister:
         """Count and hash tar's listing in chunks: a line per member, so per-line Python work would add up."""
         assert self.lister.stdout is not None
         with self.lister.stdout:
-            while chunk := self.lister.stdout.read(1 << 16):
+            while chunk := self.lister.stdout.read1(1 << 16):
                 self._listing_digest.update(chunk)
                 self.result.entries += chunk.count(b"\n")
 
