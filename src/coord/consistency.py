@@ -85,16 +85,12 @@ class ArchivedTree:
         self.add_members([escaped_member])
 
     def add_members(self, escaped_members: list[str]) -> None:
-        """Record lines of tar's index in order. The hot loop of a live read (once per file): kept inline."""
+        """Record lines of tar's index in order (the hot loop of a live read: once per file)."""
         open_directories = self._open
         for member in escaped_members:
-            if "\\" in member or not member.startswith("./"):
-                path = member_to_path(member)
-            else:
-                path = member[2:].rstrip("/") or "."
+            path = member_to_path(member)
             if path != ".":
-                parent, _, name = path.rpartition("/")
-                parent = parent or "."
+                parent, name = _split(path)
                 top = open_directories[-1] if open_directories else None
                 (top if top is not None and top.path == parent else self._enter(parent)).names.append(name)
             if member.endswith("/"):

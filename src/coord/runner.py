@@ -296,11 +296,13 @@ def _complete_snapshot(job: _Job) -> None:
         job.result.errors.append(error.message)
         return
     log.info(
-        "%s: snapshot brought up to date while paused: %d linked, %d removed, %d new directories",
+        "%s: snapshot brought up to date while paused: %d linked, %d removed, %d new directories, %d directory "
+        "times set",
         job.plan.volume,
         counts.linked,
         counts.removed,
         counts.copied_directories,
+        counts.directories_fixed,
     )
 
 
