@@ -1,14 +1,21 @@
-"""Undo what a crashed coord run left behind, from its journal: containers paused or stopped, partial files."""
+"""Undo what a crashed coord run left behind, from its journal: containers paused or stopped, partial files.
+
+Each journal entry is handled on its own by the handler for its kind (`HANDLERS`): one entry that cannot be
+handled (a file it names is now a link, the engine refuses, the entry is from a newer coord) is reported as an
+error and kept for the next recovery, and never stops the others from being handled.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
-from coord.journal import CONTAINER, PARTIAL, PAUSED, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal
+from coord.errors import CoordError
+from coord.journal import CONTAINER, PARTIAL, PAUSED, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
 from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
@@ -29,38 +36,75 @@ class RecoveryReport:
         return {"restored": self.restored, "removed_partials": self.removed_partials, "errors": self.errors}
 
 
+class EntryNotDone(Exception):
+    """A handler could not complete its entry; the message says why and what the operator can do."""
+
+
+# A handler puts right what one entry records, adding what it did to the report. It returns normally when the
+# entry is done with (it is then cleared) and raises EntryNotDone (or OSError/CoordError) to keep it.
+Handler = Callable[[JournalEntry, DockerControl, RecoveryReport], None]
+
+
 def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
     """Put back every container a dead run left paused or stopped, and remove its partial archives.
 
-    Call only while holding the run lock: then no live run owns these entries. An entry whose container can't
-    be put back is kept, so the next recovery tries again, and reported as an error.
+    Call only while holding the run lock: then no live run owns these entries. An entry that can't be handled
+    is kept, so the next recovery tries again, and reported as an error; the other entries are handled anyway.
     """
     report = RecoveryReport()
-    for entry in journal.entries():
-        if entry.kind == SNAPSHOT:
-            remove_snapshot(Path(entry.key))
-            report.removed_partials.append(entry.key)
-            journal.clear(entry)
+    # Files first, containers last: a volume's half-done work (a restore swap, a publish) is completed or rolled
+    # back before any container that uses it runs again.
+    for entry in sorted(journal.entries(), key=lambda item: item.kind == CONTAINER):
+        handler = HANDLERS.get(entry.kind)
+        if handler is None:
+            report.errors.append(f"journal entry {entry.file_name}: unknown kind {entry.kind!r} (kept)")
             continue
-        if entry.kind == PARTIAL:
-            remove_partial(Path(entry.key))
-            report.removed_partials.append(entry.key)
-            journal.clear(entry)
+        try:
+            handler(entry, docker, report)
+        except EntryNotDone as error:
+            report.errors.append(str(error))
             continue
-        before = docker.container_state(entry.key) if entry.kind == CONTAINER else None
-        error = put_back(docker, entry.key, entry.name, entry.action)
-        if error is not None and "no longer exists" not in error:
-            report.errors.append(error)
+        except CoordError as error:
+            report.errors.append(f"{entry.kind} {entry.name or entry.key}: {error.message} (kept for next recovery)")
             continue
-        if error is not None:
-            report.restored.append(f"{entry.name}: {error}")
-        elif (entry.action == PAUSED and before == "paused") or (
-            entry.action in (STOPPED, STOPPED_PAUSED) and before in ("exited", "created")
-        ):
-            verb = "unpaused" if entry.action == PAUSED else "started"
-            report.restored.append(f"{verb} {entry.name} (left {entry.action} by coord pid {entry.pid})")
-        else:
-            report.restored.append(f"{entry.name} was already {before}: left alone")
+        except OSError as error:
+            report.errors.append(
+                f"{entry.kind} {entry.key}: {error.strerror or error} (kept for the next `coord recover`)"
+            )
+            continue
         journal.clear(entry)
-        log.warning("recovery: %s", report.restored[-1])
     return report
+
+
+def _recover_snapshot(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    remove_snapshot(Path(entry.key))
+    report.removed_partials.append(entry.key)
+
+
+def _recover_partial(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    remove_partial(Path(entry.key))
+    report.removed_partials.append(entry.key)
+
+
+def _recover_container(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    before = docker.container_state(entry.key)
+    error = put_back(docker, entry.key, entry.name, entry.action)
+    if error is not None and "no longer exists" not in error:
+        raise EntryNotDone(error)
+    if error is not None:
+        report.restored.append(f"{entry.name}: {error}")
+    elif (entry.action == PAUSED and before == "paused") or (
+        entry.action in (STOPPED, STOPPED_PAUSED) and before in ("exited", "created")
+    ):
+        verb = "unpaused" if entry.action == PAUSED else "started"
+        report.restored.append(f"{verb} {entry.name} (left {entry.action} by coord pid {entry.pid})")
+    else:
+        report.restored.append(f"{entry.name} was already {before}: left alone")
+    log.warning("recovery: %s", report.restored[-1])
+
+
+HANDLERS: dict[str, Handler] = {
+    SNAPSHOT: _recover_snapshot,
+    PARTIAL: _recover_partial,
+    CONTAINER: _recover_container,
+}
