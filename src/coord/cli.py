@@ -265,6 +265,8 @@ def print_run_summary(result: RunResult) -> None:
             print(f"     error: {error}")
         for error in volume.retention_errors:
             print(f"     retention error: {error}")
+        for warning in volume.retention_warnings:
+            print(f"     retention warning: {warning}")
     for line in result.recovered:
         print(f"recovered from an earlier run: {line}")
     for error in result.errors:
@@ -496,8 +498,10 @@ def verify(
 
     Prints one line, OK or FAIL; exit 0 when it verifies, 1 when it does not, 2 for a usage error.
     """
+    from datetime import UTC, datetime
+
     from coord.errors import UsageError
-    from coord.retention import latest_archive
+    from coord.retention import choose_latest
     from coord.verify import Verification, verify_archive
 
     def work() -> Verification:
@@ -507,9 +511,15 @@ def verify(
         if latest is not None:
             if dest is None:
                 raise UsageError("--latest needs the destination: pass --dest DIR or set COORD_DEST")
-            path = latest_archive(dest / latest)
+            chosen = choose_latest(dest / latest, datetime.now(UTC), state_dir)
+            for line in chosen.skipped:  # stderr: the JSON on stdout stays one document
+                print(f"passed over: {line}", file=sys.stderr)
+            path = chosen.archive
             if path is None:
-                return Verification(archive=str(dest / latest), problems=[f"no archive of volume {latest} in {dest}"])
+                passed = f"; passed over: {'; '.join(chosen.skipped)}" if chosen.skipped else ""
+                return Verification(
+                    archive=str(dest / latest), problems=[f"no verified archive of volume {latest} in {dest}{passed}"]
+                )
         assert path is not None
         if not path.is_file():
             raise UsageError(f"archive {path} does not exist or is not a file")
@@ -605,6 +615,7 @@ def prune(
     policies_dir: PoliciesDir = Path("policies"),
     dest: DestOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonFlag = False,
 ) -> None:
     """Apply each policy's retention to the archives under --dest; archives and manifests go together."""
@@ -614,7 +625,7 @@ def prune(
     def work() -> list[PruneResult]:
         if dest is None:
             raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-        return prune_all(policies_dir, dest, tuple(policy or ()), dry_run)
+        return prune_all(policies_dir, dest, tuple(policy or ()), dry_run, state_dir)
 
     results = _run(as_json, work)
     failed = any(result.errors for result in results)
@@ -629,6 +640,8 @@ def prune(
                 print(f"{result.volume}: keep {path} ({why})")
             for line in result.ignored:
                 print(f"{result.volume}: ignored {line}")
+            for line in result.warnings:
+                print(f"{result.volume}: warning: {line}")
             for error in result.errors:
                 print(f"{result.volume}: error: {error}")
         if not results:

@@ -62,6 +62,7 @@ class VolumeResult:
     duration_s: float = 0.0
     pruned: list[str] = field(default_factory=list)  # older archives retention deleted after this backup
     retention_errors: list[str] = field(default_factory=list)  # the archive is good, but pruning failed
+    retention_warnings: list[str] = field(default_factory=list)  # archives retention kept or left alone, and why
 
     @property
     def downtime_s(self) -> float:
@@ -89,6 +90,7 @@ class VolumeResult:
             "duration_s": round(self.duration_s, 3),
             "pruned": list(self.pruned),
             "retention_errors": list(self.retention_errors),
+            "retention_warnings": list(self.retention_warnings),
         }
 
 

@@ -3,30 +3,55 @@
 Rules (a policy's `retention:`): keep the newest `keep_last` verified archives; keep every archive started less
 than `keep_days` days ago. An archive either rule keeps is kept. Whatever the rules say:
 
-- the newest verified archive (its manifest says ok or warning, and the file is there) is never deleted;
-- only archives coord wrote are considered: a file named by the manifest beside it. Files without a manifest,
-  manifests without their file, `.partial` files (a run may be writing them) and unreadable manifests are left
-  alone and reported;
+- the newest verified archive is never deleted, and neither is the archive the current run just wrote;
+- an archive counts (for a rule, for "newest verified", for `latest`) only when coord can prove it is the file its
+  manifest describes: the manifest is named exactly `<archive>.manifest.json`, no other manifest names the same
+  archive, the manifest's `volume` is the directory's name, and the file's size and sha256 equal the manifest's
+  `size` and `sha256`. "Verified" means that and a manifest status of ok or warning (the manifest is only written
+  after the read-back passed). A file's name and a manifest's claim alone are never trusted;
+- an archive whose manifest dates it in the future (`started_at` more than FUTURE_TOLERANCE after now: a clock
+  that was wrong, or a copy) is kept and reported, never counted: it takes no `keep_last` place and is never the
+  newest. Deleting it would trust the same wrong date; the operator decides;
+- an archive that two manifests name (a copied manifest) is kept and reported, never counted and never deleted;
+- archives that do not match their manifest (size, sha256, volume), manifests under another name than their
+  archive's, files without a manifest, manifests without their file, `.partial` files (a run may be writing them)
+  and unreadable manifests are left alone and reported;
 - an archive and its manifest go together: the archive first, then the manifest, so an interruption leaves at
   worst a manifest without its archive (reported on the next prune), never an archive nothing accounts for;
 - the runner applies retention only after a successful backup of the volume: a failed run deletes nothing.
+
+Hashing every archive at every prune would read the whole destination each time, so each archive's content is
+hashed at most once while it is unchanged: `ArchiveHashes` remembers the sha256 of each file it hashed, keyed by
+(st_dev, st_ino, size, mtime_ns, ctime_ns) in `<state_dir>/archive-hashes.json`. Any change to the file changes
+its ctime, which no one can set back, so a remembered hash is only used for the same, unchanged file. The archive
+a run just wrote is taken from that run's own hash (its read-back), not hashed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coord.manifest import MANIFEST_SUFFIX, fsync_directory, read_manifest
+from coord.manifest import MANIFEST_SUFFIX, fsync_directory, read_manifest, write_json_atomically
 from coord.policy import RetentionSettings
 
 log = logging.getLogger("coord.retention")
 
 VERIFIED_STATUSES = ("ok", "warning")
+# How far in the future a start time may be before it is treated as wrong: the clocks of two hosts writing to one
+# destination may disagree by a little.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+HASHES_FILE = "archive-hashes.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -37,6 +62,7 @@ class StoredArchive:
     manifest: Path
     started_at: datetime
     status: str
+    written_by_this_run: bool = False
 
     @property
     def verified(self) -> bool:
@@ -44,10 +70,92 @@ class StoredArchive:
         return self.status in VERIFIED_STATUSES
 
 
+@dataclass(frozen=True)
+class WrittenArchive:
+    """The archive the current run just published, with the size and sha256 its own read-back measured."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def is_future(started_at: datetime, now: datetime) -> bool:
+    """Whether a start time is later than now plus FUTURE_TOLERANCE (a wrong clock, or a copy)."""
+    return started_at > now + FUTURE_TOLERANCE
+
+
+def _stat_key(info: os.stat_result) -> list[int]:
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+class ArchiveHashes:
+    """The sha256 of archive files, remembered per unchanged file so that each is read at most once.
+
+    Given the state directory (None: remember nothing across runs). Loading and saving never raise: an unreadable
+    or unwritable file only means archives are hashed again.
+    """
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = state_dir / HASHES_FILE if state_dir is not None else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        if self.path is not None:
+            try:
+                document = json.loads(self.path.read_text(encoding="utf-8"))
+                files = document.get("files") if isinstance(document, dict) else None
+                if isinstance(files, dict):
+                    self.entries = {k: v for k, v in files.items() if isinstance(v, dict)}
+            except (OSError, ValueError) as error:
+                if not isinstance(error, FileNotFoundError):
+                    log.warning("cannot read %s (%s); archives will be hashed again", self.path, error)
+
+    def remember(self, path: Path, info: os.stat_result, sha256: str) -> None:
+        """Record `sha256` as the content hash of the file at `path` as `info` describes it."""
+        self.entries[str(path)] = {"stat": _stat_key(info), "sha256": sha256}
+        self.changed = True
+
+    def forget(self, path: Path) -> None:
+        if self.entries.pop(str(path), None) is not None:
+            self.changed = True
+
+    def sha256_of(self, path: Path) -> tuple[os.stat_result, str]:
+        """The file's stat and sha256: remembered when the file is unchanged, else read (without following a
+        link) and remembered. Raises OSError when the file cannot be opened or read."""
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            known = self.entries.get(str(path))
+            if known is not None and known.get("stat") == _stat_key(before) and isinstance(known.get("sha256"), str):
+                return before, str(known["sha256"])
+            digest = hashlib.sha256()
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+            after = os.fstat(handle.fileno())
+        if _stat_key(after) == _stat_key(before):  # a file that changed while it was read is hashed again next time
+            self.remember(path, after, digest.hexdigest())
+        return after, digest.hexdigest()
+
+    def save(self) -> None:
+        """Write the remembered hashes back, without those of files that are gone. Never raises."""
+        if self.path is None or not self.changed:
+            return
+        kept = {name: entry for name, entry in self.entries.items() if os.path.lexists(name)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_json_atomically(self.path, {"format": 1, "files": kept})
+            self.changed = False
+        except OSError as error:
+            log.warning("cannot write %s (%s); archives will be hashed again", self.path, error)
+
+
 @dataclass
 class StoredArchives:
-    archives: list[StoredArchive] = field(default_factory=list)  # newest first
-    ignored: list[str] = field(default_factory=list)  # 'path: why it is left alone'
+    """What one volume directory holds, as retention sees it."""
+
+    archives: list[StoredArchive] = field(default_factory=list)  # counted: proven to match; newest first
+    held: list[tuple[StoredArchive, str]] = field(default_factory=list)  # kept, never counted: (archive, why)
+    warnings: list[str] = field(default_factory=list)  # what the operator should look at, one line each
+    ignored: list[str] = field(default_factory=list)  # 'path: why it is left alone' (ordinary leftovers)
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -60,14 +168,27 @@ def _parse_time(text: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def find_archives(volume_dir: Path) -> StoredArchives:
-    """The archives in one volume's directory (<dest>/<volume>), newest first, and what was left out and why."""
-    found = StoredArchives()
-    if not volume_dir.is_dir():
-        return found
-    named: set[str] = set()
-    manifests = sorted(p for p in volume_dir.iterdir() if p.name.endswith(MANIFEST_SUFFIX) and p.is_file())
-    for manifest in manifests:
+@dataclass(frozen=True)
+class _Claim:
+    manifest: Path
+    document: dict[str, Any]
+    archive_name: str
+    started_at: datetime
+
+
+def _read_claims(volume_dir: Path, found: StoredArchives) -> list[_Claim]:
+    claims = []
+    for manifest in sorted(volume_dir.iterdir()):
+        if not manifest.name.endswith(MANIFEST_SUFFIX) or manifest.name.startswith("."):
+            continue
+        try:
+            regular = stat.S_ISREG(manifest.lstat().st_mode)
+        except OSError as error:
+            found.ignored.append(f"{manifest}: cannot stat ({error.strerror}); left alone")
+            continue
+        if not regular:
+            found.warnings.append(f"{manifest}: not a regular file; left alone")
+            continue
         try:
             document = read_manifest(manifest)
         except (OSError, ValueError) as error:
@@ -75,15 +196,114 @@ def find_archives(volume_dir: Path) -> StoredArchives:
             continue
         archive_name = document.get("archive") if isinstance(document, dict) else None
         started_at = _parse_time(document.get("started_at")) if isinstance(document, dict) else None
-        if not isinstance(archive_name, str) or not archive_name or "/" in archive_name or started_at is None:
+        if (
+            not isinstance(archive_name, str)
+            or not archive_name
+            or "/" in archive_name
+            or archive_name.startswith(".")
+            or started_at is None
+        ):
             found.ignored.append(f"{manifest}: manifest without a usable 'archive' and 'started_at'; left alone")
             continue
-        named.add(archive_name)
+        claims.append(_Claim(manifest, document, archive_name, started_at))
+    return claims
+
+
+def _content_problem(
+    archive: Path, document: dict[str, Any], hashes: ArchiveHashes, written: WrittenArchive | None
+) -> str | None:
+    """Why the archive is not the file its manifest describes (size, sha256), or None when it is."""
+    size, sha256 = document.get("size"), document.get("sha256")
+    usable_size = isinstance(size, int) and not isinstance(size, bool)
+    if not usable_size or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        return "its manifest records no usable 'size' and 'sha256'"
+    info = archive.lstat()
+    if info.st_size != size:
+        return f"is {info.st_size} bytes, its manifest says {size}"
+    if written is not None and written.path == archive and written.size == size and written.sha256 == sha256:
+        hashes.remember(archive, info, sha256)  # this run's own read-back hashed it a moment ago
+        return None
+    _, actual = hashes.sha256_of(archive)
+    if actual != sha256:
+        return f"has sha256 {actual}, its manifest says {sha256}"
+    return None
+
+
+def find_archives(
+    volume_dir: Path,
+    now: datetime,
+    hashes: ArchiveHashes | None = None,
+    written: WrittenArchive | None = None,
+) -> StoredArchives:
+    """The archives in one volume's directory (<dest>/<volume>), sorted into those that count (newest first),
+    those kept without counting, and what was left alone and why (see the module's rules).
+
+    `hashes` remembers content hashes (a fresh one without a state directory when not given); `written` is the
+    archive this run published, trusted from its own hash. Never raises for a file it cannot read: that file is
+    reported and left alone.
+    """
+    found = StoredArchives()
+    if not volume_dir.is_dir():
+        return found
+    hashes = hashes if hashes is not None else ArchiveHashes(None)
+    claims = _read_claims(volume_dir, found)
+    claimed_by: dict[str, list[Path]] = {}
+    for claim in claims:
+        claimed_by.setdefault(claim.archive_name, []).append(claim.manifest)
+    named: set[str] = set()
+    for claim in claims:
+        manifest, archive_name = claim.manifest, claim.archive_name
         archive = volume_dir / archive_name
-        if not archive.is_file():
+        if manifest.name != archive_name + MANIFEST_SUFFIX:
+            found.warnings.append(
+                f"{manifest}: names archive {archive_name} but is not {archive_name}{MANIFEST_SUFFIX} (a copy?); "
+                "not counted, left alone"
+            )
+            continue
+        named.add(archive_name)
+        try:
+            info = archive.lstat()
+        except FileNotFoundError:
             found.ignored.append(f"{manifest}: its archive {archive_name} is missing; left alone")
             continue
-        found.archives.append(StoredArchive(archive, manifest, started_at, str(document.get("status", ""))))
+        except OSError as error:
+            found.warnings.append(f"{archive}: cannot stat ({error.strerror}); left alone")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            found.warnings.append(f"{archive}: not a regular file; not counted, left alone")
+            continue
+        item = StoredArchive(
+            archive,
+            manifest,
+            claim.started_at,
+            str(claim.document.get("status", "")),
+            written_by_this_run=written is not None and written.path == archive,
+        )
+        others = [other for other in claimed_by[archive_name] if other != manifest]
+        if others:
+            why = f"also named by {', '.join(str(other) for other in others)}: claimed twice, never deleted"
+            found.held.append((item, why))
+            found.warnings.append(f"{archive}: {why}; remove the copied manifest")
+            continue
+        if claim.document.get("volume") != volume_dir.name:
+            found.warnings.append(
+                f"{archive}: its manifest is for volume {claim.document.get('volume')!r}, not {volume_dir.name!r}; "
+                "not counted, left alone"
+            )
+            continue
+        if is_future(claim.started_at, now):
+            why = f"dated in the future (started_at {claim.started_at.isoformat()}, now {now.isoformat()}): not counted"
+            found.held.append((item, why))
+            found.warnings.append(f"{archive}: {why}, kept; check the clock of the host that wrote it")
+            continue
+        try:
+            problem = _content_problem(archive, claim.document, hashes, written)
+        except OSError as error:
+            problem = f"cannot be read ({error.strerror})"
+        if problem is not None:
+            found.warnings.append(f"{archive}: {problem}; does not match its manifest, not counted, left alone")
+            continue
+        found.archives.append(item)
     for path in sorted(volume_dir.iterdir()):
         if path.name.endswith(MANIFEST_SUFFIX) or path.name in named or path.name.startswith("."):
             continue
@@ -100,12 +320,33 @@ class RetentionPlan:
 
 
 def plan_retention(archives: list[StoredArchive], rules: RetentionSettings, now: datetime) -> RetentionPlan:
-    """Decide, for archives sorted newest first, which to keep and which to delete, each with its reason."""
+    """Decide, for archives sorted newest first, which to keep and which to delete, each with its reason.
+
+    Each archive file appears once in the plan. Whatever the input, an archive dated in the future or listed
+    twice is kept without counting, the archive the current run wrote is kept, and the newest verified archive
+    (of those that count) is kept.
+    """
     plan = RetentionPlan()
-    newest_verified = next((item for item in archives if item.verified), None)
-    verified_rank = 0
+    listed: dict[Path, int] = {}
     for item in archives:
+        listed[item.archive] = listed.get(item.archive, 0) + 1
+    counted = [item for item in archives if listed[item.archive] == 1 and not is_future(item.started_at, now)]
+    newest_verified = next((item for item in counted if item.verified), None)
+    verified_rank = 0
+    decided: set[Path] = set()
+    for item in archives:
+        if item.archive in decided:
+            continue
+        decided.add(item.archive)
+        if listed[item.archive] > 1:
+            plan.keep.append((item, "listed more than once: never deleted, not counted"))
+            continue
+        if is_future(item.started_at, now):
+            plan.keep.append((item, f"dated in the future (started_at {item.started_at.isoformat()}): not counted"))
+            continue
         reasons = []
+        if item.written_by_this_run:
+            reasons.append("written by this run")
         if item is newest_verified:
             reasons.append("newest verified archive (always kept)")
         if item.verified:
@@ -137,6 +378,7 @@ class PruneResult:
     kept: list[tuple[str, str]] = field(default_factory=list)  # (archive path, reason)
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (archive path, reason); planned when dry_run
     ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # future-dated, copied or mismatching manifests
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
 
@@ -147,20 +389,37 @@ class PruneResult:
             "kept": [{"archive": path, "reason": why} for path, why in self.kept],
             "deleted": [{"archive": path, "reason": why} for path, why in self.deleted],
             "ignored": self.ignored,
+            "warnings": self.warnings,
             "errors": self.errors,
         }
 
 
 def prune_volume(
-    volume: str, volume_dir: Path, rules: RetentionSettings, now: datetime, dry_run: bool = False
+    volume: str,
+    volume_dir: Path,
+    rules: RetentionSettings,
+    now: datetime,
+    dry_run: bool = False,
+    written: WrittenArchive | None = None,
+    hashes: ArchiveHashes | None = None,
 ) -> PruneResult:
-    """Apply the retention rules to one volume's archives. Never raises for a file it cannot delete: that is an
-    error in the result, and its manifest stays (so the archive is still accounted for)."""
-    found = find_archives(volume_dir)
+    """Apply the retention rules to one volume's archives.
+
+    `written`: the archive this run just published (never deleted by this call, trusted from its own hash);
+    `hashes`: remembered content hashes (saved back at the end). Never raises for a file it cannot read or delete:
+    that is a warning or an error in the result, and a manifest whose archive could not be deleted stays.
+    """
+    hashes = hashes if hashes is not None else ArchiveHashes(None)
+    found = find_archives(volume_dir, now, hashes, written)
     plan = plan_retention(found.archives, rules, now)
-    result = PruneResult(volume=volume, ignored=found.ignored, dry_run=dry_run)
-    result.kept = [(str(item.archive), why) for item, why in plan.keep]
+    result = PruneResult(volume=volume, ignored=found.ignored, warnings=found.warnings, dry_run=dry_run)
+    result.kept = [(str(item.archive), why) for item, why in [*found.held, *plan.keep]]
+    for line in found.warnings:
+        log.warning("%s: %s", volume, line)
     for item, why in plan.delete:
+        if written is not None and item.archive == written.path:  # plan_retention keeps it; never trust that alone
+            result.errors.append(f"refused to delete {item.archive}: this run wrote it")
+            continue
         if not dry_run:
             try:
                 item.archive.unlink()
@@ -168,6 +427,9 @@ def prune_volume(
             except OSError as error:
                 result.errors.append(f"cannot delete {error.filename}: {error.strerror}")
                 continue
+            finally:
+                if not item.archive.exists():
+                    hashes.forget(item.archive)
             log.info("%s: deleted %s (%s)", volume, item.archive.name, why)
         result.deleted.append((str(item.archive), why))
     if result.deleted and not dry_run:
@@ -175,33 +437,59 @@ def prune_volume(
             fsync_directory(volume_dir)
         except OSError as error:
             result.errors.append(f"cannot sync {volume_dir}: {error.strerror}")
+    hashes.save()
     return result
 
 
-def prune_all(policies_dir: Path, dest: Path, policy_names: tuple[str, ...], dry_run: bool) -> list[PruneResult]:
+def prune_all(
+    policies_dir: Path, dest: Path, policy_names: tuple[str, ...], dry_run: bool, state_dir: Path | None = None
+) -> list[PruneResult]:
     """`coord prune`: apply every selected policy's retention to the volume directories under `dest`.
 
     Which policy owns a directory is decided as for a backup (an exact name beats a glob), over the directory
     names rather than Docker's volumes: archives of a volume that no longer exists are still pruned, and Docker is
-    not needed. Raises PolicyError/UsageError before anything is deleted.
+    not needed. Content hashes are remembered under `state_dir`. Raises PolicyError/UsageError before anything is
+    deleted.
     """
     from coord.policy import load_policies
     from coord.runner import plan_volumes  # runner imports this module
 
     policies = load_policies(policies_dir, policy_names or None)
     now = datetime.now(UTC)
+    hashes = ArchiveHashes(state_dir)
     results = []
     for plan in plan_volumes(policies, volume_directories(dest), policy_names or None):
         rules = plan.policy.policy.retention
         if plan.error is None and rules is not None:
-            results.append(prune_volume(plan.volume, dest / plan.volume, rules, now, dry_run))
+            results.append(prune_volume(plan.volume, dest / plan.volume, rules, now, dry_run, hashes=hashes))
     return results
 
 
-def latest_archive(volume_dir: Path) -> Path | None:
-    """The newest archive of a volume (by the start time its manifest records), or None."""
-    found = find_archives(volume_dir)
-    return found.archives[0].archive if found.archives else None
+@dataclass
+class LatestArchive:
+    """The newest archive of a volume that counts (see the module's rules), and the newer files passed over."""
+
+    archive: Path | None
+    skipped: list[str] = field(default_factory=list)  # newer candidates and why they were passed over
+
+
+def choose_latest(volume_dir: Path, now: datetime, state_dir: Path | None = None) -> LatestArchive:
+    """`latest` for verify/restore: the newest verified archive whose manifest matches it, not dated in the
+    future. Everything that was passed over (future-dated, claimed twice, not matching, not verified) is listed."""
+    hashes = ArchiveHashes(state_dir)
+    found = find_archives(volume_dir, now, hashes)
+    hashes.save()
+    skipped = list(found.warnings)
+    for item in found.archives:
+        if item.verified:
+            return LatestArchive(item.archive, skipped)
+        skipped.append(f"{item.archive}: status {item.status or '?'}, not verified")
+    return LatestArchive(None, skipped)
+
+
+def latest_archive(volume_dir: Path, state_dir: Path | None = None) -> Path | None:
+    """The newest verified archive of a volume that matches its manifest and is not dated in the future, or None."""
+    return choose_latest(volume_dir, datetime.now(UTC), state_dir).archive
 
 
 def volume_directories(dest: Path) -> list[str]:

@@ -36,7 +36,7 @@ from coord.policy import LoadedPolicy, OnAtRisk, OnHookError, Strategy, load_pol
 from coord.problems import ProblemKind
 from coord.recovery import recover
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
-from coord.retention import prune_volume
+from coord.retention import ArchiveHashes, WrittenArchive, prune_volume
 from coord.signals import termination_raises
 from coord.snapshot import (
     SNAPSHOT_PREFIX,
@@ -469,9 +469,19 @@ def _finish(job: _Job, journal: Journal) -> None:
     journal.clear(job.partial_entry)
     result.duration_s = time.monotonic() - job.clock
     if result.status is not VolumeStatus.FAILED and policy.retention is not None:
-        # Only here, after this volume's archive was validated and published: a failed run deletes nothing.
-        pruned = prune_volume(job.plan.volume, job.final.parent, policy.retention, datetime.now(UTC))
+        # Only here, after this volume's archive was validated and published: a failed run deletes nothing. The
+        # archive just written is never pruned by this run and is trusted from its own read-back (as in the manifest).
+        written = WrittenArchive(job.final, read.size if read.sha256 else outcome.size, read.sha256 or outcome.sha256)
+        pruned = prune_volume(
+            job.plan.volume,
+            job.final.parent,
+            policy.retention,
+            datetime.now(UTC),
+            written=written,
+            hashes=ArchiveHashes(journal.directory.parent),  # the state directory
+        )
         result.pruned = [path for path, _ in pruned.deleted]
+        result.retention_warnings = pruned.warnings
         result.retention_errors = pruned.errors
     log.info("%s: %s, verdict %s, %d entries", job.plan.volume, result.status.value, result.verdict, result.entries)
 
