@@ -201,3 +201,14 @@ def test_concurrent_writers_from_several_processes(tmp_path: Path) -> None:
     assert [process.wait(timeout=60) for process in processes] == [0, 0, 0, 0]
     runs = history.runs()
     assert len(runs) == 80 and {run.status for run in runs} == {OK}
+
+
+def test_health_names_the_failed_volume_also_while_a_newer_run_is_in_progress(tmp_path: Path) -> None:
+    from coord.health import health_of
+
+    history = History(tmp_path / "state")
+    record(history, "2026-11-25T03:00:00", volume("pg", "failed", error="disk full"))
+    history.start_run("schedule", now=at("2026-11-26T03:00:00"))  # still running
+    verdict = health_of(history, at("2026-11-26T03:01:00"))
+    assert not verdict.healthy
+    assert verdict.reason.endswith("failed: pg: disk full"), verdict.reason
