@@ -684,6 +684,7 @@ def report(
     week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W48 (UTC). Default: the current week.")] = None,
     since: Annotated[str | None, typer.Option(help="From this date (UTC midnight) or date-time until now.")] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
@@ -698,7 +699,7 @@ def report(
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        return report_for(History(state_dir), period)
+        return report_for(History(state_dir), period, _current_policy_names(policies_dir))
 
     result = _run(as_json, work)
     if as_json:
@@ -708,25 +709,41 @@ def report(
 
 
 @app.command()
-def status(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: JsonFlag = False) -> None:
-    """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running."""
+def status(
+    state_dir: StateDir = DEFAULT_STATE_DIR, policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False
+) -> None:
+    """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running.
+    Volumes no longer backed up (their policy is gone, or a later run of it went without them) are marked GONE."""
     from coord.history import History
     from coord.report import render_status, status_of
 
-    found = _run(as_json, lambda: status_of(History(state_dir)))
-    latest, latest_status = found["last_run"], found["last_run_status"]
+    found = _run(as_json, lambda: status_of(History(state_dir), _current_policy_names(policies_dir)))
+    latest, latest_status, gone = found["last_run"], found["last_run_status"], found["gone"]
     if as_json:
         print(
             json.dumps(
                 {
                     "ok": True,
-                    "volumes": [row.to_json() for row in found["volumes"]],
+                    "volumes": [
+                        {**row.to_json(), "gone": gone.get((row.policy, row.volume))} for row in found["volumes"]
+                    ],
                     "last_run": latest.to_json(latest_status) if latest else None,
                 }
             )
         )
     else:
-        print("\n".join(render_status(latest, latest_status, found["volumes"])))
+        print("\n".join(render_status(latest, latest_status, found["volumes"], gone)))
+
+
+def _current_policy_names(policies_dir: Path) -> list[str] | None:
+    """The names of the policies now in `policies_dir`, or None when they cannot be read (status and report
+    still work then, without telling which policies are gone)."""
+    from coord.policy import policy_files
+
+    try:
+        return [path.stem for path in policy_files(policies_dir)]
+    except CoordError:
+        return None
 
 
 @app.command()
