@@ -516,7 +516,9 @@ def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: 
 
 @app.command()
 def verify(
-    archive: Annotated[Path | None, typer.Argument(help="The archive file (its manifest must be beside it).")] = None,
+    archive: Annotated[
+        Path | None, typer.Argument(metavar="ARCHIVE", help="The archive file (its manifest must be beside it).")
+    ] = None,
     latest: Annotated[
         str | None, typer.Option("--latest", metavar="VOLUME", help="Verify the newest archive of VOLUME under --dest.")
     ] = None,
@@ -556,7 +558,9 @@ def verify(
 
 @app.command()
 def restore(
-    archive: Annotated[Path, typer.Argument(help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")],
+    archive: Annotated[
+        Path, typer.Argument(metavar="ARCHIVE", help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")
+    ],
     volume: Annotated[
         str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
     ] = None,
@@ -681,8 +685,14 @@ def prune(
 
 @app.command()
 def report(
-    week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W48 (UTC). Default: the current week.")] = None,
-    since: Annotated[str | None, typer.Option(help="From this date (UTC midnight) or date-time until now.")] = None,
+    week: Annotated[
+        str | None,
+        typer.Option(metavar="YYYY-Www", help="ISO week, e.g. 2026-W48 (UTC). Default: the current week."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(metavar="DATE", help="From this date (UTC midnight) or date-time until now."),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     policies_dir: PoliciesDir = Path("policies"),
     as_json: JsonFlag = False,
