@@ -248,6 +248,7 @@ def print_run_summary(result: RunResult) -> None:
                 f"{head}: {volume.entries:,} entries, {human_size(volume.size)}, verdict {volume.verdict}"
                 + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
                 + (f", warnings: {counts}" if counts else "")
+                + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
             )
             print(f"     -> {volume.archive}")
             for pruned in volume.pruned:

@@ -482,7 +482,7 @@ def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
     for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK, ProblemKind.SKIPPED):
         result.warnings[kind.value] = len(outcome.of_kind(kind))
     if outcome.consistency is not None:
-        result.warnings[ProblemKind.SKIPPED.value] += len(outcome.consistency.excluded)
+        result.excluded_paths = len(outcome.consistency.excluded)
         result.verdict = outcome.consistency.verdict.value
         result.verdict_reasons = list(outcome.consistency.reasons)
 
@@ -496,9 +496,7 @@ def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, rea
         kind.value: [p.path for p in outcome.of_kind(kind)]
         for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)
     }
-    warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)] + [
-        f"{path}: excluded by policy" for path in (consistency.excluded if consistency else [])
-    ]
+    warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)]
     return {
         "format": MANIFEST_FORMAT,
         "tool": "coord",
@@ -511,6 +509,7 @@ def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, rea
         "status": result.status.value,
         "source": str(source),
         "excludes": list(plan.policy.policy.exclude),
+        "excluded": list(consistency.excluded) if consistency else [],  # paths the excludes left out
         "started_at": started.isoformat(),
         "finished_at": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(),
         "archive": Path(result.archive or "").name,
