@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -82,6 +83,20 @@ def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Pat
         candidate = directory / f"{volume}-{stamp}-{counter}{suffix}"
         counter += 1
     return candidate
+
+
+def check_destination(directory: Path) -> None:
+    """Make sure archives can be written into `directory` (created if missing) before any hook runs or container
+    is touched. Raises CoordError saying why not."""
+    probe = directory / f".coord-write-probe-{secrets.token_hex(8)}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise CoordError(
+            f"destination {directory} is not writable ({error.strerror}); nothing was run, paused or stopped"
+        ) from None
 
 
 def decide_status(
@@ -171,6 +186,7 @@ def back_up_group(
                 job.encryption = encryption_for(
                     job.plan.policy.policy.encrypt, request.state_dir, request.passphrase_file
                 )
+                check_destination(request.dest / job.plan.volume)
                 runnable.append(job)
             except CoordError as error:
                 job.result.errors.append(error.message)
