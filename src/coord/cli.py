@@ -16,6 +16,7 @@ from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.notify import Notifier
 from coord.policy import load_policies, render_json_schema
+from coord.render import plural, volumes_line
 from coord.report import human_size
 from coord.results import RunResult, VolumeStatus
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
@@ -247,6 +248,7 @@ def print_run_summary(result: RunResult) -> None:
                 f"{head}: {volume.entries:,} entries, {human_size(volume.size)}, verdict {volume.verdict}"
                 + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
                 + (f", warnings: {counts}" if counts else "")
+                + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
             )
             print(f"     -> {volume.archive}")
             for pruned in volume.pruned:
@@ -272,7 +274,7 @@ def print_run_summary(result: RunResult) -> None:
     for error in result.errors:
         print(f"error: {error}")
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
-    print(f"{len(result.volumes)} volume(s), {failed} failed" if result.volumes else "no volume selected")
+    print(volumes_line(len(result.volumes), failed) if result.volumes else "no volume selected")
 
 
 @app.command()
@@ -352,39 +354,57 @@ def plan(
     volumes_root: VolumesRoot = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take."""
+    """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take,
+    and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy error."""
     from coord.docker_ops import DockerControl
-    from coord.plan import describe_group, group_volumes, plan_volumes
+    from coord.plan import describe_group, group_volumes, plan_volumes, uncovered_volumes
 
-    def work() -> list[dict[str, Any]]:
+    def work() -> tuple[list[dict[str, Any]], list[str]]:
         loaded = load_policies(policies_dir, policy or None)
         docker = DockerControl.connect()
-        plans = plan_volumes(loaded, docker.volume_names(), policy or None)
-        return [
+        existing = docker.volume_names()
+        plans = plan_volumes(loaded, existing, policy or None)
+        groups = [
             {
                 "strategy": group.strategy.value,
-                "volumes": [{"volume": p.volume, "policy": p.policy.name, "error": p.error} for p in group.volumes],
+                "volumes": [
+                    {"volume": p.volume, "policy": p.policy.name, "error": p.error or group.errors.get(p.volume)}
+                    for p in group.volumes
+                ],
                 "containers": [{"name": c.name, "state": c.state} for c in group.containers],
                 "steps": describe_group(group),
             }
             for group in group_volumes(plans, docker, own_container_id())
         ]
+        return groups, uncovered_volumes(loaded, existing)
 
-    groups = _run(as_json, work)
+    groups, uncovered = _run(as_json, work)
+    failing = [volume for group in groups for volume in group["volumes"] if volume["error"]]
     sources = VolumeSources.detect(volumes_root)
     if as_json:
         print(
             json.dumps(
-                {"ok": True, "mode": sources.mode, "volumes_root": _text(sources.volumes_root), "groups": groups}
+                {
+                    "ok": not failing,
+                    "mode": sources.mode,
+                    "volumes_root": _text(sources.volumes_root),
+                    "groups": groups,
+                    "uncovered": uncovered,
+                }
             )
         )
-        return
-    print(sources.describe())
-    for group in groups:
-        names = ", ".join(f"{v['volume']} (policy {v['policy']})" for v in group["volumes"])
-        print(f"\n{group['strategy']}: {names}")
-        for step in group["steps"]:
-            print(f"  {step}")
+    else:
+        print(sources.describe())
+        for group in groups:
+            names = ", ".join(f"{v['volume']} (policy {v['policy']})" for v in group["volumes"])
+            print(f"\n{group['strategy']}: {names}")
+            for step in group["steps"]:
+                print(f"  {step}")
+        if uncovered:
+            print(f"\nnot backed up, no policy covers them: {', '.join(uncovered)}")
+        if failing:
+            print(f"\n{plural(len(failing), 'volume')} would fail: {', '.join(v['volume'] for v in failing)}")
+    raise typer.Exit(EXIT_FAILED if failing else EXIT_OK)
 
 
 @app.command()
@@ -419,31 +439,46 @@ def recover(
 
 
 @app.command()
-def validate(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False) -> None:
-    """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any."""
+def validate(
+    policies_dir: PoliciesDir = Path("policies"),
+    with_docker: Annotated[
+        bool,
+        typer.Option(
+            "--docker",
+            help="Also check against the Docker engine: volumes that do not exist, globs matching no volume, "
+            "volumes matched by two policies' globs.",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any.
 
+    Without --docker nothing but the files is read; with it, the engine is asked which volumes exist."""
     from coord.defaults import load_defaults
 
     def work() -> list[str]:
         problems: list[str] = []
-        names: list[str] = []
-        for check in (
-            lambda: names.extend(item.name for item in load_policies(policies_dir)),
-            lambda: load_defaults(policies_dir),
-        ):
+        loaded = []
+        for check in (lambda: loaded.extend(load_policies(policies_dir)), lambda: load_defaults(policies_dir)):
             try:
                 check()
             except PolicyError as error:
                 problems += error.problems
+        if with_docker and not problems:
+            from coord.docker_ops import DockerControl
+            from coord.plan import engine_problems
+
+            problems += engine_problems(loaded, DockerControl.connect().volume_names())
         if problems:
             raise PolicyError(problems)
-        return names
+        return [item.name for item in loaded]
 
     names = _run(as_json, work)
     if as_json:
         print(json.dumps({"ok": True, "policies": names, "errors": []}))
     else:
-        print(f"{len(names)} policies valid in {policies_dir}: {', '.join(names)}")
+        valid = "valid against the engine" if with_docker else "valid"
+        print(f"{plural(len(names), 'policy', 'policies')} {valid} in {policies_dir}: {', '.join(names)}")
 
 
 @app.command()
@@ -484,7 +519,9 @@ def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: 
 
 @app.command()
 def verify(
-    archive: Annotated[Path | None, typer.Argument(help="The archive file (its manifest must be beside it).")] = None,
+    archive: Annotated[
+        Path | None, typer.Argument(metavar="ARCHIVE", help="The archive file (its manifest must be beside it).")
+    ] = None,
     latest: Annotated[
         str | None, typer.Option("--latest", metavar="VOLUME", help="Verify the newest archive of VOLUME under --dest.")
     ] = None,
@@ -532,7 +569,9 @@ def verify(
 
 @app.command()
 def restore(
-    archive: Annotated[Path, typer.Argument(help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")],
+    archive: Annotated[
+        Path, typer.Argument(metavar="ARCHIVE", help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")
+    ],
     volume: Annotated[
         str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
     ] = None,
@@ -610,7 +649,8 @@ def restore(
 @app.command()
 def prune(
     policy: Annotated[
-        list[str] | None, typer.Option("--policy", "-p", help="Only the volumes of this policy; repeatable.")
+        list[str] | None,
+        typer.Option("--policy", "-p", metavar="NAME", help="Only the volumes of this policy; repeatable."),
     ] = None,
     policies_dir: PoliciesDir = Path("policies"),
     dest: DestOption = None,
@@ -646,14 +686,29 @@ def prune(
                 print(f"{result.volume}: error: {error}")
         if not results:
             print("nothing to prune: no policy with 'retention:' covers a volume directory under the destination")
+        else:
+            deleted = sum(len(result.deleted) for result in results)
+            kept = sum(len(result.kept) for result in results)
+            errors = sum(len(result.errors) for result in results)
+            print(
+                f"{plural(len(results), 'volume')}: {verb} {plural(deleted, 'archive')}, kept {kept}"
+                + (f", {plural(errors, 'error')}" if errors else "")
+            )
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @app.command()
 def report(
-    week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W48 (UTC). Default: the current week.")] = None,
-    since: Annotated[str | None, typer.Option(help="From this date (UTC midnight) or date-time until now.")] = None,
+    week: Annotated[
+        str | None,
+        typer.Option(metavar="YYYY-Www", help="ISO week, e.g. 2026-W48 (UTC). Default: the current week."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(metavar="DATE", help="From this date (UTC midnight) or date-time until now."),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
@@ -668,7 +723,7 @@ def report(
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        return report_for(History(state_dir), period)
+        return report_for(History(state_dir), period, _current_policy_names(policies_dir))
 
     result = _run(as_json, work)
     if as_json:
@@ -678,25 +733,41 @@ def report(
 
 
 @app.command()
-def status(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: JsonFlag = False) -> None:
-    """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running."""
+def status(
+    state_dir: StateDir = DEFAULT_STATE_DIR, policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False
+) -> None:
+    """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running.
+    Volumes no longer backed up (their policy is gone, or a later run of it went without them) are marked GONE."""
     from coord.history import History
     from coord.report import render_status, status_of
 
-    found = _run(as_json, lambda: status_of(History(state_dir)))
-    latest, latest_status = found["last_run"], found["last_run_status"]
+    found = _run(as_json, lambda: status_of(History(state_dir), _current_policy_names(policies_dir)))
+    latest, latest_status, gone = found["last_run"], found["last_run_status"], found["gone"]
     if as_json:
         print(
             json.dumps(
                 {
                     "ok": True,
-                    "volumes": [row.to_json() for row in found["volumes"]],
+                    "volumes": [
+                        {**row.to_json(), "gone": gone.get((row.policy, row.volume))} for row in found["volumes"]
+                    ],
                     "last_run": latest.to_json(latest_status) if latest else None,
                 }
             )
         )
     else:
-        print("\n".join(render_status(latest, latest_status, found["volumes"])))
+        print("\n".join(render_status(latest, latest_status, found["volumes"], gone)))
+
+
+def _current_policy_names(policies_dir: Path) -> list[str] | None:
+    """The names of the policies now in `policies_dir`, or None when they cannot be read (status and report
+    still work then, without telling which policies are gone)."""
+    from coord.policy import policy_files
+
+    try:
+        return [path.stem for path in policy_files(policies_dir)]
+    except CoordError:
+        return None
 
 
 @app.command()
@@ -769,5 +840,17 @@ def schema() -> None:
     sys.stdout.write(render_json_schema())
 
 
+GLOBAL_FLAGS = ("-v", "--verbose")
+
+
+def global_flags_first(arguments: list[str]) -> list[str]:
+    """Move the global flags given after the subcommand (`coord backup -v`) in front of it, where Click reads
+    them; a `--` ends the options, and what follows it is left alone."""
+    end = arguments.index("--") if "--" in arguments else len(arguments)
+    flags = [argument for argument in arguments[:end] if argument in GLOBAL_FLAGS]
+    rest = [argument for argument in arguments[:end] if argument not in GLOBAL_FLAGS]
+    return flags + rest + arguments[end:]
+
+
 def main() -> None:
-    app()
+    app(args=global_flags_first(sys.argv[1:]))

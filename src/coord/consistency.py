@@ -38,6 +38,7 @@ from coord.clickhouse import FORMAT_VERSION_FILE, TableJudgement, judge_table_di
 from coord.excludes import ExcludeMatcher
 from coord.policy import ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, member_to_path
+from coord.render import plural
 
 SAMPLE_SIZE = 20
 
@@ -321,8 +322,8 @@ def _clickhouse_reasons(judged: list[tuple[str, TableJudgement]], cleared: list[
         directory, part = missing[0]
         tables = len({directory for directory, _ in missing})
         reasons.append(
-            f"{len(missing)} part(s) in {tables} table(s) went missing during the read and no part in the archive "
-            f"contains them (e.g. {directory}/{part.describe()}): their rows are missing from the archive"
+            f"{plural(len(missing), 'part')} in {plural(tables, 'table')} went missing during the read and no part in "
+            f"the archive contains them (e.g. {directory}/{part.describe()}): their rows are missing from the archive"
         )
     for directory, judgement in judged:
         if not judgement.missing and judgement.at_risk:
@@ -334,7 +335,14 @@ def _clickhouse_reasons(judged: list[tuple[str, TableJudgement]], cleared: list[
         covered = sum(len(judgement.covered) for _, judgement in judged)
         reasons.append(
             f"{len(cleared)} table director{'y' if len(cleared) == 1 else 'ies'} lost and gained parts during the read "
-            f"(the generic rule would say at-risk), but each of the {covered} part(s) that went missing is contained "
-            f"in a part the archive holds (consistency: clickhouse)"
+            f"(the generic rule would say at-risk), but {_parts_contained(covered)} (consistency: clickhouse)"
         )
     return reasons
+
+
+def _parts_contained(count: int) -> str:
+    if count == 0:
+        return "no part went missing"
+    if count == 1:
+        return "the 1 part that went missing is contained in a part the archive holds"
+    return f"each of the {count:,} parts that went missing is contained in a part the archive holds"

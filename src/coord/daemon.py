@@ -30,6 +30,7 @@ from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, run_and_record
 from coord.recovery import recover
+from coord.render import volumes_line
 from coord.report import human_size
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
@@ -244,7 +245,7 @@ def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> No
     problems = "; ".join(result.errors)
     events.emit(
         "run-finished",
-        f"run {record.run_id} {record.status}: {len(result.volumes)} volume(s), {failed} failed"
+        f"run {record.run_id} {record.status}: {volumes_line(len(result.volumes), failed)}"
         + (f"; {problems}" if problems else ""),
         run=record.run_id,
         status=record.status,

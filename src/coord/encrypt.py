@@ -26,6 +26,7 @@ import atexit
 import logging
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,8 +99,17 @@ def read_passphrase(path: Path) -> str:
     """The passphrase: the first line of `path`, as `gpg --passphrase-file` reads it. Raises EncryptionError."""
     try:
         data = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as error:
         raise EncryptionError(f"cannot read passphrase file {path}: {error.strerror}") from None
+    if mode & 0o077:
+        log.warning(
+            "passphrase file %s has mode %04o: users other than its owner can %s it; run: chmod 600 %s",
+            path,
+            mode,
+            "read" if mode & 0o044 else "change",
+            path,
+        )
     first_line = data.split(b"\n", 1)[0]
     try:
         passphrase = first_line.decode("utf-8")
@@ -299,9 +309,17 @@ def decryption_for(gpg_home: Path | None, passphrase_file: Path | None, state_di
         if not gpg_home.is_dir():
             raise EncryptionError(f"GnuPG home {gpg_home} does not exist or is not a directory (--gpg-home)")
         return Decryption(gpg_home, passphrase)
-    if passphrase is not None:
+    if passphrase is not None or not default_home_exists():
+        # Without a home of its own (or with only a passphrase), gpg would create ~/.gnupg: coord writes state
+        # only under --state-dir, so it decrypts with its own (then empty) home there.
         return Decryption(managed_home(state_dir), passphrase, managed=True)
     return Decryption(None)
+
+
+def default_home_exists() -> bool:
+    """Whether the GnuPG home gpg uses by default ($GNUPGHOME, else ~/.gnupg) is there."""
+    home = os.environ.get("GNUPGHOME") or os.path.expanduser("~/.gnupg")
+    return os.path.isdir(home)
 
 
 def decrypt_stream(source: BinaryIO, sink: Callable[[bytes], None], decryption: Decryption, name: str) -> None:

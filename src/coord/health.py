@@ -99,10 +99,15 @@ def health_of(
         started = None
     here = socket.gethostname()
     views = []
+    latest_finished_seen = False
     for run in history.recent_runs(50):
         status = run.effective_status(here)
         problems = list(run.errors)
-        if status != OK and not views:  # the latest run that did not end well: say which volumes failed and why
-            problems += [f"{v.volume}: {v.error}" for v in history.volume_runs_of(run.id) if v.status == "failed"]
+        if status != RUNNING and not latest_finished_seen:
+            latest_finished_seen = True
+            if status != OK:  # the latest run to end did not end well: say which volumes failed and why, also
+                # while a newer run is in progress
+                failed = [v for v in history.volume_runs_of(run.id) if v.status == "failed"]
+                problems += [f"{v.volume}: {v.error}" for v in failed]
         views.append(RunView(run.id, run.started_at, status, problems, run.finished_at))
     return check_health(views, now, schedule, started, grace_s)

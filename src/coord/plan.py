@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError, PolicyError
-from coord.policy import LoadedPolicy, Strategy, is_glob
+from coord.policy import LoadedPolicy, Strategy, is_glob, location_in
 
 QUIESCING = (Strategy.PAUSE, Strategy.STOP, Strategy.SNAPSHOT)  # strategies that change containers' state
 WITH_CONTAINERS = (*QUIESCING, Strategy.AUTO)  # strategies that need to know the containers
@@ -78,8 +78,9 @@ def plan_volumes(
                     continue
                 owner = glob_owner.setdefault(name, item)
                 if owner.name != item.name:
+                    where = location_in(item.path, ("volumes", item.policy.volumes.index(pattern)))
                     conflicts.append(
-                        f"{item.path}: volumes: '{name}' is matched by policy '{owner.name}' and by '{item.name}'; "
+                        f"{where}: volumes: '{name}' is matched by policy '{owner.name}' and by '{item.name}'; "
                         "name it exactly in the one that should own it"
                     )
     if conflicts:
@@ -91,6 +92,27 @@ def plan_volumes(
         VolumePlan(name, owners[name]) for name in existing_volumes if owners.get(name) and owners[name].name in wanted
     ]
     return sorted(plans, key=lambda plan: (plan.policy.name, plan.volume))
+
+
+def uncovered_volumes(policies: Sequence[LoadedPolicy], existing_volumes: Sequence[str]) -> list[str]:
+    """The existing volumes no policy names or matches: they are not backed up (a policy with strategy exclude
+    covers a volume: leaving it out is then a decision, not an oversight)."""
+    return [name for name in existing_volumes if not any(item.policy.selects(name) for item in policies)]
+
+
+def engine_problems(policies: Sequence[LoadedPolicy], existing_volumes: Sequence[str]) -> list[str]:
+    """What `coord validate --docker` reports: each policy's volumes that do not exist or globs that match none,
+    and volumes matched by two policies' globs, as `file:line: volumes: problem`."""
+    try:
+        plans = plan_volumes(policies, existing_volumes)
+    except PolicyError as error:
+        return list(error.problems)
+    return [
+        f"{location_in(plan.policy.path, ('volumes', plan.policy.policy.volumes.index(plan.volume)))}: volumes: "
+        f"{plan.error}"
+        for plan in plans
+        if plan.error
+    ]
 
 
 def resolve_containers(reference: str, docker: DockerControl) -> list[ContainerInfo]:

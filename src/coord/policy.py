@@ -653,7 +653,7 @@ def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[L
             f"no policy named {', '.join(repr(n) for n in unknown)} in {directory} (available: {available})"
         )
     if not files:
-        raise UsageError(f"no policy files (*.yaml) in {directory}")
+        raise UsageError(f"no policy files ({', '.join('*' + suffix for suffix in POLICY_SUFFIXES)}) in {directory}")
 
     loaded: list[LoadedPolicy] = []
     for name, path in by_name.items():
@@ -683,3 +683,13 @@ def _cross_policy_problems(loaded: Sequence[LoadedPolicy]) -> list[str]:
             else:
                 owner[pattern] = item
     return problems
+
+
+def location_in(path: Path, location: Sequence[str | int]) -> str:
+    """`file:line` of the key or item at `location` in a policy file already loaded (for problems found later,
+    against the engine); just `file` when the file cannot be read again."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return str(path)
+    return _where(path, _line_of(root, location))

@@ -23,6 +23,7 @@ from coord.docker_ops import DockerControl
 from coord.errors import CoordError, HistoryError, PolicyError
 from coord.history import FAILED, INTERRUPTED, OK, History
 from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
+from coord.render import volumes_line
 from coord.results import RunResult, VolumeStatus
 from coord.runner import BackupRequest, Progress, run_backup
 from coord.signals import Interrupted, deferred, termination_raises
@@ -130,7 +131,7 @@ def notification_body(
         failed = [v.volume for v in result.volumes if v.status is VolumeStatus.FAILED]
         text = (
             f"coord on {socket.gethostname()}: backup run {record.run_id} {record.status}: "
-            f"{len(result.volumes)} volume(s), {len(failed)} failed"
+            f"{volumes_line(len(result.volumes), len(failed))}"
             + (f" ({', '.join(failed)})" if failed else "")
             + (f"; {'; '.join(result.errors)}" if result.errors else "")
         )

@@ -85,6 +85,7 @@ class VolumeSummary:
     last_success: datetime | None = None
     last_status: str | None = None
     last_error: str | None = None
+    gone: str | None = None  # why this volume is no longer backed up (see gone_reasons), None while it is
 
     @property
     def success_rate(self) -> float | None:
@@ -109,6 +110,7 @@ class VolumeSummary:
             "last_success": _iso(self.last_success),
             "last_status": self.last_status,
             "last_error": self.last_error,
+            "gone": self.gone,
         }
 
 
@@ -143,6 +145,7 @@ def build_report(
     run_statuses: Iterable[str],
     volume_rows: Iterable[VolumeRow],
     last_successes: dict[tuple[str, str], datetime],
+    gone: dict[tuple[str, str], str] | None = None,
 ) -> Report:
     """Aggregate one period.
 
@@ -171,6 +174,7 @@ def build_report(
         summary.downtime_max_s = max(summary.downtime_max_s, row.downtime_s)
     for key, summary in summaries.items():
         summary.last_success = last_successes.get(key)
+        summary.gone = (gone or {}).get(key)
     return Report(period, counts, [summaries[key] for key in sorted(summaries)])
 
 
@@ -221,7 +225,8 @@ def render_report(report: Report) -> list[str]:
         )
         for v in report.volumes
     ]
-    return lines + _table(rows, right_aligned=range(2, 9))
+    lines += _table(rows, right_aligned=range(2, 9))
+    return lines + [f"gone: {v.volume} (policy {v.policy}): {v.gone}" for v in report.volumes if v.gone]
 
 
 def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[str]:
@@ -236,14 +241,23 @@ def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[
 STATUS_LABEL = {"ok": "OK  ", "warning": "WARN", "failed": "FAIL", "excluded": "SKIP"}
 
 
-def render_status(latest: RunRow | None, latest_status: str | None, volumes: Sequence[VolumeRow]) -> list[str]:
+def render_status(
+    latest: RunRow | None,
+    latest_status: str | None,
+    volumes: Sequence[VolumeRow],
+    gone: dict[tuple[str, str], str] | None = None,
+) -> list[str]:
     """`coord status`: one line per volume (its last outcome), then one line for the latest run when it did not
-    end well or is still going (running, crashed, interrupted, or failed before any volume)."""
+    end well or is still going (running, crashed, interrupted, or failed before any volume). A volume no longer
+    backed up (`gone`, see gone_reasons) is marked so, not shown with its stale outcome."""
     lines = []
     for row in volumes:
         head = f"{STATUS_LABEL.get(row.status, row.status.upper())} {row.volume} (policy {row.policy}, {row.strategy})"
         when = f"{short_time(row.started_at)} run {row.run_id}"
-        if row.status == "excluded":
+        retired = (gone or {}).get((row.policy, row.volume))
+        if retired:
+            lines.append(f"GONE {row.volume} (policy {row.policy}) last {row.status} {when}: {retired}")
+        elif row.status == "excluded":
             lines.append(f"{head} {when}: excluded by policy")
         elif row.status == "failed":
             lines.append(f"{head} {when}: {row.error or 'failed'}")
@@ -266,19 +280,70 @@ def render_status(latest: RunRow | None, latest_status: str | None, volumes: Seq
 # Reading the history (the only functions here that do)
 
 
-def report_for(history: History, period: Period) -> Report:
-    """The report of `period` from the history database."""
+def gone_reasons(
+    latest: Sequence[VolumeRow],
+    later_rows: Sequence[VolumeRow],
+    completed_runs: Iterable[int],
+    policies: Iterable[str] | None,
+) -> dict[tuple[str, str], str]:
+    """Which (policy, volume) pairs are no longer backed up, and why, for volumes' `latest` outcomes.
+
+    Gone: the policy no longer exists (when `policies`, the current policy names, are known), or a later
+    completed run ran the policy (it has an outcome for another of its volumes) without this volume: the volume
+    was removed, or the policy no longer selects it. `later_rows` are the volume outcomes since the oldest of
+    `latest`; `completed_runs` the ids of the runs among them that ended ok or failed (not interrupted).
+    """
+    current = None if policies is None else set(policies)
+    completed = set(completed_runs)
+    ran: dict[int, set[tuple[str, str]]] = {}
+    for row in later_rows:
+        if row.run_id in completed:
+            ran.setdefault(row.run_id, set()).add((row.policy, row.volume))
+    reasons: dict[tuple[str, str], str] = {}
+    for row in latest:
+        key = (row.policy, row.volume)
+        if current is not None and row.policy not in current:
+            reasons[key] = f"policy {row.policy} no longer exists"
+            continue
+        later = sorted(run for run, seen in ran.items() if run > row.run_id and key not in seen)
+        for run in later:
+            if any(policy == row.policy for policy, _ in ran[run]):
+                reasons[key] = (
+                    f"run {run} ran policy {row.policy} without it: the volume was removed or the policy no "
+                    "longer selects it"
+                )
+                break
+    return reasons
+
+
+def _gone_in(
+    history: History, latest: Sequence[VolumeRow], policies: Iterable[str] | None
+) -> dict[tuple[str, str], str]:
+    if not latest:
+        return {}
+    since = min(row.started_at for row in latest)
+    completed = [run.id for run in history.runs(since) if run.status in (OK, FAILED)]
+    return gone_reasons(latest, history.volume_runs(since), completed, policies)
+
+
+def report_for(history: History, period: Period, policies: Iterable[str] | None = None) -> Report:
+    """The report of `period` from the history database; volumes no longer backed up are marked (`policies`:
+    the current policy names, when known)."""
     here = socket.gethostname()
+    rows = history.volume_runs(period.start, period.end)
+    latest = {(row.policy, row.volume): row for row in rows}  # oldest first: the last one wins
     return build_report(
         period,
         [run.effective_status(here) for run in history.runs(period.start, period.end)],
-        history.volume_runs(period.start, period.end),
+        rows,
         history.last_successes(period.end),
+        _gone_in(history, list(latest.values()), policies),
     )
 
 
-def status_of(history: History) -> dict[str, Any]:
-    """`coord status` as data: each volume's last outcome and the latest run with its effective status."""
+def status_of(history: History, policies: Iterable[str] | None = None) -> dict[str, Any]:
+    """`coord status` as data: each volume's last outcome, the latest run with its effective status, and which
+    volumes are no longer backed up (`policies`: the current policy names, when known)."""
     latest = history.latest_run()
     status = latest.effective_status() if latest else None
     volumes = history.latest_per_volume()
@@ -287,4 +352,5 @@ def status_of(history: History) -> dict[str, Any]:
         "volumes": volumes,
         "last_run": latest,
         "last_run_status": status,
+        "gone": _gone_in(history, volumes, policies),
     }

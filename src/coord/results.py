@@ -55,6 +55,7 @@ class VolumeResult:
     warnings: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in ProblemKind if kind is not ProblemKind.CRITICAL}
     )
+    excluded_paths: int = 0  # paths the policy's `exclude:` left out: a decision, not a warning
     errors: list[str] = field(default_factory=list)
     containers: list[ContainerAction] = field(default_factory=list)
     hooks: list[dict[str, Any]] = field(default_factory=list)
@@ -82,6 +83,7 @@ class VolumeResult:
             "verdict": self.verdict,
             "verdict_reasons": self.verdict_reasons,
             "warnings": dict(self.warnings),
+            "excluded_paths": self.excluded_paths,
             "errors": list(self.errors),
             "downtime_s": round(self.downtime_s, 3),
             "containers": [c.to_json() for c in self.containers],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -82,6 +83,20 @@ def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Pat
         candidate = directory / f"{volume}-{stamp}-{counter}{suffix}"
         counter += 1
     return candidate
+
+
+def check_destination(directory: Path) -> None:
+    """Make sure archives can be written into `directory` (created if missing) before any hook runs or container
+    is touched. Raises CoordError saying why not."""
+    probe = directory / f".coord-write-probe-{secrets.token_hex(8)}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise CoordError(
+            f"destination {directory} is not writable ({error.strerror}); nothing was run, paused or stopped"
+        ) from None
 
 
 def decide_status(
@@ -171,6 +186,7 @@ def back_up_group(
                 job.encryption = encryption_for(
                     job.plan.policy.policy.encrypt, request.state_dir, request.passphrase_file
                 )
+                check_destination(request.dest / job.plan.volume)
                 runnable.append(job)
             except CoordError as error:
                 job.result.errors.append(error.message)
@@ -492,7 +508,7 @@ def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:
     for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK, ProblemKind.SKIPPED):
         result.warnings[kind.value] = len(outcome.of_kind(kind))
     if outcome.consistency is not None:
-        result.warnings[ProblemKind.SKIPPED.value] += len(outcome.consistency.excluded)
+        result.excluded_paths = len(outcome.consistency.excluded)
         result.verdict = outcome.consistency.verdict.value
         result.verdict_reasons = list(outcome.consistency.reasons)
 
@@ -506,9 +522,7 @@ def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, rea
         kind.value: [p.path for p in outcome.of_kind(kind)]
         for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)
     }
-    warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)] + [
-        f"{path}: excluded by policy" for path in (consistency.excluded if consistency else [])
-    ]
+    warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)]
     return {
         "format": MANIFEST_FORMAT,
         "tool": "coord",
@@ -521,6 +535,7 @@ def build_manifest(result: VolumeResult, job: _Job, outcome: ArchiveOutcome, rea
         "status": result.status.value,
         "source": str(source),
         "excludes": list(plan.policy.policy.exclude),
+        "excluded": list(consistency.excluded) if consistency else [],  # paths the excludes left out
         "started_at": started.isoformat(),
         "finished_at": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(),
         "archive": Path(result.archive or "").name,

@@ -139,10 +139,15 @@ def test_excludes_are_honoured_and_recorded(docker_client, make_volume, tmp_path
     assert "./store/263/2632a5fb-f759-4d05-824b-dddcb78faff3/all_1_1_0/data.bin" in names
     assert not any("tmp_merge" in name or "shadow" in name for name in names)
     manifest = assert_archive_matches_manifest(entry)
-    assert sorted(manifest["warnings"]["skipped"]) == [
-        "shadow: excluded by policy",
-        "store/263/2632a5fb-f759-4d05-824b-dddcb78faff3/tmp_merge_all_1_2_1: excluded by policy",
+    assert sorted(manifest["excluded"]) == [
+        "shadow",
+        "store/263/2632a5fb-f759-4d05-824b-dddcb78faff3/tmp_merge_all_1_2_1",
     ]
+    # Leaving out what the policy excludes is a decision, not a warning.
+    assert manifest["warnings"]["skipped"] == []
+    assert entry["warnings"]["skipped"] == 0 and entry["excluded_paths"] == 2
+    text = run_coord("backup", "--policies-dir", str(policies), "--dest", str(tmp_path / "b"))
+    assert ", 2 paths excluded by policy" in text.stdout and "warnings:" not in text.stdout, text.stdout
 
 
 def test_exclude_strategy_and_missing_volume(make_volume, tmp_path: Path) -> None:

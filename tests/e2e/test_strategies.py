@@ -318,12 +318,35 @@ def test_hooks_run_outside_the_pause_and_after_hooks_always_run(writer, docker_c
     assert archived_file(Path(entry["archive"]), "./hooks.log") == "before\n"
     assert (mount / "hooks.log").read_text() == "before\nafter\n"
 
-    # Archiving fails (destination unwritable): the after hook still runs.
+    # A destination that cannot be written is found before any hook runs or any container is touched.
     blocker = tmp_path / "blocked"
     blocker.write_text("")
     run = backup(tmp_path / "p", blocker)
     assert run.returncode == 1
+    [entry] = run.json["volumes"]
+    assert entry["containers"] == [] and entry["hooks"] == []
+    assert entry["errors"] == [
+        f"destination {blocker}/{volume} is not writable (Not a directory); nothing was run, paused or stopped"
+    ]
+    assert (mount / "hooks.log").read_text() == "before\nafter\n"
+
+    # Archiving fails (a file coord may not read): the after hook still runs.
+    (mount / "secret.key").write_text("x")
+    (mount / "secret.key").chmod(0)
+    run = run_coord(
+        "backup",
+        "--policies-dir",
+        str(tmp_path / "p"),
+        "--dest",
+        str(tmp_path / "b"),
+        "--json",
+        prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"),
+    )
+    assert run.returncode == 1
+    [entry] = run.json["volumes"]
+    assert entry["status"] == "failed" and "secret.key: Cannot open: Permission denied" in entry["errors"]
     assert (mount / "hooks.log").read_text() == "before\nafter\nbefore\nafter\n"
+    (mount / "secret.key").unlink()
 
     # A failing before hook: nothing archived, nothing paused, the after hook still runs.
     failing = f"hooks:\n  before: [{{container: {container.name}, exec: [sh, -c, 'exit 3']}}]\n" + (

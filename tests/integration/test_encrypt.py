@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from archives import decrypt_arguments, encryption_of, make_archive, restore_without_coord
-from coord.encrypt import prepare_encryption
+from coord.encrypt import decryption_for, prepare_encryption
 from coord.errors import EncryptionError
 from coord.policy import Compression, EncryptSettings
 from trees import differences, snapshot_tree
@@ -124,3 +124,30 @@ def test_a_state_dir_too_long_for_gpg_agent_is_refused(tmp_path: Path, passphras
     deep = tmp_path / ("x" * 90)
     with pytest.raises(EncryptionError, match="use a shorter --state-dir"):
         prepare_encryption(EncryptSettings(passphrase_file=passphrase_file), deep)
+
+
+def test_a_passphrase_file_others_can_read_is_warned_about(
+    tmp_path: Path, state_dir: Path, passphrase_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prepare_encryption(EncryptSettings(passphrase_file=passphrase_file), state_dir)
+    assert not [record for record in caplog.records if record.name == "coord.encrypt"]  # 0600: quiet
+    passphrase_file.chmod(0o644)
+    prepare_encryption(EncryptSettings(passphrase_file=passphrase_file), state_dir)
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "coord.encrypt"]
+    assert warning == (
+        f"passphrase file {passphrase_file} has mode 0644: users other than its owner can read it; "
+        f"run: chmod 600 {passphrase_file}"
+    )
+
+
+def test_decrypting_without_a_gnupg_home_writes_nothing_outside_the_state_dir(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "operator-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GNUPGHOME", raising=False)
+    decryption = decryption_for(None, None, state_dir)
+    assert decryption.home == state_dir.absolute() / "gnupg" and decryption.managed
+    (home / ".gnupg").mkdir()  # an operator's own home, once it exists, is used as it is
+    assert decryption_for(None, None, state_dir).home is None

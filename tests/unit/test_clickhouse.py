@@ -204,8 +204,8 @@ def test_a_harmless_race_is_at_risk_under_generic_and_fuzzy_under_clickhouse(tmp
     assert clickhouse.at_risk_directories == []
     assert [change.directory for change in clickhouse.cleared_directories] == [TABLE]
     assert clickhouse.reasons[0] == (
-        "1 table directory lost and gained parts during the read (the generic rule would say at-risk), but each of "
-        "the 1 part(s) that went missing is contained in a part the archive holds (consistency: clickhouse)"
+        "1 table directory lost and gained parts during the read (the generic rule would say at-risk), but "
+        "the 1 part that went missing is contained in a part the archive holds (consistency: clickhouse)"
     )
 
 
@@ -218,7 +218,7 @@ def test_rows_missing_are_at_risk_under_clickhouse(tmp_path: Path) -> None:
     [change] = result.at_risk_directories
     assert (change.directory, change.lost, change.gained) == (TABLE, ["0_6_6_0"], ["0_1_6_2"])
     assert result.reasons[0] == (
-        f"1 part(s) in 1 table(s) went missing during the read and no part in the archive contains them "
+        f"1 part in 1 table went missing during the read and no part in the archive contains them "
         f"(e.g. {TABLE}/0_6_6_0, now only in 0_1_6_2): their rows are missing from the archive"
     )
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from coord.errors import HistoryError, UsageError
-from coord.history import CRASHED, FAILED, OK, RUNNING, SCHEMA_VERSION, History
-from coord.report import parse_since, parse_week, render_report, render_status, report_for, week_of
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, SCHEMA_VERSION, History
+from coord.report import parse_since, parse_week, render_report, render_status, report_for, status_of, week_of
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
 
 
@@ -71,6 +71,7 @@ def test_each_iso_week_counts_only_its_own_runs(history: History) -> None:
         "downtime_mean_s": 1.0,
         "downtime_max_s": 1.5,
         "last_success": "2026-11-22T23:59:59Z",
+        "gone": None,
     }
     assert (w47["redis"]["runs"], w47["redis"]["failures"], w47["redis"]["success_rate"]) == (2, 1, 0.5)
 
@@ -201,3 +202,52 @@ def test_concurrent_writers_from_several_processes(tmp_path: Path) -> None:
     assert [process.wait(timeout=60) for process in processes] == [0, 0, 0, 0]
     runs = history.runs()
     assert len(runs) == 80 and {run.status for run in runs} == {OK}
+
+
+def test_health_names_the_failed_volume_also_while_a_newer_run_is_in_progress(tmp_path: Path) -> None:
+    from coord.health import health_of
+
+    history = History(tmp_path / "state")
+    record(history, "2026-11-25T03:00:00", volume("pg", "failed", error="disk full"))
+    history.start_run("schedule", now=at("2026-11-26T03:00:00"))  # still running
+    verdict = health_of(history, at("2026-11-26T03:01:00"))
+    assert not verdict.healthy
+    assert verdict.reason.endswith("failed: pg: disk full"), verdict.reason
+
+
+def test_status_marks_volumes_no_longer_backed_up_instead_of_their_stale_failure(tmp_path: Path) -> None:
+    history = History(tmp_path / "state")
+    record(history, "2026-11-20T03:00:00", volume("pg", "ok"), volume("old", "failed", error="disk"))
+    record(history, "2026-11-21T03:00:00", volume("pg", "ok"))  # policy db ran again without 'old'
+    record(history, "2026-11-21T04:00:00", volume("cache1", "failed", policy="retired", error="x"))
+
+    found = status_of(history, ["db"])
+    assert found["gone"] == {
+        ("db", "old"): "run 2 ran policy db without it: the volume was removed or the policy no longer selects it",
+        ("retired", "cache1"): "policy retired no longer exists",
+    }
+    lines = render_status(history.latest_run(), OK, found["volumes"], found["gone"])
+    assert any(line.startswith("GONE old (policy db) last failed") for line in lines), lines
+    assert not any(line.startswith("FAIL old") for line in lines)
+    assert any(line.startswith("OK   pg (policy db") for line in lines)
+
+    # Without the policy names, only what the history itself shows is marked.
+    assert set(status_of(history)["gone"]) == {("db", "old")}
+
+
+def test_an_interrupted_run_without_a_volume_does_not_make_it_gone(tmp_path: Path) -> None:
+    history = History(tmp_path / "state")
+    record(history, "2026-11-20T03:00:00", volume("pg", "ok"), volume("wal", "ok"))
+    run_id = history.start_run("schedule", now=at("2026-11-21T03:00:00"))
+    history.finish_run(run_id, INTERRUPTED, RunResult(volumes=[volume("pg", "ok")]), now=at("2026-11-21T03:01:00"))
+    assert status_of(history, ["db"])["gone"] == {}
+
+
+def test_the_report_marks_gone_volumes(tmp_path: Path) -> None:
+    history = History(tmp_path / "state")
+    record(history, "2026-11-23T03:00:00", volume("pg", "ok"), volume("old", "failed", error="disk"))
+    record(history, "2026-11-24T03:00:00", volume("pg", "ok"))
+    report = report_for(history, parse_week("2026-W48"), ["db"])
+    assert by_volume(report)["old"]["gone"].startswith("run 2 ran policy db without it")
+    assert by_volume(report)["pg"]["gone"] is None
+    assert render_report(report)[-1].startswith("gone: old (policy db): run 2 ran policy db without it")
