@@ -557,6 +557,14 @@ def verify(
                 return Verification(
                     archive=str(dest / latest), problems=[f"no verified archive of volume {latest} in {dest}{passed}"]
                 )
+            assert path is not None
+            if not path.is_file():
+                raise UsageError(f"archive {path} does not exist or is not a file")
+            verification = verify_archive(path, _decryption(gpg_home, passphrase_file, state_dir))
+            # An archive that no longer matches its manifest fails the check even when an older one verifies:
+            # `verify --latest` is what monitoring runs, and a corrupt backup must not pass unnoticed.
+            verification.problems += chosen.mismatched
+            return verification
         assert path is not None
         if not path.is_file():
             raise UsageError(f"archive {path} does not exist or is not a file")

@@ -155,6 +155,7 @@ class StoredArchives:
     archives: list[StoredArchive] = field(default_factory=list)  # counted: proven to match; newest first
     held: list[tuple[StoredArchive, str]] = field(default_factory=list)  # kept, never counted: (archive, why)
     warnings: list[str] = field(default_factory=list)  # what the operator should look at, one line each
+    mismatched: list[str] = field(default_factory=list)  # of those, archives that differ from their manifest
     ignored: list[str] = field(default_factory=list)  # 'path: why it is left alone' (ordinary leftovers)
 
 
@@ -301,7 +302,9 @@ def find_archives(
         except OSError as error:
             problem = f"cannot be read ({error.strerror})"
         if problem is not None:
-            found.warnings.append(f"{archive}: {problem}; does not match its manifest, not counted, left alone")
+            mismatch = f"{archive}: {problem}; does not match its manifest, not counted, left alone"
+            found.warnings.append(mismatch)
+            found.mismatched.append(mismatch)
             continue
         found.archives.append(item)
     for path in sorted(volume_dir.iterdir()):
@@ -471,6 +474,7 @@ class LatestArchive:
 
     archive: Path | None
     skipped: list[str] = field(default_factory=list)  # newer candidates and why they were passed over
+    mismatched: list[str] = field(default_factory=list)  # archives that differ from their manifest (corrupt?)
 
 
 def choose_latest(volume_dir: Path, now: datetime, state_dir: Path | None = None) -> LatestArchive:
@@ -482,9 +486,9 @@ def choose_latest(volume_dir: Path, now: datetime, state_dir: Path | None = None
     skipped = list(found.warnings)
     for item in found.archives:
         if item.verified:
-            return LatestArchive(item.archive, skipped)
+            return LatestArchive(item.archive, skipped, found.mismatched)
         skipped.append(f"{item.archive}: status {item.status or '?'}, not verified")
-    return LatestArchive(None, skipped)
+    return LatestArchive(None, skipped, found.mismatched)
 
 
 def latest_archive(volume_dir: Path, state_dir: Path | None = None) -> Path | None:

@@ -68,3 +68,24 @@ def test_a_future_dated_archive_never_makes_a_backup_prune_its_own_archive(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith(f"OK {new}:")
     assert f"passed over: {future}: dated in the future" in verified.stderr
+
+
+def test_verify_latest_fails_when_the_newest_archive_no_longer_matches_its_manifest(
+    tmp_path: Path, docker_client, make_volume, state_dir: Path
+) -> None:
+    volume = make_volume("corrupt")
+    (volume_path(docker_client, volume) / "data").write_text("first\n")
+    policies, dest = tmp_path / "policies", tmp_path / "dest"
+    write_policy(policies, "app", f"volumes: [{volume}]\nstrategy: live\n")
+    older = Path(backup(policies, dest, state_dir)["volumes"][0]["archive"])
+    (volume_path(docker_client, volume) / "data").write_text("second\n")
+    newest = Path(backup(policies, dest, state_dir)["volumes"][0]["archive"])
+    assert newest != older
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot: same size, other content
+    newest.write_bytes(bytes(data))
+
+    verified = run_coord("verify", "--latest", volume, "--dest", str(dest), "--state-dir", str(state_dir))
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert verified.stdout.startswith(f"FAIL {older}:"), verified.stdout
+    assert f"{newest}: has sha256" in verified.stdout and "does not match its manifest" in verified.stdout
