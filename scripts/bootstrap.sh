@@ -27,6 +27,7 @@ if [ "${#need_packages[@]}" -gt 0 ]; then
 fi
 
 scripts/ensure-docker.sh
+scripts/ensure-compose.sh
 
 if [ ! -x .venv/bin/coord ] || [ pyproject.toml -nt .venv/.installed ]; then
   say "creating .venv and installing coord with its test tools"
