@@ -567,7 +567,8 @@ def _message_for(error: dict[str, Any], model: type[BaseModel] = Policy) -> str:
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
         choices = ", ".join(re.findall(r"'([^']*)'", expected))
-        return f"'{value}' is not one of {choices}"
+        shown = f"'{value}'" if len(str(value)) <= MAX_SHOWN_VALUE and "\n" not in str(value) else _describe(value)
+        return f"{shown} is not one of {choices}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind == "too_short":
