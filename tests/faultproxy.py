@@ -3,6 +3,8 @@
 Point DOCKER_HOST at `unix://<socket>`; requests whose method and path match `fail_pattern` get `fail_status`
 for the first `fail_count` matches, everything else is relayed to the real engine unchanged. One request per
 client connection (the proxy asks both sides to close after the response), which the Docker SDK handles.
+With `hang_s`, a matching request is not answered at all: it is held that long (or until the proxy closes) and
+the connection is then closed, as a hung engine would.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ ENGINE = "/var/run/docker.sock"
 
 
 class FaultProxy:
-    def __init__(self, path: Path, fail_pattern: str, fail_count: int, fail_status: int = 503) -> None:
+    def __init__(
+        self, path: Path, fail_pattern: str, fail_count: int, fail_status: int = 503, hang_s: float | None = None
+    ) -> None:
         self.path = path
+        self.hang_s = hang_s
+        self._closing = threading.Event()
         self.pattern = re.compile(fail_pattern)
         self.remaining = fail_count
         self.status = fail_status
@@ -35,6 +41,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         self._server.close()
 
     def _serve(self) -> None:
@@ -61,6 +68,9 @@ class FaultProxy:
                     self.failed.append(request_line)
                 else:
                     self.relayed.append(request_line)
+            if fail and self.hang_s is not None:
+                self._closing.wait(self.hang_s)  # no answer: the client's own timeout must end the wait
+                return
             if fail:
                 body = b'{"message":"injected fault"}'
                 client.sendall(

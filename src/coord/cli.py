@@ -170,6 +170,13 @@ def _handle_errors(as_json: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         print("coord: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except OSError as error:  # a file coord needs (state dir, destination) that the system refused: exit 1
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"{where}{error.strerror or error}"
+        if as_json:
+            print(json.dumps({"ok": False, "volumes": [], "errors": [message]}))
+        print(f"coord: error: {message}", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _error_lines(error: CoordError) -> list[str]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coord.errors import PolicyError
 from coord.notify import Notify
-from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document
+from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document, read_policy_text
 
 
 class Defaults(BaseModel):
@@ -47,7 +47,10 @@ def load_defaults(directory: Path) -> Defaults:
     path = defaults_path(directory)
     if path is None:
         return Defaults()
-    defaults, problems = parse_document(path, path.read_text(encoding="utf-8"), Defaults, "notify")
+    text, problems = read_policy_text(path)
+    defaults = None
+    if text is not None:
+        defaults, problems = parse_document(path, text, Defaults, "notify")
     if problems or defaults is None:
         raise PolicyError(problems)
     return defaults

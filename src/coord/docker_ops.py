@@ -4,6 +4,13 @@ Retry policy (tenacity): 5xx answers, connection errors and timeouts are transie
 backoff; 4xx answers are not (409 "is paused" will not change by asking again), nor is the engine's 500 for
 unpausing a container that is not paused (facts.md). Putting containers back (unpause/start) retries harder
 than quiescing them: giving up there leaves a stack down.
+
+Downtime is bounded: the calls that change or read a container's state (pause, unpause, stop, start, inspect)
+each get their own HTTP timeout of seconds (stop: its stop timeout plus a margin), not the client's 60 s, and
+their retries stop after a deadline as well as after a number of attempts. A hung engine therefore costs at most
+about the deadline plus one call (`*_DEADLINE_S + *_TIMEOUT_S`) before coord reports the container and moves on;
+a timed-out call is retried, and a retry that finds the work done (pause: "already paused", unpause: "is not
+paused") counts as success.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -24,6 +32,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
 )
 
@@ -34,7 +43,18 @@ T = TypeVar("T")
 
 QUIESCE_ATTEMPTS = 4
 RESTORE_ATTEMPTS = 8
-API_TIMEOUT_S = 60
+API_TIMEOUT_S = 60  # every other call (listing, volumes, exec): they do not hold a container down
+
+# Per-call HTTP timeouts of the calls made while containers are (or are about to be) down. Pausing and unpausing
+# is a cgroup freezer write (milliseconds): 10 s means the engine hangs. Starting sets up mounts and networking.
+PAUSE_TIMEOUT_S = 10.0
+UNPAUSE_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0
+INSPECT_TIMEOUT_S = 10.0
+STOP_MARGIN_S = 15.0  # stop waits the container's stop timeout, then kills it: the margin covers the kill
+# How long retries of one operation may go on (the last attempt may add one call's timeout).
+QUIESCE_DEADLINE_S = 30.0
+RESTORE_DEADLINE_S = 60.0
 
 
 def is_transient(error: BaseException) -> bool:
@@ -60,11 +80,21 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def with_retries(call: Callable[[], T], attempts: int = QUIESCE_ATTEMPTS, *, max_wait_s: float = 8.0) -> T:
-    """Run `call`, retrying transient Docker failures with exponential backoff."""
+def with_retries(
+    call: Callable[[], T],
+    attempts: int = QUIESCE_ATTEMPTS,
+    *,
+    max_wait_s: float = 8.0,
+    deadline_s: float | None = None,
+) -> T:
+    """Run `call`, retrying transient Docker failures with exponential backoff, at most `attempts` times and,
+    with `deadline_s`, no new attempt once that many seconds have passed since the first."""
+    stop = stop_after_attempt(attempts)
+    if deadline_s is not None:
+        stop = stop | stop_after_delay(deadline_s)
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(attempts),
+        stop=stop,
         wait=wait_exponential(multiplier=0.25, max=max_wait_s),
         before_sleep=_log_retry,
         reraise=True,
@@ -123,15 +153,33 @@ class DockerControl:
             raise DockerError(f"cannot reach the Docker engine at {engine_address()}: {error}") from None
         return cls(client)
 
-    def _call(self, what: str, call: Callable[[], T], attempts: int = QUIESCE_ATTEMPTS) -> T:
+    def _call(
+        self, what: str, call: Callable[[], T], attempts: int = QUIESCE_ATTEMPTS, deadline_s: float | None = None
+    ) -> T:
         try:
-            return with_retries(call, attempts)
+            return with_retries(call, attempts, deadline_s=deadline_s)
         except docker.errors.NotFound as error:
             raise DockerError(f"{what}: not found ({error.explanation})") from None
         except docker.errors.APIError as error:
             raise DockerError(f"{what}: the engine answered {error.status_code}: {error.explanation}") from None
+        except requests.Timeout:
+            raise DockerError(f"{what}: the engine did not answer in time (hung?)") from None
         except (docker.errors.DockerException, requests.RequestException) as error:
             raise DockerError(f"{what}: {error}") from None
+
+    def _request(
+        self, method: str, path: str, identifier: str, timeout_s: float, params: dict[str, int] | None = None
+    ) -> requests.Response:
+        """One engine request about a container with its own timeout (the SDK's calls use the client's 60 s).
+        Raises the SDK's APIError/NotFound for an error answer, requests' Timeout when the engine is silent."""
+        api = self.client.api
+        url = f"{api.base_url}/v{api.api_version}{path.format(quote(identifier, safe=''))}"
+        response = api.request(method, url, params=params, timeout=timeout_s)
+        try:
+            response.raise_for_status()
+        except requests.HTTPError as error:
+            docker.errors.create_api_error_from_http_exception(error)  # raises APIError or NotFound
+        return response
 
     # Volumes ---------------------------------------------------------------------------------------------------
 
@@ -187,7 +235,8 @@ class DockerControl:
 
     def container(self, identifier: str) -> ContainerInfo:
         attributes = self._call(
-            f"inspect container {identifier}", lambda: self.client.api.inspect_container(identifier)
+            f"inspect container {identifier}",
+            lambda: self._request("GET", "/containers/{}/json", identifier, INSPECT_TIMEOUT_S).json(),
         )
         return ContainerInfo(
             id=attributes["Id"],
@@ -206,16 +255,44 @@ class DockerControl:
             raise
 
     def pause(self, identifier: str) -> None:
-        self._call(f"pause {identifier}", lambda: self.client.api.pause(identifier))
+        try:
+            self._call(
+                f"pause {identifier}",
+                lambda: self._request("POST", "/containers/{}/pause", identifier, PAUSE_TIMEOUT_S),
+                deadline_s=QUIESCE_DEADLINE_S,
+            )
+        except DockerError as error:
+            if "is already paused" not in error.message:  # a timed-out attempt that the engine carried out
+                raise
 
     def unpause(self, identifier: str) -> None:
-        self._call(f"unpause {identifier}", lambda: self.client.api.unpause(identifier), RESTORE_ATTEMPTS)
+        try:
+            self._call(
+                f"unpause {identifier}",
+                lambda: self._request("POST", "/containers/{}/unpause", identifier, UNPAUSE_TIMEOUT_S),
+                RESTORE_ATTEMPTS,
+                RESTORE_DEADLINE_S,
+            )
+        except DockerError as error:
+            if "is not paused" not in error.message:  # a timed-out attempt that the engine carried out
+                raise
 
     def stop(self, identifier: str, timeout_s: int) -> None:
-        self._call(f"stop {identifier}", lambda: self.client.api.stop(identifier, timeout=timeout_s))
+        self._call(
+            f"stop {identifier}",
+            lambda: self._request(
+                "POST", "/containers/{}/stop", identifier, timeout_s + STOP_MARGIN_S, params={"t": timeout_s}
+            ),
+            deadline_s=QUIESCE_DEADLINE_S + timeout_s,
+        )
 
     def start(self, identifier: str) -> None:
-        self._call(f"start {identifier}", lambda: self.client.api.start(identifier), RESTORE_ATTEMPTS)
+        self._call(
+            f"start {identifier}",
+            lambda: self._request("POST", "/containers/{}/start", identifier, START_TIMEOUT_S),
+            RESTORE_ATTEMPTS,
+            RESTORE_DEADLINE_S,
+        )
 
     # Exec ------------------------------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 Exit codes (documented in README.md):
   0  every volume ok, warning or excluded
   1  a volume failed, or the run could not be carried out (Docker unreachable, lock held, restore failed,
-     archive rejected or failing verification, wrong passphrase or missing key)
-  2  usage or policy error: nothing was touched
+     archive rejected or failing verification, wrong passphrase or missing key, the journal or a file coord
+     needs could not be written: disk full, read-only file system)
+  2  usage or policy error: nothing was touched (also a policy file that cannot be read: not UTF-8, nested
+     too deeply, a link to nothing)
 """
 
 from __future__ import annotations
@@ -77,3 +79,12 @@ class ArchiveRejected(RestoreError):
 
 class HistoryError(CoordError):
     """The run history database in the state directory cannot be read or written."""
+
+
+class JournalError(CoordError):
+    """The journal (<state dir>/journal) could not be written: coord does not change a container or a file it
+    could not record first."""
+
+
+class PublishError(CoordError):
+    """An archive could not be published with its manifest (disk full, I/O error); what was written is gone."""

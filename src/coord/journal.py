@@ -7,7 +7,11 @@ died (SIGKILL, OOM, power) between changing that container and restoring it. Rec
 entry records, and only while the container is still in the state coord put it in: a container someone
 unpaused or started by hand is left alone.
 
-The same journal records in-progress `.partial` archives so recovery can remove what a dead run left.
+The same journal records in-progress `.partial` archives so recovery can remove what a dead run left, and
+archives being published (publish.py) so recovery completes or rolls back the rename and the manifest together.
+
+A journal that cannot be written (read-only, disk full) raises JournalError, never leaves a temporary file, and
+the caller does not act: an action coord could not record is an action it does not take.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from coord.errors import JournalError
 from coord.manifest import fsync_directory
 
 log = logging.getLogger("coord.journal")
@@ -27,19 +32,21 @@ log = logging.getLogger("coord.journal")
 CONTAINER = "container"  # a container coord paused or stopped (key: its id)
 PARTIAL = "partial"  # a .partial archive being written (key: its path)
 SNAPSHOT = "snapshot"  # a snapshot directory of a volume (key: its path)
+PUBLISH = "publish"  # an archive being published with its manifest (key: the archive's final path)
 
 # What coord did to it (JournalEntry.action).
 PAUSED = "paused"
 STOPPED = "stopped"
 STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
 WRITING = "writing"
+PUBLISHING = "publishing"
 
 
 @dataclass(frozen=True)
 class JournalEntry:
-    kind: str  # CONTAINER | PARTIAL | SNAPSHOT
-    key: str  # container id, or the partial file's or snapshot directory's path
-    action: str  # PAUSED | STOPPED | STOPPED_PAUSED for a container; WRITING, SNAPSHOT otherwise
+    kind: str  # CONTAINER | PARTIAL | SNAPSHOT | PUBLISH
+    key: str  # container id, or the partial file's, snapshot directory's or published archive's path
+    action: str  # PAUSED | STOPPED | STOPPED_PAUSED for a container; WRITING, SNAPSHOT, PUBLISHING otherwise
     name: str  # container name, for messages
     pid: int
     at: float
@@ -57,25 +64,48 @@ class Journal:
         self.directory = state_dir / "journal"
 
     def ensure(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the journal directory. Raises JournalError when it cannot be created."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise self._error("create the journal directory", self.directory, error) from None
 
     def record(self, kind: str, key: str, action: str, name: str) -> JournalEntry:
-        """Durably write an entry; returns once it is on disk (before the caller acts)."""
+        """Durably write an entry; returns once it is on disk (before the caller acts).
+
+        Raises JournalError (and leaves no temporary file) when the entry cannot be written.
+        """
         self.ensure()
         entry = JournalEntry(kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time())
         target = self.directory / entry.file_name
         temporary = target.with_name(f".{target.name}.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(asdict(entry), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        fsync_directory(self.directory)
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(asdict(entry), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            fsync_directory(self.directory)
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise self._error("write the journal entry", target, error) from None
         return entry
 
     def clear(self, entry: JournalEntry) -> None:
-        (self.directory / entry.file_name).unlink(missing_ok=True)
-        fsync_directory(self.directory)
+        """Delete an entry (what it records was put right). Raises JournalError when it cannot be deleted."""
+        path = self.directory / entry.file_name
+        try:
+            path.unlink(missing_ok=True)
+            fsync_directory(self.directory)
+        except OSError as error:
+            raise self._error("remove the journal entry", path, error) from None
+
+    @staticmethod
+    def _error(what: str, path: Path, error: OSError) -> JournalError:
+        return JournalError(
+            f"cannot {what} {path}: {error.strerror or error}. coord records what it changes "
+            "there before acting; make <state dir>/journal writable (disk space, read-only mount, permissions)"
+        )
 
     def entries(self) -> list[JournalEntry]:
         if not self.directory.is_dir():
@@ -84,6 +114,14 @@ class Journal:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 found.append(JournalEntry(**json.loads(path.read_text(encoding="utf-8"))))
-            except (ValueError, TypeError) as error:
+            except (ValueError, TypeError, OSError) as error:
                 log.warning("ignoring unreadable journal entry %s: %s", path, error)
         return found
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a temporary file coord made; an error here must not hide the one being reported."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("could not remove %s: %s", path, error.strerror)

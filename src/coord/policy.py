@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -364,6 +365,16 @@ class Policy(BaseModel):
         ),
         examples=[["worker", "web"]],
     )
+    max_downtime_s: float = Field(
+        default=60,
+        ge=0,
+        description=(
+            "strategies pause, stop, snapshot and auto: the longest time a container may stay paused or stopped. "
+            "A longer downtime (a slow or hung engine, a slow archive) does not fail the volume but makes it "
+            "'warning', with the figure in its errors."
+        ),
+        examples=[60, 5],
+    )
     hooks: Hooks = Field(
         default_factory=Hooks,
         description="Commands run with docker exec before and after the archiving step.",
@@ -478,15 +489,53 @@ def _line_of(root: yaml.Node | None, location: Sequence[str | int], *, key: bool
     return line
 
 
-def _describe(value: Any) -> str:
+_KIND_WORDS = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "a mapping",
+}
+MAX_SHOWN_VALUE = 40  # characters of a wrong value quoted back; a longer one is not shown (it may span lines)
+MAX_NESTING = 32  # levels of mappings and lists; a policy uses four or five
+
+
+def _kind_of(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    kind = {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list", dict: "a mapping"}
-    for python_type, word in kind.items():
+    for python_type, word in _KIND_WORDS.items():
         if isinstance(value, python_type) and not (python_type is int and isinstance(value, bool)):
-            shown = repr(value) if isinstance(value, str | int | float | bool) else ""
-            return f"{word} {shown}".strip()
+            return word
     return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    """The kind of a wrong value, and the value itself when short (never more than one line's worth)."""
+    word = _kind_of(value)
+    if isinstance(value, str | int | float | bool) and value is not None:
+        shown = repr(value)
+        if len(shown) <= MAX_SHOWN_VALUE and "\n" not in str(value):
+            return f"{word} {shown}"
+        return f"{word} of {len(str(value))} characters (not shown)"
+    return word
+
+
+def _too_deep_line(text: str) -> int | None:
+    """The 1-based line where the YAML in `text` nests deeper than MAX_NESTING, or None.
+
+    Read as a stream of parser events, which needs no recursion (composing a deeper document would exhaust
+    Python's stack). Raises yaml.YAMLError for text that is not YAML.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                return event.start_mark.line + 1
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+    return None
 
 
 def _allowed_keys(location: Sequence[str | int], model: type[BaseModel]) -> list[str]:
@@ -518,7 +567,8 @@ def _message_for(error: dict[str, Any], model: type[BaseModel] = Policy) -> str:
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
         choices = ", ".join(re.findall(r"'([^']*)'", expected))
-        return f"'{value}' is not one of {choices}"
+        shown = f"'{value}'" if len(str(value)) <= MAX_SHOWN_VALUE and "\n" not in str(value) else _describe(value)
+        return f"{shown} is not one of {choices}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind == "too_short":
@@ -572,8 +622,15 @@ def parse_document(
     says why) or, when `if_empty` is None, `model()` with its defaults. `keys_hint` names the expected keys.
     """
     try:
+        too_deep = _too_deep_line(text)
+        if too_deep is not None:
+            return None, [
+                f"{path}:{too_deep}: nested more than {MAX_NESTING} levels deep; a policy needs a few levels at most"
+            ]
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
         data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:  # a backstop: _too_deep_line refuses such files before they are composed
+        return None, [f"{path}: nested too deeply to read; a policy needs a few levels at most"]
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -587,9 +644,12 @@ def parse_document(
         return None, [f"{path}: the file is empty; {if_empty}"]
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
-        return None, [f"{_where(path, line)}: expected a mapping of keys ({keys_hint}), got {_describe(data)}"]
+        # The value is not shown: a file that is not a policy at all (a link to /etc/passwd) must not be echoed.
+        return None, [f"{_where(path, line)}: expected a mapping of keys ({keys_hint}), got {_kind_of(data)}"]
     try:
         return model.model_validate(data), []
+    except RecursionError:
+        return None, [f"{path}: nested too deeply to validate; a policy needs a few levels at most"]
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
@@ -627,9 +687,35 @@ def policy_files(directory: Path) -> list[Path]:
             f"policies directory '{directory}' does not exist or is not a directory "
             "(set --policies-dir or COORD_POLICIES_DIR)"
         )
+    # Links are listed whatever they point to: one to nothing is reported when read, never skipped silently.
     return sorted(
-        p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.stem != DEFAULTS_STEM and p.is_file()
+        p
+        for p in directory.iterdir()
+        if p.suffix in POLICY_SUFFIXES and p.stem != DEFAULTS_STEM and (p.is_file() or p.is_symlink())
     )
+
+
+def read_policy_text(path: Path) -> tuple[str | None, list[str]]:
+    """The text of a policy (or defaults) file, or (None, the problem that prevents reading it).
+
+    The problem names the file, and the line and column of a byte that is not UTF-8; it never quotes the file.
+    """
+    if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            return None, [f"{path}: a symbolic link to {os.readlink(path)}, which does not exist"]
+        return None, [f"{path}: not a regular file"]
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, [f"{path}: cannot read: {error.strerror or error}"]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        return None, [
+            f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[error.start]:02x}); policy files are UTF-8 YAML"
+        ]
 
 
 def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[LoadedPolicy]:
@@ -657,7 +743,10 @@ def load_policies(directory: Path, names: Iterable[str] | None = None) -> list[L
 
     loaded: list[LoadedPolicy] = []
     for name, path in by_name.items():
-        policy, file_problems = parse_policy(path, path.read_text(encoding="utf-8"))
+        text, file_problems = read_policy_text(path)
+        policy = None
+        if text is not None:
+            policy, file_problems = parse_policy(path, text)
         problems.extend(file_problems)
         if policy is not None:
             loaded.append(LoadedPolicy(name=name, path=path, policy=policy))

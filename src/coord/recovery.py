@@ -8,6 +8,7 @@ error and kept for the next recovery, and never stops the others from being hand
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,18 @@ from pathlib import Path
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
-from coord.journal import CONTAINER, PARTIAL, PAUSED, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
+from coord.journal import (
+    CONTAINER,
+    PARTIAL,
+    PAUSED,
+    PUBLISH,
+    SNAPSHOT,
+    STOPPED,
+    STOPPED_PAUSED,
+    Journal,
+    JournalEntry,
+)
+from coord.publish import recover_publish
 from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
@@ -77,13 +89,26 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
 
 
 def _recover_snapshot(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    existed = os.path.lexists(entry.key)  # reported only when there was something to remove
     remove_snapshot(Path(entry.key))
-    report.removed_partials.append(entry.key)
+    if existed:
+        report.removed_partials.append(entry.key)
 
 
 def _recover_partial(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    existed = os.path.lexists(entry.key)
     remove_partial(Path(entry.key))
-    report.removed_partials.append(entry.key)
+    if existed:
+        report.removed_partials.append(entry.key)
+
+
+def _recover_publish(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    """An archive a dead run was publishing: complete it (its whole manifest was written) or remove it."""
+    done = recover_publish(entry)
+    for archive in done.completed:
+        report.restored.append(f"published {archive} (coord pid {entry.pid} died after writing its manifest)")
+        log.warning("recovery: %s", report.restored[-1])
+    report.removed_partials.extend(done.removed)
 
 
 def _recover_container(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
@@ -106,5 +131,6 @@ def _recover_container(entry: JournalEntry, docker: DockerControl, report: Recov
 HANDLERS: dict[str, Handler] = {
     SNAPSHOT: _recover_snapshot,
     PARTIAL: _recover_partial,
+    PUBLISH: _recover_publish,
     CONTAINER: _recover_container,
 }

@@ -26,15 +26,16 @@ from coord.archive import ArchiveOutcome, archive_suffix, compressor_command, cr
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for
-from coord.errors import CoordError
+from coord.errors import CoordError, JournalError
 from coord.excludes import ExcludeMatcher
 from coord.hooks import HookRun, run_hook
 from coord.journal import PARTIAL, SNAPSHOT, WRITING, Journal, JournalEntry
 from coord.lock import run_lock
-from coord.manifest import MANIFEST_FORMAT, fsync_directory, manifest_path_for, write_json_atomically
+from coord.manifest import MANIFEST_FORMAT
 from coord.plan import QuiesceGroup, VolumePlan, group_volumes, plan_volumes
 from coord.policy import LoadedPolicy, OnAtRisk, OnHookError, Strategy, load_policies
 from coord.problems import ProblemKind
+from coord.publish import publish_archive
 from coord.recovery import recover
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
 from coord.retention import ArchiveHashes, WrittenArchive, prune_volume
@@ -229,8 +230,6 @@ def back_up_group(
                 job.result.errors.append(quiesce_error)
             continue
         _finish(job, journal)
-        if job.result.status is VolumeStatus.OK and job.result.errors:  # a before hook failed under continue
-            job.result.status = VolumeStatus.WARNING
     return [job.result for job in jobs], run_errors
 
 
@@ -292,7 +291,11 @@ def _prepare_snapshot(job: _Job, journal: Journal) -> bool:
     """Journal and link the volume's snapshot while its containers run; False (the reason recorded) if refused."""
     assert job.source is not None
     path = snapshot_path_for(job.source)
-    job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, job.plan.volume)
+    try:
+        job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, job.plan.volume)
+    except JournalError as error:
+        job.result.errors.append(f"no snapshot made: {error.message}")
+        return False
     try:
         job.snapshot = prepare_snapshot(job.source, path)
     except CoordError as error:
@@ -327,7 +330,7 @@ def _drop_snapshot(job: _Job, journal: Journal) -> None:
     if job.snapshot_entry is None:
         return
     remove_snapshot(Path(job.snapshot_entry.key))
-    journal.clear(job.snapshot_entry)
+    _clear_entry(journal, job.snapshot_entry, job.result)
     job.snapshot_entry = None
 
 
@@ -358,7 +361,7 @@ def _escalate_if_needed(job: _Job, journal: Journal) -> bool:
     )
     remove_partial(job.partial)
     if job.partial_entry is not None:
-        journal.clear(job.partial_entry)
+        _clear_entry(journal, job.partial_entry, job.result)
     job.outcome = job.final = job.partial_entry = None
     log.warning("%s: live read not good enough (%s); escalating to %s", job.plan.volume, reason, policy.escalate_to)
     return True
@@ -404,6 +407,10 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
     job.check = WrittenArchiveCheck(policy.compression, job.encryption)
     try:
         job.partial_entry = journal.record(PARTIAL, str(job.partial), WRITING, job.plan.volume)
+    except JournalError as error:  # not recorded, so not written: the volume fails, the containers go back
+        job.result.errors.append(f"nothing archived: {error.message}")
+        return
+    try:
         log.info("%s: archiving %s (policy %s)", job.plan.volume, job.source, job.plan.policy.name)
         if progress:
             progress.begin(job.plan.volume)
@@ -420,7 +427,7 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
         )
     except BaseException:
         if job.partial_entry is not None:
-            journal.clear(job.partial_entry)
+            _clear_entry(journal, job.partial_entry, job.result)  # never in place of the error being raised
         raise
     finally:
         job.check.end_writing()
@@ -461,6 +468,9 @@ def _finish(job: _Job, journal: Journal) -> None:
     verdict = Verdict(result.verdict) if result.verdict else None
     result.status, errors = decide_status(outcome, verdict, result.verdict_reasons, policy.on_at_risk)
     result.errors.extend(errors)
+    check_downtime(result, policy.max_downtime_s)
+    if result.status is VolumeStatus.OK and result.errors:  # a before hook failed under on_error: continue
+        result.status = VolumeStatus.WARNING  # decided here, before the manifest records the status
     read = ReadBack()
     if result.status is not VolumeStatus.FAILED and job.check is not None:
         read, mismatches = job.check.read_back(job.partial, outcome)
@@ -471,18 +481,9 @@ def _finish(job: _Job, journal: Journal) -> None:
     assert job.final is not None and job.partial_entry is not None and job.source is not None
     if result.status is VolumeStatus.FAILED:
         remove_partial(job.partial)
+        _clear_entry(journal, job.partial_entry, result)
     else:
-        os.rename(job.partial, job.final)
-        fsync_directory(job.final.parent)
-        result.archive = str(job.final)
-        result.duration_s = time.monotonic() - job.clock
-        manifest = manifest_path_for(job.final)
-        write_json_atomically(
-            manifest,
-            build_manifest(result, job, outcome, read),
-        )
-        result.manifest = str(manifest)
-    journal.clear(job.partial_entry)
+        _publish(job, journal, outcome, read)
     result.duration_s = time.monotonic() - job.clock
     if result.status is not VolumeStatus.FAILED and policy.retention is not None:
         # Only here, after this volume's archive was validated and published: a failed run deletes nothing. The
@@ -500,6 +501,58 @@ def _finish(job: _Job, journal: Journal) -> None:
         result.retention_warnings = pruned.warnings
         result.retention_errors = pruned.errors
     log.info("%s: %s, verdict %s, %d entries", job.plan.volume, result.status.value, result.verdict, result.entries)
+
+
+def _publish(job: _Job, journal: Journal, outcome: ArchiveOutcome, read: ReadBack) -> None:
+    """Rename the validated archive and write its manifest as one journaled step (publish.py); on failure (disk
+    full, I/O error, journal not writable) the volume fails and nothing of its archive is left."""
+    result = job.result
+    assert job.final is not None and job.partial_entry is not None
+    result.archive = str(job.final)  # the manifest names it
+    result.duration_s = time.monotonic() - job.clock
+    try:
+        result.manifest = str(
+            publish_archive(
+                job.final, build_manifest(result, job, outcome, read), journal, job.partial_entry, job.plan.volume
+            )
+        )
+    except JournalError as error:  # nothing was renamed: the partial goes, with its entry if the journal lets us
+        remove_partial(job.partial)
+        _fail(result, f"could not publish {job.final.name}: {error.message}")
+        _clear_entry(journal, job.partial_entry, result)
+    except CoordError as error:
+        _fail(result, error.message)
+
+
+def _fail(result: VolumeResult, message: str) -> None:
+    result.status = VolumeStatus.FAILED
+    result.archive = result.manifest = None
+    result.errors.append(message)
+
+
+def _clear_entry(journal: Journal, entry: JournalEntry, result: VolumeResult) -> None:
+    """Clear a journal entry whose file is gone; a journal that refuses is reported on the volume (`coord
+    recover` clears the entry later: it finds nothing left to remove)."""
+    try:
+        journal.clear(entry)
+    except CoordError as error:
+        result.errors.append(error.message)
+
+
+def check_downtime(result: VolumeResult, max_downtime_s: float) -> None:
+    """A volume whose containers were paused or stopped longer than `max_downtime_s` is at best `warning`,
+    with the figure in its errors (an ok volume with a long outage would hide a slow or hung engine)."""
+    longest = max(
+        (c for c in result.containers if c.action in ("paused", "stopped")), key=lambda c: c.seconds, default=None
+    )
+    if longest is None or longest.seconds <= max_downtime_s:
+        return
+    result.errors.append(
+        f"downtime {longest.seconds:.1f}s is longer than max_downtime_s {max_downtime_s:g}: container "
+        f"{longest.container} was {longest.action} for {longest.seconds:.1f}s"
+    )
+    if result.status is VolumeStatus.OK:
+        result.status = VolumeStatus.WARNING
 
 
 def _fill_from_outcome(result: VolumeResult, outcome: ArchiveOutcome) -> None:

@@ -135,8 +135,12 @@ def _restorer(
         error = put_back(docker, action.id, action.container, entry.action)
         action.seconds = time.monotonic() - started
         if error is None:
-            journal.clear(entry)
             log.info("%s back after %.2fs", action.container, action.seconds)
+            try:
+                journal.clear(entry)
+            except CoordError as journal_error:  # the container is back; the next recovery finds it so
+                action.error = journal_error.message
+                log.error("%s", journal_error.message)
         else:
             action.restored = False
             action.error = error
