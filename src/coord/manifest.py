@@ -18,12 +18,16 @@ def manifest_path_for(archive: Path) -> Path:
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
     """Write `document` to `path` so that readers see the old file or the whole new one, never a torn one."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk must not leave a torn temporary file behind
+        raise
     fsync_directory(path.parent)
 
 
