@@ -190,36 +190,93 @@ def _run(as_json: bool, work: Callable[[], T]) -> T:
 
 
 class _ConsoleProgress:
-    """Progress of the archiving step on stderr, drawn only on a terminal."""
+    """Progress on a terminal (stderr): what happens to containers as it happens (the `coord.steps` log), and
+    a bar for the archiving step with bytes written, a percentage and an ETA when the volume's last archive
+    gives an expected size (`expected_size`, from the history)."""
 
-    def __init__(self) -> None:
-        self._display: Any = None
-        self._task: Any = None
-
-    def begin(self, volume: str) -> None:
+    def __init__(self, expected_size: Callable[[str], int | None] = lambda volume: None) -> None:
         # Imported here: rich costs ~40 ms at start-up, paid only when a terminal shows the progress.
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        self.console = Console(stderr=True, highlight=False)
+        self._expected_size = expected_size
+        self._display: Any = None
+        self._task: Any = None
+        self._total: int | None = None
+        self._steps = _StepLines(self.console)
+
+    def __enter__(self) -> _ConsoleProgress:
+        steps = logging.getLogger("coord.steps")
+        steps.addHandler(self._steps)
+        steps.setLevel(logging.INFO)
+        steps.propagate = False  # shown here already; -v would print each line twice
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.end()
+        steps = logging.getLogger("coord.steps")
+        steps.removeHandler(self._steps)
+        steps.propagate = True
+
+    def begin(self, volume: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        try:
+            self._total = self._expected_size(volume)
+        except CoordError:  # an unreadable history costs the estimate, never the backup
+            self._total = None
+        estimate = [BarColumn(), TaskProgressColumn(), TimeRemainingColumn()] if self._total else []
         self._display = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            TextColumn("{task.fields[entries]:,} entries, {task.fields[written]}"),
+            *estimate,
+            TextColumn("{task.fields[written]}, {task.fields[entries]:,} entries"),
             TimeElapsedColumn(),
-            console=Console(stderr=True, highlight=False),
+            console=self.console,
             transient=True,
         )
         self._display.start()
-        self._task = self._display.add_task(f"archiving {volume}", entries=0, written="0 B")
+        self._task = self._display.add_task(
+            f"archiving {volume}", total=self._total, entries=0, written=self._written(0)
+        )
+
+    def _written(self, written_bytes: int) -> str:
+        if self._total:
+            return f"{human_size(written_bytes)} of ~{human_size(self._total)}"
+        return human_size(written_bytes)
 
     def update(self, entries: int, written_bytes: int) -> None:
         if self._display is not None:
-            self._display.update(self._task, entries=entries, written=human_size(written_bytes))
+            if self._total and written_bytes > self._total:  # bigger than last time: the estimate was low
+                self._total = written_bytes
+                self._display.update(self._task, total=self._total)
+            self._display.update(
+                self._task, completed=written_bytes, entries=entries, written=self._written(written_bytes)
+            )
 
     def end(self) -> None:
         if self._display is not None:
             self._display.stop()
             self._display = None
+
+
+class _StepLines(logging.Handler):
+    """Prints each `coord.steps` record as a line on the terminal, above a progress bar if one is drawn."""
+
+    def __init__(self, console: Any) -> None:
+        super().__init__(logging.INFO)
+        self._console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._console.print(f"coord: {record.getMessage()}", markup=False)
 
 
 def _text(path: Path | None) -> str | None:
@@ -314,8 +371,12 @@ def backup(
         request, notifier = _checked_request(
             policy, policies_dir, dest, state_dir, lock_timeout, volumes_root, passphrase_file
         )
-        progress = _ConsoleProgress() if sys.stderr.isatty() and not as_json else None
-        result, _ = run_and_record(request, DockerControl.connect, History(state_dir), notifier, MANUAL, progress)
+        history = History(state_dir)
+        if not sys.stderr.isatty() or as_json:
+            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
+            return result
+        with _ConsoleProgress(history.last_archive_size) as progress:
+            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, progress)
         return result
 
     result = _run(as_json, work)

@@ -391,6 +391,16 @@ class History:
         )
         return [_from_row(VolumeRow, row) for row in rows]
 
+    def last_archive_size(self, volume: str) -> int | None:
+        """The size of the volume's latest archive that was kept (ok or warning), or None: what the next one
+        will likely be, for a progress bar's total."""
+        rows = self._read(
+            "SELECT size FROM volume_runs WHERE volume = ? AND status IN ('ok', 'warning') AND size > 0 "
+            "ORDER BY started_at DESC, id DESC LIMIT 1",
+            [volume],
+        )
+        return int(rows[0]["size"]) if rows else None
+
     def daemon(self) -> DaemonRow | None:
         rows = self._read("SELECT * FROM daemon WHERE id = 1", [])
         return _from_row(DaemonRow, rows[0]) if rows else None

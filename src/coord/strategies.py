@@ -31,6 +31,8 @@ from coord.results import ContainerAction
 from coord.signals import deferred
 
 log = logging.getLogger("coord.strategies")
+# What happens to containers, as it happens: the CLI shows these on a terminal even without -v.
+steps = logging.getLogger("coord.steps")
 
 
 def put_back(docker: DockerControl, container_id: str, name: str, action: str) -> str | None:
@@ -116,6 +118,11 @@ def _quiesce_one(
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
     # so it is right whether the call below succeeds, fails, or fails after the engine acted.
     undo.append(_restorer(action, entry, time.monotonic(), docker, journal))
+    if verb == PAUSED:
+        steps.info("pausing %s", container.name)
+    else:
+        steps.info("stopping %s (up to %ds, then it is killed)", container.name, stop_timeout)
+    acting = time.monotonic()
     try:
         if verb == PAUSED:
             docker.pause(container.id)
@@ -125,17 +132,18 @@ def _quiesce_one(
         action.action = "failed"
         action.error = f"could not {'pause' if verb == PAUSED else 'stop'}: {error.message}"
         raise
-    log.info("%s %s", verb, container.name)
+    steps.info("%s %s in %.2f s", container.name, action.action, time.monotonic() - acting)
 
 
 def _restorer(
     action: ContainerAction, entry: JournalEntry, started: float, docker: DockerControl, journal: Journal
 ) -> Callable[[], None]:
     def restore() -> None:
+        steps.info("%s %s", "unpausing" if entry.action == PAUSED else "starting", action.container)
         error = put_back(docker, action.id, action.container, entry.action)
         action.seconds = time.monotonic() - started
         if error is None:
-            log.info("%s back after %.2fs", action.container, action.seconds)
+            steps.info("%s back after %.2f s %s", action.container, action.seconds, action.action)
             try:
                 journal.clear(entry)
             except CoordError as journal_error:  # the container is back; the next recovery finds it so
