@@ -115,18 +115,33 @@ def test_containers_not_running_are_left_alone(docker_client, make_volume, make_
 
 
 def test_archive_failure_still_puts_containers_back(writer, docker_client, tmp_path) -> None:
-    volume, container, _ = writer
+    volume, container, mount = writer
     blocker = tmp_path / "dest"
     blocker.write_text("a file where the destination directory should be")
+    (mount / "secret.key").write_text("x")
+    (mount / "secret.key").chmod(0)  # coord without CAP_DAC_OVERRIDE cannot read it: tar fails inside the window
     for strategy in ("pause", "stop"):
         write_policy(tmp_path / strategy, "db", policy_text(volume, strategy, "stop_timeout: 10\n"))
+        # An unwritable destination is found before the containers are touched.
         run = backup(tmp_path / strategy, blocker)
         assert run.returncode == 1
         [entry] = run.json["volumes"]
+        assert entry["status"] == "failed" and entry["containers"] == []
+        assert any(f"destination {blocker}/{volume} is not writable" in e for e in entry["errors"])
+        # Archiving that fails inside the window: the containers are put back all the same.
+        run = backup(
+            tmp_path / strategy,
+            tmp_path / "b",
+            prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"),
+        )
+        assert run.returncode == 1
+        [entry] = run.json["volumes"]
         assert entry["status"] == "failed"
-        assert any("cannot write to destination" in e for e in entry["errors"])
+        assert "secret.key: Cannot open: Permission denied" in entry["errors"]
+        assert entry["containers"][0]["action"] == ("paused" if strategy == "pause" else "stopped")
         assert entry["containers"][0]["restored"] is True
         assert container_state(docker_client, container) == "running"
+    (mount / "secret.key").unlink()
 
 
 @pytest.fixture
