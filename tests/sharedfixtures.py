@@ -42,13 +42,16 @@ class ThrowawayKey:
     fingerprint: str
 
 
-def generate_key(home: Path, name: str = "coord test") -> ThrowawayKey:
-    """A new unprotected key pair in `home` (gpg --quick-gen-key), with its public key exported armored."""
+def generate_key(home: Path, name: str = "coord test", *, expired: bool = False) -> ThrowawayKey:
+    """A new unprotected key pair in `home` (gpg --quick-gen-key), with its public key exported armored.
+    `expired`: made as of 2020-01-01 with one day of validity, so it expired long ago."""
+    past = ["--faked-system-time", "20200101T000000!"] if expired else []
     subprocess.run(
         [
             "gpg",
             "--homedir",
             str(home),
+            *past,
             "--batch",
             "--pinentry-mode",
             "loopback",
@@ -58,7 +61,7 @@ def generate_key(home: Path, name: str = "coord test") -> ThrowawayKey:
             f"{name} <test@coord.invalid>",
             "default",
             "default",
-            "never",
+            "1d" if expired else "never",
         ],
         check=True,
         capture_output=True,

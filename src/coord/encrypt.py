@@ -23,11 +23,13 @@ GnuPG home coord manages has a short path, mode 0700, and its gpg-agent is kille
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import re
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -262,17 +264,7 @@ def encrypt_to_file(stream: BinaryIO, output: Path, encryption: Encryption) -> N
 
     On failure `output` may hold a partial file; the caller removes it (it is always a `.partial` name).
     """
-    gpg = _gpg(encryption.home)
-    options: dict[str, Any] = {"armor": False, "output": str(output), "extra_args": ENCRYPT_OPTIONS}
-    if encryption.method is EncryptionMethod.PASSPHRASE:
-        assert encryption.passphrase_file is not None
-        options.update(symmetric=SYMMETRIC_CIPHER, passphrase=read_passphrase(encryption.passphrase_file))
-        recipients: list[str] | None = None
-    else:
-        options.update(always_trust=True)
-        recipients = list(encryption.recipients)
-    _stop_agent_at_exit(encryption.home)
-    result = _run_crypt(gpg, lambda: gpg.encrypt_file(stream, recipients, **options))
+    result = _encrypt(stream, output, encryption)
     if result.returncode != 0:
         raise EncryptionError(f"gpg could not encrypt to {output}: {_gpg_says(result)}")
     try:
@@ -284,6 +276,33 @@ def encrypt_to_file(stream: BinaryIO, output: Path, encryption: Encryption) -> N
             os.close(descriptor)
     except OSError as error:
         raise EncryptionError(f"cannot sync {output}: {error.strerror}") from None
+
+
+def _encrypt(stream: BinaryIO, output: Path, encryption: Encryption) -> Any:
+    """gpg's result of encrypting `stream` into `output`."""
+    gpg = _gpg(encryption.home)
+    options: dict[str, Any] = {"armor": False, "output": str(output), "extra_args": ENCRYPT_OPTIONS}
+    if encryption.method is EncryptionMethod.PASSPHRASE:
+        assert encryption.passphrase_file is not None
+        options.update(symmetric=SYMMETRIC_CIPHER, passphrase=read_passphrase(encryption.passphrase_file))
+        recipients: list[str] | None = None
+    else:
+        options.update(always_trust=True)
+        recipients = list(encryption.recipients)
+    _stop_agent_at_exit(encryption.home)
+    return _run_crypt(gpg, lambda: gpg.encrypt_file(stream, recipients, **options))
+
+
+def warm_up(encryption: Encryption) -> None:
+    """Encrypt nothing with `encryption`, before any container is paused: proves gpg, its keys and the passphrase
+    work, and starts the home's gpg-agent (about 0.75 s here), which would otherwise start inside the pause.
+    Raises EncryptionError."""
+    with tempfile.TemporaryDirectory(prefix="coord-gpg-") as scratch:
+        result = _encrypt(io.BytesIO(b""), Path(scratch) / "warm-up.gpg", encryption)
+    if result.returncode != 0:
+        to = f"to {', '.join(encryption.recipients)}" if encryption.recipients else "with the passphrase"
+        fix = ": renew or replace the key" if encryption.recipients else ""
+        raise EncryptionError(f"gpg cannot encrypt {to} ({_gpg_says(result)}); nothing was paused or stopped{fix}")
 
 
 @dataclass(frozen=True)

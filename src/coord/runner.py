@@ -25,7 +25,7 @@ from coord import __version__
 from coord.archive import ArchiveOutcome, archive_suffix, compressor_command, create_archive, remove_partial
 from coord.consistency import Verdict
 from coord.docker_ops import DockerControl
-from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for
+from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for, warm_up
 from coord.errors import CoordError, JournalError
 from coord.excludes import ExcludeMatcher
 from coord.hooks import HookRun, run_hook
@@ -187,6 +187,8 @@ def back_up_group(
                 job.encryption = encryption_for(
                     job.plan.policy.policy.encrypt, request.state_dir, request.passphrase_file
                 )
+                if job.encryption is not None:
+                    warm_up(job.encryption)
                 check_destination(request.dest / job.plan.volume)
                 runnable.append(job)
             except CoordError as error:

@@ -151,3 +151,18 @@ def test_decrypting_without_a_gnupg_home_writes_nothing_outside_the_state_dir(
     assert decryption.home == state_dir.absolute() / "gnupg" and decryption.managed
     (home / ".gnupg").mkdir()  # an operator's own home, once it exists, is used as it is
     assert decryption_for(None, None, state_dir).home is None
+
+
+def test_an_expired_recipient_key_is_found_before_anything_is_paused(tmp_path: Path, state_dir: Path) -> None:
+    from coord.encrypt import warm_up
+    from sharedfixtures import generate_key
+
+    home = tmp_path / "gh"
+    home.mkdir(mode=0o700)
+    key = generate_key(home, expired=True)
+    with pytest.raises(EncryptionError) as refused:
+        warm_up(prepare_encryption(EncryptSettings(recipient_key_file=key.public_key_file), state_dir))
+    assert refused.value.message == (
+        f"gpg cannot encrypt to {key.fingerprint} ({key.fingerprint}: skipped: Unusable public key; [stdin]: "
+        "encryption failed: Unusable public key); nothing was paused or stopped: renew or replace the key"
+    )
