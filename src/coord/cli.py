@@ -540,6 +540,7 @@ def restore(
     stop_timeout: Annotated[
         int, typer.Option("--stop-timeout", help="Seconds a container gets to stop before it is killed.")
     ] = 30,
+    volumes_root: VolumesRoot = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore an archive into a volume, exactly (owners, modes, links, mtimes), refusing unsafe archives.
@@ -563,6 +564,7 @@ def restore(
             allowed=restore_settings_for(policies_dir, volume, archive),
             stop_timeout_s=stop_timeout,
             state_dir=state_dir,
+            sources=VolumeSources.detect(volumes_root),
         )
         docker = None
         if volume is not None:

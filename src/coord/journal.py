@@ -27,12 +27,15 @@ log = logging.getLogger("coord.journal")
 CONTAINER = "container"  # a container coord paused or stopped (key: its id)
 PARTIAL = "partial"  # a .partial archive being written (key: its path)
 SNAPSHOT = "snapshot"  # a snapshot directory of a volume (key: its path)
+RESTORE = "restore"  # a restore's staging directory (key: its path; name: where the old content goes; restore_swap.py)
 
 # What coord did to it (JournalEntry.action).
 PAUSED = "paused"
 STOPPED = "stopped"
 STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
 WRITING = "writing"
+EXTRACTING = "extracting"  # restore: recovery removes the staging directory; the volume was not touched yet
+SWAPPING = "swapping"  # restore: recovery completes the replacement of the volume's content (restore_swap.py)
 
 
 @dataclass(frozen=True)

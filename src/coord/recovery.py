@@ -15,7 +15,8 @@ from pathlib import Path
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
-from coord.journal import CONTAINER, PARTIAL, PAUSED, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
+from coord.journal import CONTAINER, PARTIAL, PAUSED, RESTORE, SNAPSHOT, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
+from coord.restore_swap import recover_restore
 from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
@@ -86,6 +87,14 @@ def _recover_partial(entry: JournalEntry, docker: DockerControl, report: Recover
     report.removed_partials.append(entry.key)
 
 
+def _recover_restore(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    # A restore killed while extracting: its staging directory goes. Killed during the swap: the swap is
+    # completed, so the volume holds the whole restored tree before its containers start again.
+    done = recover_restore(entry)
+    report.removed_partials.append(done)
+    log.warning("recovery: %s", done)
+
+
 def _recover_container(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
     before = docker.container_state(entry.key)
     error = put_back(docker, entry.key, entry.name, entry.action)
@@ -106,5 +115,6 @@ def _recover_container(entry: JournalEntry, docker: DockerControl, report: Recov
 HANDLERS: dict[str, Handler] = {
     SNAPSHOT: _recover_snapshot,
     PARTIAL: _recover_partial,
+    RESTORE: _recover_restore,
     CONTAINER: _recover_container,
 }

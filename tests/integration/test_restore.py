@@ -146,12 +146,15 @@ def malicious_cases(outside: Path) -> dict[str, list[tuple]]:
             _member("./evil", tarfile.SYMTYPE, link=str(outside)),
             _member("./evil/through.txt", data=b"pwned"),
         ],
-        "relative escaping symlink": [fine, _member("./up", tarfile.SYMTYPE, link="../outside")],
-        "escape through a chain of symlinks": [
+        "relative escaping symlink and write through it": [
             fine,
-            _member("./s2", tarfile.SYMTYPE, link="."),
-            _member("./d", tarfile.DIRTYPE, mode=0o755),
-            _member("./d/s1", tarfile.SYMTYPE, link="../s2/.."),
+            _member("./up", tarfile.SYMTYPE, link="../outside"),
+            _member("./up/victim", data=b"pwned"),
+        ],
+        "hardlink through an escaping symlink": [
+            fine,
+            _member("./up", tarfile.SYMTYPE, link="../outside"),
+            _member("./hard", tarfile.LNKTYPE, link="up/victim"),
         ],
         "absolute hardlink": [fine, _member("./hard", tarfile.LNKTYPE, link=str(outside / "victim"))],
         "escaping hardlink": [fine, _member("./hard", tarfile.LNKTYPE, link="../outside/victim")],
