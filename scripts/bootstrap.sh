@@ -15,6 +15,10 @@ command -v gpg >/dev/null || need_packages+=(gnupg)
 command -v dockerd >/dev/null || need_packages+=(docker.io)
 command -v docker-compose >/dev/null || need_packages+=(docker-compose)   # the sidecar example's tests
 command -v debootstrap >/dev/null || need_packages+=(debootstrap)         # offline base image (docs/images.md)
+command -v setfacl >/dev/null || need_packages+=(acl)                     # restore tests: ACLs round trip
+command -v setcap >/dev/null || need_packages+=(libcap2-bin)              # restore tests: file capabilities
+[ -x /usr/bin/python3 ] || need_packages+=(python3)                       # restore tests run on Debian's python3 too
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
@@ -34,6 +38,15 @@ if [ ! -x .venv/bin/coord ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.installed
+fi
+
+# The restore tests run again under Debian's own python3 (3.11.2 on Debian 12, older than the 3.11 a pyenv or
+# another build brings): features that came in later point releases must not slip into coord unnoticed.
+if [ ! -x .venv-debian/bin/coord ] || [ pyproject.toml -nt .venv-debian/.installed ]; then
+  say "creating .venv-debian from /usr/bin/python3 ($(/usr/bin/python3 --version)) and installing coord into it"
+  /usr/bin/python3 -m venv .venv-debian
+  .venv-debian/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv-debian/.installed
 fi
 
 scripts/build-test-images.sh

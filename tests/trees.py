@@ -3,6 +3,9 @@
 The snapshot holds, for every entry (the root included): type, permission bits (setuid/sticky too), numeric
 owner, mtime in whole seconds (GNU tar format keeps seconds), size and sha256 of regular files, symlink targets,
 device numbers, and which names share an inode (hardlinks). Two trees with equal snapshots are the same tree.
+With `attributes=True` (archives in pax format) it holds as well: the mtime in nanoseconds, every extended
+attribute with its value (security.capability and the ACLs, system.posix_acl_*, included) and the bytes a
+regular file has allocated (a sparse file restored fully allocated differs).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 # A fixed past time per entry, so a restore that forgets mtimes cannot pass by accident.
@@ -75,8 +79,67 @@ def populate_tree(root: Path, *, big_bytes: int = 2_000_000, fifo: bool = False,
     os.utime(root, (BASE_TIME - 86400, BASE_TIME - 86400))
 
 
-def snapshot_tree(root: Path) -> dict[str, tuple]:
-    """Everything about the tree under `root` that a restore must reproduce, by relative path ('.' for root)."""
+def populate_links(root: Path) -> None:
+    """Add links that point anywhere (finding 7 of issue 11): a Postgres tablespace's absolute link, `../` links
+    leaving the volume, a chain that leaves it, loops. A restore recreates them as links, following none."""
+    (root / "pg_tblspc").mkdir()
+    os.symlink("/var/lib/postgresql/tablespaces/fast", root / "pg_tblspc" / "16385")
+    os.symlink("../../outside/of/the/volume", root / "pg_tblspc" / "up-and-out")
+    os.symlink(".", root / "here")
+    os.symlink("../here/..", root / "pg_tblspc" / "through-here")
+    os.symlink("loop-b", root / "loop-a")
+    os.symlink("loop-a", root / "loop-b")
+    os.symlink("self", root / "self")
+    for path in (root / "pg_tblspc", root):
+        os.utime(path, (BASE_TIME, BASE_TIME), follow_symlinks=False)
+
+
+SPARSE_SIZE = 1 << 30  # a 1 GiB sparse file, as in the issue: a few KiB of data
+
+
+def populate_attributes(root: Path) -> None:
+    """Add what only a pax archive with --xattrs --acls --sparse keeps: extended attributes (user.*, trusted.*,
+    a binary value), a file capability (setcap), access and default ACLs (setfacl), a sparse file, sub-second
+    mtimes. Needs root, setfacl and setcap (scripts/bootstrap.sh installs them)."""
+    attributes = root / "attributes"
+    attributes.mkdir()
+    tool = attributes / "ping-like"
+    tool.write_bytes(b"\x7fELF pretend binary\n")
+    tool.chmod(0o755)
+    subprocess.run(["setcap", "cap_net_raw,cap_net_bind_service+ep", str(tool)], check=True)
+    plain = attributes / "with-xattrs.txt"
+    plain.write_text("tagged\n")
+    os.setxattr(plain, "user.origin", b"coord test")
+    os.setxattr(plain, "user.binary", bytes(range(256)))
+    os.setxattr(plain, "trusted.overlay-like", b"y")
+    shared = attributes / "shared.txt"
+    shared.write_text("readable by uid 1234 and gid 55\n")
+    subprocess.run(["setfacl", "-m", "u:1234:r,g:55:rw", str(shared)], check=True)
+    inheriting = attributes / "inheriting"
+    inheriting.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:1234:rwx,g:55:rx", str(inheriting)], check=True)
+    subprocess.run(["setfacl", "-m", "u:4321:rx", str(inheriting)], check=True)
+    sparse = attributes / "sparse.img"
+    with open(sparse, "wb") as handle:
+        handle.truncate(SPARSE_SIZE)
+        handle.seek(SPARSE_SIZE // 2)
+        handle.write(b"data in the middle of a hole")
+    paths = [tool, plain, shared, inheriting, sparse, attributes]
+    for index, path in enumerate(paths):  # deepest first: the directory last
+        nanoseconds = BASE_TIME * 1_000_000_000 + index * 1_000_000_007 + 123_456_789
+        os.utime(path, ns=(nanoseconds, nanoseconds))
+    nanoseconds = (BASE_TIME - 86400) * 1_000_000_000 + 987_654_321
+    os.utime(root, ns=(nanoseconds, nanoseconds))
+
+
+def _extended_attributes(path: Path) -> tuple[tuple[str, bytes], ...]:
+    names = os.listxattr(path, follow_symlinks=False)
+    return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False)) for name in names))
+
+
+def snapshot_tree(root: Path, attributes: bool = False) -> dict[str, tuple]:
+    """Everything about the tree under `root` that a restore must reproduce, by relative path ('.' for root);
+    with `attributes`, also ns mtimes, extended attributes (ACLs, capabilities) and allocated bytes."""
     snapshot: dict[str, tuple] = {}
     inodes: dict[tuple[int, int], list[str]] = {}
     for directory, subdirectories, files in os.walk(root):
@@ -102,6 +165,9 @@ def snapshot_tree(root: Path) -> dict[str, tuple]:
                 size,
                 detail,
             )
+            if attributes:
+                allocated = info.st_blocks * 512 if stat.S_ISREG(kind) else 0
+                snapshot[relative] += (info.st_mtime_ns, _extended_attributes(path), allocated)
             if not stat.S_ISDIR(kind) and info.st_nlink > 1:
                 inodes.setdefault((info.st_dev, info.st_ino), []).append(relative)
     for names in inodes.values():

@@ -665,6 +665,8 @@ def restore(
     stop_timeout: Annotated[
         int, typer.Option("--stop-timeout", help="Seconds a container gets to stop before it is killed.")
     ] = 30,
+    volumes_root: VolumesRoot = None,
+    lock_timeout: LockTimeout = 0.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore an archive into a volume, exactly (owners, modes, links, mtimes), refusing unsafe archives.
@@ -688,6 +690,8 @@ def restore(
             allowed=restore_settings_for(policies_dir, volume, archive),
             stop_timeout_s=stop_timeout,
             state_dir=state_dir,
+            sources=VolumeSources.detect(volumes_root),
+            lock_timeout_s=lock_timeout,
         )
         docker = None
         if volume is not None:

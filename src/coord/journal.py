@@ -33,6 +33,7 @@ CONTAINER = "container"  # a container coord paused or stopped (key: its id)
 PARTIAL = "partial"  # a .partial archive being written (key: its path)
 SNAPSHOT = "snapshot"  # a snapshot directory of a volume (key: its path)
 PUBLISH = "publish"  # an archive being published with its manifest (key: the archive's final path)
+RESTORE = "restore"  # a restore's staging directory (key: its path; name: where the old content goes; restore_swap.py)
 
 # What coord did to it (JournalEntry.action).
 PAUSED = "paused"
@@ -40,6 +41,8 @@ STOPPED = "stopped"
 STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
 WRITING = "writing"
 PUBLISHING = "publishing"
+EXTRACTING = "extracting"  # restore: recovery removes the staging directory; the volume was not touched yet
+SWAPPING = "swapping"  # restore: recovery completes the replacement of the volume's content (restore_swap.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from coord.journal import (
     PARTIAL,
     PAUSED,
     PUBLISH,
+    RESTORE,
     SNAPSHOT,
     STOPPED,
     STOPPED_PAUSED,
@@ -28,6 +29,7 @@ from coord.journal import (
     JournalEntry,
 )
 from coord.publish import recover_publish
+from coord.restore_swap import recover_restore
 from coord.snapshot import remove_snapshot
 from coord.strategies import put_back
 
@@ -111,6 +113,14 @@ def _recover_publish(entry: JournalEntry, docker: DockerControl, report: Recover
     report.removed_partials.extend(done.removed)
 
 
+def _recover_restore(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+    # A restore killed while extracting: its staging directory goes. Killed during the swap: the swap is
+    # completed, so the volume holds the whole restored tree before its containers start again.
+    done = recover_restore(entry)
+    report.removed_partials.append(done)
+    log.warning("recovery: %s", done)
+
+
 def _recover_container(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
     before = docker.container_state(entry.key)
     error = put_back(docker, entry.key, entry.name, entry.action)
@@ -132,5 +142,6 @@ HANDLERS: dict[str, Handler] = {
     SNAPSHOT: _recover_snapshot,
     PARTIAL: _recover_partial,
     PUBLISH: _recover_publish,
+    RESTORE: _recover_restore,
     CONTAINER: _recover_container,
 }

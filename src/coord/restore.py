@@ -21,40 +21,52 @@ mtimes (symlinks included), symlinks and hardlinks as archived.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
+import grp
 import logging
 import os
-import secrets
-import shutil
+import pwd
 import stat
+import struct
 import tarfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from coord.archive import compression_of
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Decryption
 from coord.errors import ArchiveRejected, RestoreContainersError, RestoreError, UsageError
-from coord.journal import Journal
+from coord.journal import EXTRACTING, SWAPPING, Journal
 from coord.lock import run_lock
 from coord.manifest import manifest_path_for, read_manifest
 from coord.plan import QuiesceGroup
 from coord.policy import Compression, RestoreSettings, Strategy, load_policies, policy_files
 from coord.recovery import recover
+from coord.restore_swap import (
+    RestoreSwap,
+    carry_out_swap,
+    copy_directory_attributes,
+    crash_point,
+    keep_root_times,
+    open_directory,
+    opened_directory,
+    roll_back_extraction,
+)
 from coord.results import ContainerAction
 from coord.signals import deferred, termination_raises
+from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
 from coord.verify import ReadBack, open_tar_stream
 
 log = logging.getLogger("coord.restore")
 
-STAGING_PREFIX = ".coord-restore-"
-MAX_SYMLINK_DEPTH = 40  # the kernel's own limit (ELOOP)
 STOP_TIMEOUT_S = 30
 
 
@@ -85,6 +97,17 @@ class Member:
     mtime: int
     link: str = ""  # symlink: the target as stored; hardlink: the normalised name of the member it links to
     device: tuple[int, int] = (0, 0)
+    mtime_ns: int | None = None  # exact, from a pax header (sub-second); None: whole seconds (`mtime`)
+    atime_ns: int | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # extended attributes by name (pax SCHILY.xattr.*), sorted
+    acls: tuple[tuple[str, str], ...] = ()  # ("access" | "default", text form) (pax SCHILY.acl.*)
+    sparse: tuple[tuple[int, int], ...] | None = None  # a sparse file's data regions (offset, length)
+
+    @property
+    def times_ns(self) -> tuple[int, int]:
+        """(atime, mtime) in nanoseconds, as restored; atime is the mtime when the archive has none."""
+        mtime = self.mtime_ns if self.mtime_ns is not None else self.mtime * 1_000_000_000
+        return (self.atime_ns if self.atime_ns is not None else mtime), mtime
 
     def describe(self) -> str:
         """One line in the manner of `tar -tv`: type and mode, owner, size, mtime, name (and link)."""
@@ -167,6 +190,18 @@ def member_of(info: tarfile.TarInfo) -> Member:
             link = normalize_name(info.linkname)
         except UnsafeMember as problem:
             raise UnsafeMember(f"hardlink target {info.linkname!r}: {problem}") from None
+    headers = info.pax_headers
+    xattrs = []
+    acls = []
+    for key, value in headers.items():
+        if key.startswith(XATTR_HEADER):
+            # GNU tar writes '=' and '%' in an attribute's name as %3D and %25; values are raw bytes, which
+            # tarfile decoded with surrogateescape.
+            attribute = key[len(XATTR_HEADER) :].replace("%3D", "=").replace("%25", "%")
+            xattrs.append((attribute, value.encode("utf-8", "surrogateescape")))
+        elif key in ACL_HEADERS:
+            acls.append((ACL_HEADERS[key], value))
+    sparse = tuple((offset, length) for offset, length in info.sparse) if info.sparse is not None else None
     return Member(
         name=name,
         kind=kind,
@@ -177,48 +212,37 @@ def member_of(info: tarfile.TarInfo) -> Member:
         mtime=int(info.mtime),
         link=link,
         device=(info.devmajor, info.devminor),
+        mtime_ns=_pax_time_ns(headers.get("mtime")),
+        atime_ns=_pax_time_ns(headers.get("atime")),
+        xattrs=tuple(sorted(xattrs)),
+        acls=tuple(sorted(acls)),
+        sparse=sparse,
     )
+
+
+XATTR_HEADER = "SCHILY.xattr."
+ACL_HEADERS = {"SCHILY.acl.access": "access", "SCHILY.acl.default": "default"}
+
+
+def _pax_time_ns(value: str | None) -> int | None:
+    """A pax time ('1600000000.123456789', possibly negative) in exact nanoseconds; None when absent or invalid
+    (tarfile then gives whole seconds from the ustar header)."""
+    if value is None:
+        return None
+    try:
+        return int((Decimal(value) * 1_000_000_000).to_integral_value(rounding=ROUND_FLOOR))
+    except ArithmeticError:
+        return None
 
 
 def _parent(name: str) -> str:
     return name.rpartition("/")[0] or "."
 
 
-def resolve_inside(directory: str, target: str, symlinks: dict[str, str], depth: int = 0) -> list[str] | None:
-    """Where `target`, read in `directory` (both relative to the root), leads: the path as components, following
-    the archive's symlinks as the kernel would. None when it leaves the root at any step (or is absolute).
-
-    Raises UnsafeMember for a chain deeper than the kernel follows (a loop).
-    """
-    if depth > MAX_SYMLINK_DEPTH:
-        raise UnsafeMember("symlink chain too deep or looping")
-    if target.startswith("/"):
-        return None
-    stack = [] if directory == "." else directory.split("/")
-    for component in target.split("/"):
-        if component in ("", "."):
-            continue
-        if component == "..":
-            if not stack:
-                return None
-            stack.pop()
-            continue
-        stack.append(component)
-        inner = symlinks.get("/".join(stack))
-        if inner is not None:
-            parent = "/".join(stack[:-1]) or "."
-            resolved = resolve_inside(parent, inner, symlinks, depth + 1)
-            if resolved is None:
-                return None
-            stack = resolved
-    return stack
-
-
 def check_members(members: Iterable[Member], allowed: RestoreSettings) -> list[str]:
     """Every reason to refuse this list of members, as 'name: why' lines (empty: the archive may be restored)."""
     problems: list[str] = []
     seen: dict[str, Member] = {}
-    symlinks: dict[str, str] = {}
     ordered = list(members)
     for member in ordered:
         where = member.name
@@ -227,8 +251,6 @@ def check_members(members: Iterable[Member], allowed: RestoreSettings) -> list[s
             continue
         problems.extend(f"{where}: {why}" for why in _kind_problems(member, seen, allowed))
         seen[member.name] = member
-        if member.kind is MemberKind.SYMLINK and member.link and not member.link.startswith("/"):
-            symlinks[member.name] = member.link
     for member in ordered:
         name = member.name
         ancestor = _parent(name)
@@ -241,12 +263,6 @@ def check_members(members: Iterable[Member], allowed: RestoreSettings) -> list[s
                 problems.append(f"{member.name}: lies below {ancestor}, which is a {above.kind.value}")
                 break
             ancestor = _parent(ancestor)
-    for name, target in symlinks.items():
-        try:
-            if resolve_inside(_parent(name), target, symlinks) is None:
-                problems.append(f"{name}: symlink to {target} resolves outside the volume")
-        except UnsafeMember as problem:
-            problems.append(f"{name}: {problem}")
     return problems
 
 
@@ -258,11 +274,8 @@ def _kind_problems(member: Member, earlier: dict[str, Member], allowed: RestoreS
         return [f"{member.kind.value} (allow with restore.allow_devices in the policy)"]
     if member.kind is MemberKind.FIFO and not allowed.allow_fifos:
         return ["FIFO (allow with restore.allow_fifos in the policy)"]
-    if member.kind is MemberKind.SYMLINK:
-        if not member.link:
-            return ["symlink with an empty target"]
-        if member.link.startswith("/"):
-            return [f"symlink to the absolute path {member.link} (outside the volume)"]
+    if member.kind is MemberKind.SYMLINK and not member.link:
+        return ["symlink with an empty target"]
     if member.kind is MemberKind.HARDLINK:
         target = earlier.get(member.link)
         visited = {member.name}
@@ -271,8 +284,8 @@ def _kind_problems(member: Member, earlier: dict[str, Member], allowed: RestoreS
             target = earlier.get(target.link)
         if target is None or target.kind is MemberKind.HARDLINK:
             return [f"hardlink to {member.link}, which is not an earlier member of the archive"]
-        if target.kind in (MemberKind.DIRECTORY, MemberKind.SYMLINK):
-            return [f"hardlink to the {target.kind.value} {target.name}"]
+        if target.kind is MemberKind.DIRECTORY:
+            return [f"hardlink to the directory {target.name}"]
     return []
 
 
@@ -314,82 +327,295 @@ def read_members(
     return content
 
 
-class ArchiveChanged(tarfile.FilterError):
+class ArchiveChanged(Exception):
     """The second read of the archive differs from the first, which was the one checked."""
 
 
-class _ExtractionGuard:
-    """tarfile's extraction filter: lets through exactly the members checked in the first read, in order."""
+# ---------------------------------------------------------------------------------------------------------------
+# POSIX ACLs: GNU tar stores them as text (pax SCHILY.acl.access/default); the kernel takes them as the
+# system.posix_acl_access/default extended attribute in its binary form (linux/posix_acl_xattr.h).
 
-    def __init__(self, members: list[Member], staging: Path) -> None:
-        self.members = members
-        self.position = 0
-        self.root = os.path.realpath(staging)
+ACL_XATTRS = {"access": "system.posix_acl_access", "default": "system.posix_acl_default"}
+_ACL_VERSION = 2
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_ACL_TAGS = {"user": "user", "u": "user", "group": "group", "g": "group", "mask": "mask", "m": "mask"}
+_ACL_TAGS |= {"other": "other", "o": "other"}
 
-    def _inside(self, path: str) -> bool:
-        resolved = os.path.realpath(path)
-        return resolved == self.root or resolved.startswith(self.root + os.sep)
 
-    def __call__(self, info: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
-        expected = self.members[self.position] if self.position < len(self.members) else None
-        self.position += 1
+class AclError(ValueError):
+    """An ACL in text form that cannot be encoded (malformed, or naming a user or group this host lacks)."""
+
+
+def _acl_id(qualifier: str, database: Callable[[str], Any]) -> int:
+    if qualifier.isdigit():
+        return int(qualifier)
+    try:
+        return int(database(qualifier)[2])
+    except KeyError:
+        raise AclError(f"no user or group named {qualifier!r} on this host") from None
+
+
+def acl_to_xattr(text: str, kind: str) -> bytes | None:
+    """The binary extended attribute for an ACL in text form ('user::rw-\\nuser:999:r--\\n...'), as setfacl
+    would set it; names are looked up as GNU tar's restore does (numeric ids as they are). None for an access
+    ACL with only the three base entries: the mode bits hold it. Raises AclError."""
+    entries: list[tuple[int, int, int]] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split(":")
+        if len(fields) != 3 or fields[0] not in _ACL_TAGS:
+            raise AclError(f"malformed ACL entry {line!r}")
+        tag_name, qualifier, permissions = _ACL_TAGS[fields[0]], fields[1], fields[2]
+        if any(character not in "rwx-" for character in permissions):
+            raise AclError(f"malformed permissions in ACL entry {line!r}")
+        perm = (4 if "r" in permissions else 0) | (2 if "w" in permissions else 0) | (1 if "x" in permissions else 0)
+        if tag_name == "user":
+            tag = _ACL_USER if qualifier else _ACL_USER_OBJ
+            ident = _acl_id(qualifier, pwd.getpwnam) if qualifier else _ACL_UNDEFINED_ID
+        elif tag_name == "group":
+            tag = _ACL_GROUP if qualifier else _ACL_GROUP_OBJ
+            ident = _acl_id(qualifier, grp.getgrnam) if qualifier else _ACL_UNDEFINED_ID
+        else:
+            tag, ident = (_ACL_MASK if tag_name == "mask" else _ACL_OTHER), _ACL_UNDEFINED_ID
+        entries.append((tag, perm, ident))
+    tags = {tag for tag, _, _ in entries}
+    if kind == "access" and tags <= {_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER}:
+        return None
+    entries.sort(key=lambda entry: (entry[0], entry[2]))
+    return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction: coord writes each checked member itself (tarfile only reads), never following a link
+
+
+COPY_CHUNK = 1 << 20
+_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPECIAL_FILE_TYPES = {
+    MemberKind.CHARACTER_DEVICE: stat.S_IFCHR,
+    MemberKind.BLOCK_DEVICE: stat.S_IFBLK,
+    MemberKind.FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass
+class SkippedAttributes:
+    """Extended attributes (ACLs included) the target refused, by (attribute, reason): the entries' names."""
+
+    entries: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def add(self, attribute: str, reason: str, name: str) -> None:
+        self.entries.setdefault((attribute, reason), []).append(name)
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{attribute} not restored on {len(names)} entr{'y' if len(names) == 1 else 'ies'} ({reason}), "
+            f"e.g. {names[0]}"
+            for (attribute, reason), names in sorted(self.entries.items())
+        ]
+
+
+class _Extractor:
+    """Writes checked members into the staging directory. Each name is reached from the staging directory's
+    descriptor one component at a time with O_NOFOLLOW, and each entry is created exclusively (O_EXCL, mkdir,
+    symlink, link, mknod fail on an existing name): nothing is written through a link, whatever the archive
+    or anyone else put there. Directories get their attributes at the end, deepest first, so that writing
+    their content changes neither their mtime nor (default ACL) the content's own attributes."""
+
+    def __init__(self, staging: int) -> None:
+        self.staging = staging
+        self.as_root = os.geteuid() == 0
+        self.directories: list[Member] = []
+        self.skipped = SkippedAttributes()
+        self._parent: tuple[str, int] | None = None
+
+    def close(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
+
+    def _walk(self, path: str, create: bool) -> int:
+        """A new descriptor for the directory `path` below the staging directory (missing ones made, 0700)."""
+        descriptor = os.dup(self.staging)
         try:
-            member = member_of(info)
-        except UnsafeMember as problem:
-            raise ArchiveChanged(f"{info.name}: {problem}") from None
-        if member != expected:
-            raise ArchiveChanged(f"{info.name}: differs from the member checked in the first read")
-        # Belt and braces: whatever the checks above say, nothing may land outside the staging directory.
-        if not self._inside(os.path.join(destination, info.name)):
-            raise ArchiveChanged(f"{info.name}: would be written outside the volume")
-        if info.islnk() and not self._inside(os.path.join(destination, info.linkname)):
-            raise ArchiveChanged(f"{info.name}: hardlink target outside the volume")
-        return info
+            for component in path.split("/"):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(component, 0o700, dir_fd=descriptor)
+                inner = open_directory(component, descriptor)
+                os.close(descriptor)
+                descriptor = inner
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    def _parent_of(self, name: str) -> tuple[int, str]:
+        parent, _, base = name.rpartition("/")
+        if not parent:
+            return self.staging, base
+        if self._parent is None or self._parent[0] != parent:
+            descriptor = self._walk(parent, create=True)
+            self.close()
+            self._parent = (parent, descriptor)
+        return self._parent[1], base
+
+    def extract(self, info: tarfile.TarInfo, member: Member, reader: tarfile.TarFile) -> None:
+        if member.name == ".":
+            self.directories.append(member)
+            return
+        parent, base = self._parent_of(member.name)
+        if member.kind is MemberKind.FILE:
+            descriptor = os.open(base, _CREATE_FILE, 0o600, dir_fd=parent)
+            try:
+                source = reader.extractfile(info)
+                assert source is not None
+                _write_content(descriptor, source, member)
+                self._set_attributes(descriptor, member)
+            finally:
+                os.close(descriptor)
+        elif member.kind is MemberKind.DIRECTORY:
+            with contextlib.suppress(FileExistsError):  # made already as the parent of an earlier member
+                os.mkdir(base, 0o700, dir_fd=parent)
+            self.directories.append(member)
+        elif member.kind is MemberKind.HARDLINK:
+            source_parent, _, source_base = member.link.rpartition("/")
+            source_directory = self._walk(source_parent, create=False) if source_parent else os.dup(self.staging)
+            try:
+                os.link(source_base, base, src_dir_fd=source_directory, dst_dir_fd=parent, follow_symlinks=False)
+            finally:
+                os.close(source_directory)
+        else:
+            if member.kind is MemberKind.SYMLINK:
+                os.symlink(member.link, base, dir_fd=parent)
+            else:
+                os.mknod(base, _SPECIAL_FILE_TYPES[member.kind] | 0o600, os.makedev(*member.device), dir_fd=parent)
+            self._set_attributes_by_name(parent, base, member)
+
+    def finish(self) -> None:
+        """Directory attributes, deepest first (the staging directory itself for the root member)."""
+        self.close()
+        for member in sorted(self.directories, key=lambda item: item.name.count("/"), reverse=True):
+            if member.name == ".":
+                self._set_attributes(self.staging, member)
+                continue
+            descriptor = self._walk(member.name, create=False)
+            try:
+                self._set_attributes(descriptor, member)
+            finally:
+                os.close(descriptor)
+
+    def _set_attributes(self, descriptor: int, member: Member) -> None:
+        # Owner first: chown clears setuid/setgid and security.capability, which the next steps set again.
+        if self.as_root:
+            os.fchown(descriptor, member.uid, member.gid)
+        os.chmod(descriptor, member.mode)
+        self._set_xattrs(descriptor, member, follow_symlinks=True)
+        os.utime(descriptor, ns=member.times_ns)
+
+    def _set_attributes_by_name(self, parent: int, base: str, member: Member) -> None:
+        """A symlink, FIFO or device node, just made: reached by name (opening a FIFO or device would block or
+        act on it), never following the final component."""
+        if self.as_root:
+            os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        if member.kind is not MemberKind.SYMLINK:
+            os.chmod(base, member.mode, dir_fd=parent)  # not a link: it was just made by mknod
+        self._set_xattrs(f"/proc/self/fd/{parent}/{base}", member, follow_symlinks=False)
+        os.utime(base, ns=member.times_ns, dir_fd=parent, follow_symlinks=False)
+
+    def _set_xattrs(self, target: int | str, member: Member, follow_symlinks: bool) -> None:
+        values = dict(member.xattrs)
+        for kind, text in member.acls:
+            attribute = ACL_XATTRS[kind]
+            if attribute in values:  # the archive holds the binary form too: exact, with numeric ids
+                continue
+            try:
+                encoded = acl_to_xattr(text, kind)
+            except AclError as problem:
+                self.skipped.add(f"{kind} ACL", str(problem), member.name)
+                continue
+            if encoded is not None:
+                values[attribute] = encoded
+        for attribute, value in sorted(values.items()):
+            try:
+                os.setxattr(target, attribute, value, follow_symlinks=follow_symlinks)
+            except OSError as error:
+                self.skipped.add(attribute, error.strerror or str(error), member.name)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _write_content(descriptor: int, source: IO[bytes], member: Member) -> None:
+    """A file's content; a sparse file's data regions only, its holes left as holes."""
+    if member.sparse is None:
+        while chunk := source.read(COPY_CHUNK):
+            _write_all(descriptor, chunk)
+        return
+    # The unbuffered reader under tarfile's file object: it seeks (forward, in a stream) without asking whether
+    # the stream is seekable, and reads a data region without producing the holes around it.
+    raw = getattr(source, "raw", source)
+    for offset, length in member.sparse:
+        if not length:
+            continue
+        raw.seek(offset)
+        os.lseek(descriptor, offset, os.SEEK_SET)
+        remaining = length
+        while remaining:
+            chunk = raw.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise ArchiveChanged(f"{member.name}: the archive ends inside its data")
+            _write_all(descriptor, chunk)
+            remaining -= len(chunk)
+    os.ftruncate(descriptor, member.size)
 
 
 def extract_members(
     archive: Path, compression: Compression, decryption: Decryption | None, members: list[Member], staging: Path
-) -> ReadBack:
-    """Extract the checked archive into `staging` exactly (owners, modes, mtimes, links). Raises RestoreError."""
-    guard = _ExtractionGuard(members, staging)
+) -> tuple[ReadBack, list[str]]:
+    """Extract the checked archive into `staging` exactly (owners, modes, ns mtimes, links, xattrs, ACLs, holes),
+    comparing every member with the first read. Returns the read's hashes and warnings for attributes the file
+    system refused. Raises RestoreError."""
+    position = 0
     try:
-        with open_tar_stream(archive, compression, decryption) as opened:
-            with tarfile.open(fileobj=opened.stream, mode="r|") as reader:
-                reader.errorlevel = 2  # a failed chown/chmod/utime is an error, not a debug message
-                reader.extractall(staging, numeric_owner=True, filter=guard)
-            if guard.position != len(members):
-                raise ArchiveChanged(f"the second read found {guard.position} members, the first {len(members)}")
-    except (tarfile.TarError, OSError) as error:
+        with open_tar_stream(archive, compression, decryption) as opened, opened_directory(staging) as directory:
+            extractor = _Extractor(directory)
+            try:
+                with tarfile.open(fileobj=opened.stream, mode="r|") as reader:
+                    for info in reader:
+                        expected = members[position] if position < len(members) else None
+                        position += 1
+                        try:
+                            member = member_of(info)
+                        except UnsafeMember as problem:
+                            raise ArchiveChanged(f"{info.name}: {problem}") from None
+                        if member != expected:
+                            raise ArchiveChanged(f"{info.name}: differs from the member checked in the first read")
+                        extractor.extract(info, member, reader)
+                if position != len(members):
+                    raise ArchiveChanged(f"the second read found {position} members, the first {len(members)}")
+                extractor.finish()
+            finally:
+                extractor.close()
+    except (tarfile.TarError, OSError, ArchiveChanged) as error:
         raise RestoreError(f"extracting {archive} failed: {error}") from None
     if opened.result.errors:
         raise RestoreError(f"extracting {archive} failed: " + "; ".join(opened.result.errors[:3]))
-    # tarfile sets no mtime on symlinks; lutimes does not touch the parent directory's mtime.
-    for member in members:
-        if member.kind is MemberKind.SYMLINK:
-            os.utime(staging / member.name, (member.mtime, member.mtime), follow_symlinks=False)
-    return opened.result
+    return opened.result, extractor.skipped.warnings()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The target: a directory (a volume's mountpoint), its content replaced only once the staging copy is complete
+# The target: a directory (a volume's root), its content replaced only once the staging copy is complete
 
 
-def _entries(root: Path, staging: Path | None = None) -> list[str]:
-    return sorted(name for name in os.listdir(root) if staging is None or name != staging.name)
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _apply_attributes(path: Path, member: Member) -> None:
-    os.lchown(path, member.uid, member.gid)
-    if member.kind is not MemberKind.SYMLINK:
-        os.chmod(path, member.mode)
-    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+def _entries(root: Path, swap: RestoreSwap | None = None) -> list[str]:
+    return sorted(name for name in os.listdir(root) if swap is None or name not in swap.own_names)
 
 
 def restore_into_directory(
@@ -399,61 +625,64 @@ def restore_into_directory(
     content: ArchiveContent,
     root: Path,
     force: bool,
-) -> None:
-    """Extract the checked archive into `root` (which exists), replacing its content when `force`.
+    journal: Journal,
+) -> list[str]:
+    """Extract the checked archive into `root` (which exists), replacing its content when `force`, as journaled
+    steps (restore_swap.py). Returns warnings (attributes the file system refused).
 
-    Raises RestoreError; on failure before the swap `root` is as it was.
+    Raises RestoreError; on failure before the swap `root` is as it was. A failure during the swap (or a crash)
+    leaves the journal entry from which `coord recover` completes it.
     """
-    staging = root / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+    swap = RestoreSwap.new(root)
     top_level = {member.name.split("/")[0] for member in content.members}
-    if staging.name in top_level:  # pragma: no cover - 48 random bits
-        raise RestoreError(f"the archive holds {staging.name}; try again")
+    if top_level & swap.own_names:  # pragma: no cover - 48 random bits
+        raise RestoreError(f"the archive holds {swap.staging.name}; try again")
     root_before = os.stat(root)
-    os.mkdir(staging, 0o700)
+    entry = swap.record(journal, EXTRACTING)
     try:
-        read = extract_members(archive, compression, decryption, content.members, staging)
+        os.mkdir(swap.staging, 0o700)
+    except OSError as error:
+        journal.clear(entry)
+        hint = " (is it mounted read-only? a restore needs it read-write)" if error.errno == errno.EROFS else ""
+        raise RestoreError(f"cannot write into {root}: {error.strerror}{hint}") from None
+    try:
+        read, warnings = extract_members(archive, compression, decryption, content.members, swap.staging)
         if read.sha256 != content.stream.sha256:
             raise RestoreError(f"{archive} changed between the check and the extraction (sha256 differs)")
-        present = _entries(root, staging)
+        present = _entries(root, swap)
         if present and not force:
             raise RestoreError(f"{root} is no longer empty ({', '.join(present[:5])}); nothing was replaced")
+        root_member = next((member for member in content.members if member.name == "."), None)
+        if root_member is None:  # the root keeps its own attributes
+            with opened_directory(root) as source, opened_directory(swap.staging) as target:
+                copy_directory_attributes(source, target)
+        keep_root_times(
+            swap, root_member.times_ns if root_member else (root_before.st_atime_ns, root_before.st_mtime_ns)
+        )
+        crash_point("extracted")
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        # The staging directory came and went: give the root its mtime back, so it is as it was.
-        os.utime(root, ns=(root_before.st_atime_ns, root_before.st_mtime_ns))
-        raise
-    with deferred():  # the swap is short; a SIGTERM waits for it rather than leaving it half done
         try:
-            for name in present:
-                _remove_entry(root / name)
-            for name in _entries(staging):
-                os.rename(staging / name, root / name)
-            os.rmdir(staging)
-        except OSError as error:
+            roll_back_extraction(swap)
+            # The staging directory came and went: give the root its times back, so it is as it was.
+            os.utime(root, ns=(root_before.st_atime_ns, root_before.st_mtime_ns))
+        except OSError as cleanup:
+            log.error("could not remove %s (%s): `coord recover` removes it", swap.staging, cleanup)
+        else:
+            journal.clear(entry)
+        raise
+    with deferred():  # a SIGTERM waits for the swap rather than leaving it to `coord recover`
+        swap.record(journal, SWAPPING)
+        crash_point("swap-out-begun")
+        try:
+            carry_out_swap(swap)
+        except (OSError, RestoreError) as error:
+            message = error.message if isinstance(error, RestoreError) else str(error)
             raise RestoreError(
-                f"replacing the content of {root} failed halfway ({error}); the complete restored tree is in "
-                f"{staging}: move its entries into {root} by hand"
+                f"replacing the content of {root} failed halfway ({message}); the journal keeps the step: "
+                "`coord recover` completes it"
             ) from None
-        by_name = {member.name: member for member in content.members}
-        # Renaming a directory rewrites its '..' entry; some file systems count that as a modification.
-        for name in top_level:
-            member = by_name.get(name)
-            if member is not None and member.kind is MemberKind.DIRECTORY:
-                os.utime(root / name, (member.mtime, member.mtime))
-        if "." in by_name:
-            _apply_attributes(root, by_name["."])
-        _sync_filesystem(root)
-
-
-def _sync_filesystem(path: Path) -> None:
-    """Flush the restored files to disk before containers use them: syncfs(2) of the target's file system only
-    (os.sync() would wait for every file system of a busy host)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(descriptor) != 0:
-            raise RestoreError(f"cannot sync {path}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(descriptor)
+        journal.clear(entry)
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -471,6 +700,7 @@ class RestoreRequest:
     stop_timeout_s: int = STOP_TIMEOUT_S
     state_dir: Path = DEFAULT_STATE_DIR
     lock_timeout_s: float = 0.0
+    sources: VolumeSources = HOST  # where a volume's files are: its Mountpoint, or /volumes/<name> in the sidecar
 
 
 @dataclass
@@ -578,7 +808,7 @@ def restore(
                 ContainerAction(
                     c.name, c.id, "would stop" if c.state in ("running", "paused") else "left-alone", c.state
                 )
-                for c in docker.containers_using(request.volume)
+                for c in _containers_using(request.volume, docker)
             ]
         result.duration_s = time.monotonic() - clock
         return result
@@ -589,7 +819,11 @@ def restore(
         if docker is not None and request.volume is not None:
             _restore_with_containers_stopped(request, docker, result, archive, compression, decryption, content, root)
         else:
-            restore_into_directory(archive, compression, decryption, content, root, request.force)
+            journal = Journal(request.state_dir)
+            with run_lock(request.state_dir, request.lock_timeout_s):  # `coord recover` must not take our entry
+                result.warnings += restore_into_directory(
+                    archive, compression, decryption, content, root, request.force, journal
+                )
     result.duration_s = time.monotonic() - clock
     return result
 
@@ -614,13 +848,15 @@ def _restore_with_containers_stopped(
     assert request.volume is not None
     journal = Journal(request.state_dir)
     group = QuiesceGroup(
-        Strategy.STOP, [], containers=docker.containers_using(request.volume), stop_timeout=request.stop_timeout_s
+        Strategy.STOP, [], containers=_containers_using(request.volume, docker), stop_timeout=request.stop_timeout_s
     )
     with run_lock(request.state_dir, request.lock_timeout_s):
         recovered = recover(journal, docker)
         result.warnings += [f"recovered from an earlier run: {line}" for line in recovered.restored]
         with quiesced(group, docker, journal, result.containers, Strategy.STOP, stop_paused=True):
-            restore_into_directory(archive, compression, decryption, content, root, request.force)
+            result.warnings += restore_into_directory(
+                archive, compression, decryption, content, root, request.force, journal
+            )
     failures = [f"{a.container}: {a.error}" for a in result.containers if not a.restored]
     if failures:
         raise RestoreContainersError(
@@ -653,13 +889,26 @@ def _describe_target(request: RestoreRequest) -> str:
     return f"volume {request.volume}" if request.volume is not None else f"directory {request.target_dir}"
 
 
+def _containers_using(volume: str, docker: DockerControl) -> list[Any]:
+    """The containers mounting `volume`, but never the one coord runs in (the sidecar mounts the volume too)."""
+    own = own_container_id()
+    return [container for container in docker.containers_using(volume) if container.id != own]
+
+
 def _locate_target(request: RestoreRequest, docker: DockerControl | None) -> tuple[Path, bool]:
-    """The target's root directory and whether it exists already."""
+    """The target's root directory (for a volume: where this coord sees its files, request.sources) and whether
+    it exists already. Raises UsageError, CoordError (sidecar: the volume is not mounted)."""
     if request.volume is not None:
         assert docker is not None
         if request.volume not in docker.volume_names():
+            if request.sources.volumes_root is not None:
+                raise UsageError(
+                    f"volume {request.volume} does not exist; coord runs as a sidecar and sees only the volumes "
+                    f"mounted into it: create it, mount it at {request.sources.volumes_root / request.volume} "
+                    "(read-write), and restore again"
+                )
             return Path(), False
-        return Path(docker.volume_mountpoint(request.volume)), True
+        return request.sources.path_of(request.volume, docker), True
     assert request.target_dir is not None
     target = request.target_dir
     if target.exists() and not target.is_dir():
@@ -670,7 +919,8 @@ def _locate_target(request: RestoreRequest, docker: DockerControl | None) -> tup
 def _create_target(request: RestoreRequest, docker: DockerControl | None) -> Path:
     if request.volume is not None:
         assert docker is not None
-        return Path(docker.create_volume(request.volume))
+        docker.create_volume(request.volume)
+        return request.sources.path_of(request.volume, docker)
     assert request.target_dir is not None
     try:
         request.target_dir.mkdir(parents=True, mode=0o700)

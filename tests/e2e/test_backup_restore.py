@@ -359,7 +359,6 @@ def test_a_malicious_archive_never_creates_the_volume(tmp_path: Path, docker_cli
     target = new_volume_name("evil")
     result = run_coord("restore", str(archive), "--volume", target, "--policies-dir", str(tmp_path / "none"))
     assert result.returncode == 1 and "refusing to restore" in result.stderr
-    assert "etc: symlink to the absolute path /etc" in result.stderr
     assert "etc/coord-test-pwned: lies below the symlink etc" in result.stderr
     assert not Path("/etc/coord-test-pwned").exists()
     with pytest.raises(docker.errors.NotFound):

@@ -90,3 +90,17 @@ def test_sidecar_backs_up_on_schedule_and_reports(example_stack, docker_client) 
     while coord_in(coord, "health").returncode != 0:
         assert time.monotonic() < deadline, "health stayed red after the failure"
         time.sleep(1)
+
+    # Restore inside the sidecar (issue 11, finding 12): on the image's Debian python3, into the volume as the
+    # sidecar sees it at /volumes/<name>; the writer is stopped and started again, coord itself is left alone.
+    mountpoint = Path(docker_client.volumes.get(volume).attrs["Mountpoint"])
+    (mountpoint / "planted-after-the-backup").write_text("a restore replaces the whole content\n")
+    archive = sorted(backups.glob(f"{volume}/*.tar.zst"))[-1]
+    inside = f"/backups/{volume}/{archive.name}"
+    restored = coord_in(coord, "restore", inside, "--volume", volume, "--force", "--json", "--lock-timeout", "60")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    result = json.loads(restored.stdout)
+    assert [(c["container"], c["action"], c["restored"]) for c in result["containers"]] == [(writer, "stopped", True)]
+    assert not (mountpoint / "planted-after-the-backup").exists()
+    assert not [p.name for p in mountpoint.iterdir() if p.name.startswith(".coord-restore")]
+    assert container_state(docker_client, docker_client.containers.get(writer)) == "running"

@@ -6,6 +6,7 @@ whole, with nothing written inside or outside the target; --dry-run, --force, co
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from archives import encryption_of, make_archive
 from conftest import run_coord
 from coord.policy import Compression
-from trees import differences, snapshot_tree
+from trees import SPARSE_SIZE, differences, populate_attributes, populate_links, snapshot_tree
 
 if TYPE_CHECKING:
     from sharedfixtures import ThrowawayKey
@@ -146,12 +147,15 @@ def malicious_cases(outside: Path) -> dict[str, list[tuple]]:
             _member("./evil", tarfile.SYMTYPE, link=str(outside)),
             _member("./evil/through.txt", data=b"pwned"),
         ],
-        "relative escaping symlink": [fine, _member("./up", tarfile.SYMTYPE, link="../outside")],
-        "escape through a chain of symlinks": [
+        "relative escaping symlink and write through it": [
             fine,
-            _member("./s2", tarfile.SYMTYPE, link="."),
-            _member("./d", tarfile.DIRTYPE, mode=0o755),
-            _member("./d/s1", tarfile.SYMTYPE, link="../s2/.."),
+            _member("./up", tarfile.SYMTYPE, link="../outside"),
+            _member("./up/victim", data=b"pwned"),
+        ],
+        "hardlink through an escaping symlink": [
+            fine,
+            _member("./up", tarfile.SYMTYPE, link="../outside"),
+            _member("./hard", tarfile.LNKTYPE, link="up/victim"),
         ],
         "absolute hardlink": [fine, _member("./hard", tarfile.LNKTYPE, link=str(outside / "victim"))],
         "escaping hardlink": [fine, _member("./hard", tarfile.LNKTYPE, link="../outside/victim")],
@@ -229,3 +233,60 @@ def test_a_corrupt_archive_is_refused_and_the_old_content_stays(tmp_path: Path, 
     assert result.returncode == 1
     assert "cannot read" in result.stderr and "decompression failed" in result.stderr
     assert [p.name for p in target.iterdir()] == ["old-file"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Links pointing anywhere (issue 11, finding 7) and attributes only a pax archive keeps (finding 8)
+
+
+def test_links_pointing_outside_or_in_loops_are_restored_as_links(tmp_path: Path, source: Path) -> None:
+    populate_links(source)
+    archive = make_archive(source, tmp_path, Compression.ZSTD, None)
+    target = tmp_path / "target"
+
+    result = run_coord("restore", str(archive), "--target-dir", str(target), "--policies-dir", str(tmp_path / "none"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert differences(snapshot_tree(source), snapshot_tree(target)) == []
+    assert os.readlink(target / "pg_tblspc" / "16385") == "/var/lib/postgresql/tablespaces/fast"
+    assert not (tmp_path / "outside").exists() and not Path("/var/lib/postgresql/tablespaces/fast").exists()
+
+
+# What archive.py runs for a backup (issue 11, finding 8), with the compressor coord uses.
+POSIX_TAR = ["--format=posix", "--xattrs", "--xattrs-include=*", "--acls", "--sparse", "--numeric-owner"]
+# The plain restore command docs/restore.md gives operators.
+PLAIN_TAR_RESTORE = (
+    "zstd -dc '{archive}' | tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf - -C '{target}'"
+)
+
+
+def make_posix_archive(source: Path, archive: Path) -> Path:
+    subprocess.run(
+        f"set -o pipefail; tar --create --file=- --directory='{source}' {' '.join(repr(a) for a in POSIX_TAR)} "
+        f"--sort=name . | zstd -q -c -3 -T0 > '{archive}'",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+    )
+    return archive
+
+
+def test_xattrs_capabilities_acls_sparse_files_and_ns_mtimes_come_back(tmp_path: Path, source: Path) -> None:
+    populate_attributes(source)
+    populate_links(source)
+    expected = snapshot_tree(source, attributes=True)
+    assert expected["attributes/sparse.img"][-1] < SPARSE_SIZE // 1024  # the source itself is sparse
+    assert any(name == "security.capability" for name, _ in expected["attributes/ping-like"][-2])
+    archive = make_posix_archive(source, tmp_path / "volume.tar.zst")
+
+    by_coord = tmp_path / "by-coord"
+    result = run_coord("restore", str(archive), "--target-dir", str(by_coord), "--policies-dir", str(tmp_path / "n"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not restored" not in result.stdout
+    assert differences(expected, snapshot_tree(by_coord, attributes=True)) == []
+
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    command = PLAIN_TAR_RESTORE.format(archive=archive, target=by_tar)
+    subprocess.run(f"set -o pipefail; {command}", shell=True, executable="/bin/bash", check=True)
+    assert differences(expected, snapshot_tree(by_tar, attributes=True)) == []
