@@ -63,6 +63,11 @@ class RestoreError(CoordError):
     """A restore could not be carried out; the message says what was (not) written."""
 
 
+class ContainersMustStayDown(RestoreError):
+    """The volume is in no state to run on (a restore's swap broke off halfway): the containers coord stopped stay
+    stopped, their journal entries kept, until `coord recover` has completed the swap and then starts them."""
+
+
 class ArchiveRejected(RestoreError):
     """The archive holds members a safe restore refuses. `problems` names every one; nothing was written."""
 

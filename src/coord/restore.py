@@ -42,7 +42,7 @@ from typing import IO, Any
 from coord.archive import compression_of
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Decryption
-from coord.errors import ArchiveRejected, RestoreContainersError, RestoreError, UsageError
+from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
 from coord.journal import EXTRACTING, SWAPPING, Journal
 from coord.lock import run_lock
 from coord.manifest import manifest_path_for, read_manifest
@@ -677,9 +677,10 @@ def restore_into_directory(
             carry_out_swap(swap)
         except (OSError, RestoreError) as error:
             message = error.message if isinstance(error, RestoreError) else str(error)
-            raise RestoreError(
-                f"replacing the content of {root} failed halfway ({message}); the journal keeps the step: "
-                "`coord recover` completes it"
+            raise ContainersMustStayDown(
+                f"replacing the content of {root} failed halfway ({message}); its containers stay stopped, as no "
+                "workload should start on half of each tree: fix the cause, then run `coord recover`, which "
+                "completes the replacement and starts them"
             ) from None
         journal.clear(entry)
     return warnings

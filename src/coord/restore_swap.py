@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import secrets
 import shutil
@@ -45,8 +46,10 @@ TIMES_PREFIX = ".coord-restore-times-"
 TOKEN_HEX_DIGITS = 12
 
 # Test-only: a crash point's name here makes coord kill itself (SIGKILL) when it reaches that point, so the tests
-# can prove recovery from each step of a restore. Never set by coord; operators have no use for it.
+# can prove recovery from each step of a restore; under FAIL_AT_VARIABLE the step fails with an I/O error instead
+# (a disk error while coord lives). Never set by coord; operators have no use for them.
 CRASH_AT_VARIABLE = "COORD_TEST_CRASH_AT"
+FAIL_AT_VARIABLE = "COORD_TEST_FAIL_AT"
 CRASH_POINTS = (
     "extracted",  # the staging directory is complete; the swap has not begun
     "swap-out-begun",  # the journal says SWAPPING; nothing moved yet
@@ -59,9 +62,12 @@ CRASH_POINTS = (
 
 
 def crash_point(name: str) -> None:
-    """Die here, as a SIGKILL would kill coord, when the tests asked for it (CRASH_AT_VARIABLE)."""
+    """Die here, as a SIGKILL would kill coord (CRASH_AT_VARIABLE), or fail as a disk error would
+    (FAIL_AT_VARIABLE), when the tests asked for it."""
     if os.environ.get(CRASH_AT_VARIABLE) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAIL_AT_VARIABLE) == name:
+        raise OSError(errno.EIO, f"test-only failure at {name}")
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

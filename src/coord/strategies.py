@@ -13,6 +13,9 @@ This is the one place to read to know what happens to a paused or stopped contai
   `coord recover` can try again. The runner turns that into a loud run failure.
 - If coord itself dies (SIGKILL, OOM), the journal entries remain and the next `coord backup` or
   `coord recover` puts those containers back (recovery.py).
+- One exception, `ContainersMustStayDown` (a restore's swap broke off halfway): starting a database on half of
+  each tree is worse than leaving it stopped, so the containers stay down with their journal entries kept, and
+  `coord recover` starts them once it has completed the swap.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from coord.docker_ops import ContainerInfo, DockerControl
-from coord.errors import CoordError
+from coord.errors import ContainersMustStayDown, CoordError
 from coord.journal import CONTAINER, PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
 from coord.plan import QUIESCING, QuiesceGroup
 from coord.policy import Strategy
@@ -79,6 +82,7 @@ def quiesced(
         yield actions
         return
     undo: list[Callable[[], None]] = []
+    unsafe: ContainersMustStayDown | None = None
     try:
         for container in group.containers:
             # Signals wait while a container changes state: an API call cut in half would leave coord unsure
@@ -86,10 +90,20 @@ def quiesced(
             with deferred():
                 _quiesce_one(container, strategy, group.stop_timeout, docker, journal, actions, undo, stop_paused)
         yield actions
+    except ContainersMustStayDown as error:
+        unsafe = error
+        raise
     finally:
         with deferred():
-            for restore in reversed(undo):
-                restore()
+            if unsafe is None:
+                for restore in reversed(undo):
+                    restore()
+            else:  # their journal entries stay: `coord recover` starts them once the volume is whole again
+                for action in actions:
+                    if action.action in (PAUSED, STOPPED):
+                        action.restored = False
+                        action.error = "left stopped: the volume is half-replaced; run `coord recover`"
+                        steps.info("%s left %s: its volume is half-replaced", action.container, action.action)
 
 
 def _quiesce_one(

@@ -14,7 +14,7 @@ import pytest
 from archives import make_archive
 from conftest import container_state, run_coord, volume_path
 from coord.policy import Compression
-from coord.restore_swap import CRASH_AT_VARIABLE, CRASH_POINTS
+from coord.restore_swap import CRASH_AT_VARIABLE, CRASH_POINTS, FAIL_AT_VARIABLE
 from trees import differences, snapshot_tree
 
 pytestmark = pytest.mark.docker
@@ -87,4 +87,40 @@ def test_a_restore_killed_at_any_step_is_completed_or_undone_by_recover(
     else:
         assert differences(new, snapshot_tree(root)) == []
         assert any("completed the restore" in line for line in report["removed_partials"])
+    assert container_state(docker_client, user) == "running"
+
+
+def test_a_swap_that_fails_while_coord_lives_keeps_the_containers_down_until_recover(
+    tmp_path: Path, source: Path, docker_client, make_volume, make_container
+) -> None:
+    archive = make_archive(source, tmp_path, Compression.ZSTD, None)
+    new = snapshot_tree(source)
+    volume = make_volume("broken-swap")
+    root = volume_path(docker_client, volume)
+    _plant_old_content(root)
+    user = make_container("user", ["sleep", "3600"], volumes={volume: "/data"})
+    failed = run_coord(
+        "restore",
+        str(archive),
+        "--volume",
+        volume,
+        "--force",
+        "--stop-timeout",
+        "1",
+        "--policies-dir",
+        str(tmp_path / "none"),
+        env={FAIL_AT_VARIABLE: "swap-in-moved"},
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "failed halfway (" in failed.stderr and "its containers stay stopped" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    # Half of each tree is in the volume: the database must not start on it.
+    assert container_state(docker_client, user) == "exited"
+
+    recovered = run_coord("recover", "--json")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert any("completed the restore" in line for line in recovered.json["removed_partials"])
+    assert any(user.name in line and "started" in line for line in recovered.json["restored"])
+    assert differences(new, snapshot_tree(root)) == []
+    assert _leftovers(root) == []
     assert container_state(docker_client, user) == "running"
