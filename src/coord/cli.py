@@ -276,7 +276,7 @@ class _StepLines(logging.Handler):
         self._console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._console.print(f"coord: {record.getMessage()}", markup=False)
+        self._console.print(f"coord: {record.getMessage()}", markup=False, soft_wrap=True)
 
 
 def _text(path: Path | None) -> str | None:
@@ -698,7 +698,10 @@ def restore(
             from coord.docker_ops import DockerControl
 
             docker = DockerControl.connect()
-        return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
+        if not sys.stderr.isatty() or as_json:
+            return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
+        with _ConsoleProgress():  # "stopping X (up to 30 s...)": a stop that takes long is not silent
+            return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
 
     result = _run(as_json, work)
     if as_json:
@@ -715,6 +718,9 @@ def restore(
             if result.created
             else (f"holds {len(result.replaced)} entries that would be replaced" if result.replaced else "is empty")
         )
+        if result.replaced:
+            shown = ", ".join(result.replaced[:20]) + (", ..." if len(result.replaced) > 20 else "")
+            print(f"would replace (top-level entries of {target}): {shown}")
         print(f"dry run: {result.entries} entries would be written; {target} {state}")
         for container in result.containers:
             print(f"  container {container.container} ({container.prior_state}): {container.action}")

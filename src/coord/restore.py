@@ -789,10 +789,13 @@ def restore(
     if exists:
         result.replaced = _entries(root)
         if result.replaced and not request.force:
-            raise UsageError(
+            refusal = (
                 f"{_describe_target(request)} is not empty ({len(result.replaced)} entries, e.g. "
                 f"{', '.join(result.replaced[:3])}); pass --force to replace its content"
             )
+            if not request.dry_run:
+                raise UsageError(refusal)
+            result.warnings.append(refusal)  # the dry run still says what a forced restore would do
 
     content = read_members(archive, compression, decryption, request.allowed)
     if content.problems:

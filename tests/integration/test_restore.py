@@ -214,6 +214,13 @@ def test_a_non_empty_target_needs_force_which_replaces_its_content(tmp_path: Pat
     assert refused.returncode == 2 and "pass --force" in refused.stderr
     assert [p.name for p in target.iterdir()] == ["old-file"]
 
+    # A dry run says what a forced restore would replace instead of refusing, and changes nothing either.
+    dry = run_coord("restore", str(archive), *common, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would replace (top-level entries of {target}): old-file" in dry.stdout
+    assert "pass --force to replace its content" in dry.stdout
+    assert [p.name for p in target.iterdir()] == ["old-file"]
+
     forced = run_coord("restore", str(archive), *common, "--force")
     assert forced.returncode == 0, forced.stderr
     assert differences(snapshot_tree(source), snapshot_tree(target)) == []
