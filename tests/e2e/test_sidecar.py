@@ -1,4 +1,5 @@
-"""The coord image as a compose sidecar: built offline, brought up with docker-compose, backing up on schedule."""
+"""The coord image as a compose sidecar: built offline, brought up with Compose v2 (`docker compose`, the default
+today) and v1 (`docker-compose`), backing up on schedule."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ pytestmark = pytest.mark.docker
 COMPOSE = REPO / "compose" / "docker-compose.yml"
 
 
-def compose(project: str, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
+# How each Compose generation is invoked, and how it names a service's first container.
+COMPOSE_COMMANDS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
+CONTAINER_NAME = {"v2": "{project}-{service}-1", "v1": "{project}_{service}_1"}
+
+
+def compose(version: str, project: str, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "-p", project, *arguments],
+        [*COMPOSE_COMMANDS[version], "-f", str(COMPOSE), "-p", project, *arguments],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -31,25 +37,27 @@ def coord_in(container: str, *arguments: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture
-def example_stack(docker_client, unique, tmp_path):
+@pytest.fixture(params=["v2", "v1"])
+def example_stack(request, docker_client, unique, tmp_path):
     subprocess.run([str(REPO / "scripts" / "build-coord-image.sh")], check=True, stdout=subprocess.DEVNULL)
     project = unique("stack")
     volume = f"{project}_clickhouse-data"
     policy = (REPO / "compose" / "policies" / "clickhouse.yaml").read_text()
     write_policy(tmp_path / "policies", "clickhouse", policy.replace("coord-example_clickhouse-data", volume))
     env = {"COORD_EXAMPLE": project, "COORD_POLICIES": str(tmp_path / "policies"), "COORD_SCHEDULE": "*/5 * * * * *"}
+    version = request.param
     try:
-        up = compose(project, env, "up", "-d")
+        up = compose(version, project, env, "up", "-d")
         assert up.returncode == 0, up.stderr
-        yield project, volume
+        assert "obsolete" not in up.stderr  # v2 warns about a `version:` key; the example has none
+        yield project, volume, version
     finally:
-        compose(project, env, "down", "-v", "--timeout", "2")
+        compose(version, project, env, "down", "-v", "--timeout", "2")
 
 
 def test_sidecar_backs_up_on_schedule_and_reports(example_stack, docker_client) -> None:
-    project, volume = example_stack
-    coord, writer = f"{project}_coord_1", f"{project}_clickhouse_1"
+    project, volume, version = example_stack
+    coord, writer = (CONTAINER_NAME[version].format(project=project, service=s) for s in ("coord", "clickhouse"))
     backups = Path(docker_client.volumes.get(f"{project}_backups").attrs["Mountpoint"])
 
     plan = coord_in(coord, "plan")
