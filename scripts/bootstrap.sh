@@ -15,6 +15,8 @@ command -v gpg >/dev/null || need_packages+=(gnupg)
 command -v dockerd >/dev/null || need_packages+=(docker.io)
 command -v docker-compose >/dev/null || need_packages+=(docker-compose)   # the sidecar example's tests
 command -v debootstrap >/dev/null || need_packages+=(debootstrap)         # offline base image (docs/images.md)
+command -v setfacl >/dev/null || need_packages+=(acl)                     # archives keep ACLs: their tests set some
+command -v setcap >/dev/null || need_packages+=(libcap2-bin)              # ... and file capabilities
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
