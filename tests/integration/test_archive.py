@@ -371,3 +371,95 @@ def test_a_reflink_snapshot_copy_changed_after_the_unpause_is_modified(tmp_path:
     assert view.modified_since_unpause(ExcludeMatcher.of([])) == []
     os.chmod(copy / "a.dat", 0o600)
     assert view.modified_since_unpause(ExcludeMatcher.of([])) == ["a.dat"]
+
+
+# --- what the file system holds comes back: xattrs, capabilities, ACLs, holes, nanosecond times ------------------
+
+PLAIN_EXTRACT = "zstd -dc '{archive}' | tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf - -C '{target}'"
+
+
+def attribute_tree_hash(root: Path) -> dict[str, tuple[object, ...]]:
+    """Per path below `root`: type and mode, owner, mtime in ns, every extended attribute (ACLs are the
+    system.posix_acl_* ones, capabilities security.capability), and content hash or link target. Local to this
+    file on purpose; the restore tests have their own in tests/trees.py."""
+    result: dict[str, tuple[object, ...]] = {}
+    for directory, subdirectories, files in os.walk(root):
+        for name in [*subdirectories, *files, *([] if directory != str(root) else ["."])]:
+            path = os.path.normpath(os.path.join(directory, name))
+            status = os.lstat(path)
+            xattrs = tuple(
+                sorted(
+                    (key, os.getxattr(path, key, follow_symlinks=False))
+                    for key in os.listxattr(path, follow_symlinks=False)
+                )
+            )
+            if os.path.islink(path):
+                content: object = os.readlink(path)
+            elif os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    content = hashlib.file_digest(handle, "sha256").hexdigest()
+            else:
+                content = None
+            result[os.path.relpath(path, root)] = (
+                status.st_mode,
+                status.st_uid,
+                status.st_gid,
+                status.st_mtime_ns,
+                xattrs,
+                content,
+            )
+    return result
+
+
+def make_attribute_tree(root: Path) -> None:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/ping").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "bin/ping", 0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", str(root / "bin/ping")], check=True)
+    (root / "labelled").write_text("x")
+    os.setxattr(root / "labelled", "user.origin", b"coord test")
+    os.setxattr(root / "labelled", "trusted.overlay.opaque", b"y")
+    (root / "shared").mkdir()
+    subprocess.run(["setfacl", "-m", "u:1234:rwx", "-d", "-m", "g:999:rx", str(root / "shared")], check=True)
+    (root / "shared/report").write_text("acl")  # inherits the default ACL
+    subprocess.run(["setfacl", "-m", "u:4321:r", str(root / "shared/report")], check=True)
+    os.chown(root / "shared/report", 999, 999)
+    with open(root / "sparse.img", "wb") as handle:  # 256 MiB, 8 KiB of it data
+        handle.write(b"start" * 1000)
+        handle.seek(256 << 20)
+        handle.write(b"end" * 1000)
+    (root / "link").symlink_to("labelled")
+    for index, path in enumerate(sorted(root.rglob("*"))):
+        os.utime(path, ns=(1_700_000_000_123_456_789 + index, 1_700_000_000_987_654_321 + index), follow_symlinks=False)
+    os.utime(root, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+
+
+def test_xattrs_capabilities_acls_holes_and_nanosecond_times_survive_the_documented_extract(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_attribute_tree(source)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(source / "app.sock"))  # cannot be archived: listed as skipped
+    os.utime(source, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    expected = attribute_tree_hash(source)
+    del expected["app.sock"]
+    assert expected["bin/ping"][4] and dict(expected["shared"][4]).keys() >= {
+        "system.posix_acl_access",
+        "system.posix_acl_default",
+    }
+    archive = tmp_path / "a.tar.zst"
+    try:
+        outcome = create_archive(source, archive, ExcludeMatcher.of([]), Compression.ZSTD)
+    finally:
+        sock.close()
+    assert [(p.kind, p.path, p.detail) for p in outcome.problems] == [
+        (ProblemKind.SKIPPED, "app.sock", "socket ignored")
+    ]
+    assert outcome.consistency is not None and outcome.consistency.verdict is Verdict.CONSISTENT
+    target = tmp_path / "restored"
+    target.mkdir()
+    subprocess.run(PLAIN_EXTRACT.format(archive=archive, target=target), shell=True, check=True)
+    assert attribute_tree_hash(target) == expected
+    restored = os.lstat(target / "sparse.img")
+    assert restored.st_size == (256 << 20) + 3000
+    assert restored.st_blocks * 512 < 1 << 20  # holes stay holes: not 256 MiB of zeros on disk
+    assert archive.stat().st_size < 1 << 20
