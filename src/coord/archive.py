@@ -143,7 +143,15 @@ def tar_create_command(source: Path, matcher: ExcludeMatcher, index_fd: int) -> 
         "--create",
         "--file=-",
         f"--directory={source}",
-        "--format=gnu",
+        # pax keeps what the file system holds: nanosecond mtimes, every extended attribute (file capabilities are
+        # security.capability), POSIX ACLs, and holes (GNU sparse 1.0, listed under the file's own name). atime and
+        # ctime are left out: restoring them means nothing, and atime changes with every read.
+        "--format=posix",
+        "--pax-option=delete=atime,delete=ctime",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "--sparse",
         # uids, not names: a restore on any host (or into a container) gives files back to the same ids.
         "--numeric-owner",
         "--sort=name",
@@ -192,7 +200,9 @@ def create_archive(
     """Archive the directory `source` into `partial_path` (created; must not exist) through `write`
     (default `write_file`); `consistency` is the rule of the verdict (consistency.py). For a snapshot read,
     `content_unchanged(path)` tells whether a file tar called changed is still as it was at the snapshot
-    (Snapshot.content_unchanged): such files go to `relinked`, not to the problems.
+    (Snapshot.content_unchanged): such files go to `relinked`, not to the problems. Without it the read is live
+    (or quiesced), and every archived file's ctime is checked once tar is done (consistency.py): one modified after
+    the read began makes the verdict fuzzy at best.
 
     Returns the outcome with every problem
     classified; problems with the source or the destination are CRITICAL problems in the outcome, not
@@ -251,6 +261,7 @@ def _run_pipeline(
     index_read, index_write = os.pipe()
     tar = compressor = None
     collectors: list[threading.Thread] = []
+    read_started_ns = time.time_ns()
     try:
         tar = subprocess.Popen(
             tar_create_command(source, matcher, index_write),
@@ -318,7 +329,15 @@ def _run_pipeline(
             outcome.problems.append(problem)
     if written_ok:
         outcome.problems.extend(_exit_status_problems(tar_status, compressor_status, outcome, compressor_messages))
-    outcome.consistency = assess_consistency(str(source), tree, outcome.problems, matcher, consistency)
+    outcome.consistency = assess_consistency(
+        str(source),
+        tree,
+        outcome.problems,
+        matcher,
+        consistency,
+        # A snapshot read is judged by Snapshot.modified_since_unpause, which tells a removed hard link from a write.
+        read_started_ns=read_started_ns if content_unchanged is None else None,
+    )
 
 
 def _exit_status_problems(

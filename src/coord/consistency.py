@@ -17,6 +17,17 @@ Verdicts:
 The re-listing happens after tar ends, so a change in that short window counts too: the rule errs on the side
 of at-risk, never of consistent.
 
+A file rewritten in place keeps its name, so the listings cannot see it, and tar only says "file changed as we
+read it" when the change falls inside its read of that very file: a writer that updates `a.dat` and then
+`z.dat` while tar reads what lies between them leaves an archive holding the old `a.dat` beside the new `z.dat`.
+So for a live read (`read_started_ns` given) the re-listing also takes each archived non-directory's ctime (lstat
+through directory descriptors, never following a link): one after the read began means that file changed during
+the read, and the verdict is fuzzy at best (the reason names a file and the count). ctime, not mtime: a program
+can set mtime back (`touch -d`), never ctime. Under pause or stop such a file was changed by something other
+than the quiesced containers (a host process, a container outside the group): the read was still not one instant.
+A hard link of an archived file removed or added during the read moves its ctime too; that also counts (the rule
+errs on the side of fuzzy). Snapshot reads are judged by Snapshot.modified_since_unpause instead.
+
 With the policy's `consistency: clickhouse`, a MergeTree table directory (one holding format_version.txt) is
 judged by its part names instead (clickhouse.py): at-risk only when a part that went missing during the read is
 contained in no part the archive holds completely; when every such part is, the directory is harmless (fuzzy).
@@ -25,8 +36,10 @@ Other directories keep the generic rule.
 
 from __future__ import annotations
 
+import errno
 import marshal
 import os
+import stat
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -41,6 +54,7 @@ from coord.problems import EntryProblem, ProblemKind, member_to_path
 from coord.render import plural
 
 SAMPLE_SIZE = 20
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Verdict(StrEnum):
@@ -190,6 +204,9 @@ class Consistency:
     excluded: list[str]
     # consistency: clickhouse: table directories the generic rule would call at-risk, cleared by the part rule
     cleared_directories: list[DirectoryChange] = field(default_factory=list)
+    # live reads: archived files whose ctime is after the read began (modified in place during the read)
+    modified_count: int = 0
+    modified_sample: list[str] = field(default_factory=list)
 
 
 def _damaged_children(problems: list[EntryProblem]) -> dict[str, set[str]]:
@@ -204,6 +221,82 @@ def _damaged_children(problems: list[EntryProblem]) -> dict[str, set[str]]:
             damaged[parent].add(name)
             path = "" if parent == "." else parent
     return damaged
+
+
+class _DirectoryOpener:
+    """Opens directories below a root one component at a time, never following a link (O_NOFOLLOW at each step).
+
+    tar's directories come depth-first, so the descriptors of the last path opened are kept and reused for the
+    next one's common prefix: opening a directory costs about one open, not one per level.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._chain: list[tuple[str, int]] = [(".", os.open(root, _DIRECTORY_FLAGS))]
+
+    def open(self, directory: str) -> int:
+        """A descriptor of `directory` (relative, "." for the root), owned by the opener: do not close it.
+
+        Raises FileNotFoundError when a component is gone, NotADirectoryError when one is now a file or a link.
+        """
+        components = [] if directory == "." else directory.split("/")
+        keep = 1
+        while keep < len(self._chain) and keep <= len(components):
+            if self._chain[keep][0] != components[keep - 1]:
+                break
+            keep += 1
+        while len(self._chain) > keep:
+            os.close(self._chain.pop()[1])
+        for name in components[keep - 1 :]:
+            try:
+                descriptor = os.open(name, _DIRECTORY_FLAGS, dir_fd=self._chain[-1][1])
+            except OSError as error:
+                if error.errno == errno.ELOOP:  # a symlink where the directory was: never followed
+                    raise NotADirectoryError(error.errno, error.strerror, name) from None
+                raise
+            self._chain.append((name, descriptor))
+        return self._chain[-1][1]
+
+    def close(self) -> None:
+        while self._chain:
+            os.close(self._chain.pop()[1])
+
+
+class _ModifiedFiles:
+    """The archived non-directories whose ctime is after the read began: a count and a sample of paths."""
+
+    def __init__(self, read_started_ns: int | None) -> None:
+        # Not a tick earlier to allow for the coarse clock file times come from: files written just before the read
+        # (a test tree, a container's last write before its pause) would all count. What that misses, a change in
+        # the read's first clock tick, is small, and on kernels with fine-grained ctime (6.13+, once tar stat()ed
+        # the file) nothing.
+        self.threshold_ns = read_started_ns
+        self.count = 0
+        self.sample: list[str] = []
+
+    def check(self, directory: str, listing: list[os.DirEntry[str]], archived: set[str]) -> None:
+        """lstat each archived non-directory of `listing` (fstatat on the directory's descriptor, no link followed)."""
+        if self.threshold_ns is None:
+            return
+        for entry in listing:
+            if entry.name not in archived:
+                continue
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted since the listing: lost, not modified
+            if stat.S_ISDIR(status.st_mode) or status.st_ctime_ns <= self.threshold_ns:
+                continue
+            self.count += 1
+            if len(self.sample) < SAMPLE_SIZE:
+                self.sample.append(_join(directory, entry.name))
+
+    def reason(self) -> str | None:
+        if not self.count:
+            return None
+        return (
+            f"{self.count} archived file(s) were modified during the read (ctime after the read began, e.g. "
+            f"{min(self.sample)}): the archive does not show the volume at one instant"
+        )
 
 
 def _table_format_version(root: str, directory: str) -> int | None:
@@ -221,10 +314,15 @@ def assess_consistency(
     problems: list[EntryProblem],
     matcher: ExcludeMatcher,
     rule: ConsistencyRule = ConsistencyRule.GENERIC,
+    *,
+    read_started_ns: int | None = None,
 ) -> Consistency:
     """Compare what tar archived under `root` with the tree now, and give the verdict with its reasons.
 
     `rule` is the policy's `consistency`: under clickhouse, table directories are judged by their part names.
+    `read_started_ns` (time.time_ns() taken before tar started; live reads only) turns on the ctime check: an
+    archived non-directory whose ctime is later makes the verdict fuzzy at best. Raises OSError only when the
+    root itself cannot be opened.
     """
     reported: dict[str, set[str]] = defaultdict(set)
     vanished: dict[str, set[str]] = defaultdict(set)
@@ -242,41 +340,48 @@ def assess_consistency(
     judged: list[tuple[str, TableJudgement]] = []
     excluded: list[str] = []
     total_gained = total_lost = 0
-    for directory, archived in tree.directories():
-        try:
-            with os.scandir(os.path.join(root, directory)) as entries:
-                present = {entry.name for entry in entries}
-        except FileNotFoundError:
-            continue  # the directory itself went away: its parent records it as lost
-        except NotADirectoryError:
-            continue
-        seen = archived | reported.get(directory, set())
-        # Only names tar did not see can be excluded ones (tar never touches those): match just these.
-        excluded_here = {name for name in present - seen if matcher.excludes(_join(directory, name))}
-        excluded.extend(_join(directory, name) for name in excluded_here)
-        kept = present - excluded_here
-        gained = sorted(kept - seen)
-        lost = sorted((seen - kept) | vanished.get(directory, set()))
-        total_gained += len(gained)
-        total_lost += len(lost)
-        format_version = _table_format_version(root, directory) if rule is ConsistencyRule.CLICKHOUSE else None
-        if format_version is not None:
-            judgement = judge_table_directory(
-                archived=archived,
-                vanished=vanished.get(directory, set()),
-                damaged=damaged.get(directory, set()),
-                after=kept,
-                format_version=format_version,
-                reported=reported.get(directory, set()),
-            )
-            judged.append((directory, judgement))
-            if judgement.at_risk:
-                missing = [part.name for part in judgement.missing] or judgement.other_lost
-                changes.append(DirectoryChange(directory, missing, gained))
+    modified = _ModifiedFiles(read_started_ns)
+    opener = _DirectoryOpener(root)
+    try:
+        for directory, archived in tree.directories():
+            try:
+                with os.scandir(opener.open(directory)) as entries:
+                    listing = list(entries)
+            except FileNotFoundError:
+                continue  # the directory itself went away: its parent records it as lost
+            except NotADirectoryError:
+                listing = []  # replaced by a file or a link: what tar archived in it is gone
+            present = {entry.name for entry in listing}
+            modified.check(directory, listing, archived)
+            seen = archived | reported.get(directory, set())
+            # Only names tar did not see can be excluded ones (tar never touches those): match just these.
+            excluded_here = {name for name in present - seen if matcher.excludes(_join(directory, name))}
+            excluded.extend(_join(directory, name) for name in excluded_here)
+            kept = present - excluded_here
+            gained = sorted(kept - seen)
+            lost = sorted((seen - kept) | vanished.get(directory, set()))
+            total_gained += len(gained)
+            total_lost += len(lost)
+            format_version = _table_format_version(root, directory) if rule is ConsistencyRule.CLICKHOUSE else None
+            if format_version is not None:
+                judgement = judge_table_directory(
+                    archived=archived,
+                    vanished=vanished.get(directory, set()),
+                    damaged=damaged.get(directory, set()),
+                    after=kept,
+                    format_version=format_version,
+                    reported=reported.get(directory, set()),
+                )
+                judged.append((directory, judgement))
+                if judgement.at_risk:
+                    missing = [part.name for part in judgement.missing] or judgement.other_lost
+                    changes.append(DirectoryChange(directory, missing, gained))
+                elif gained and lost:
+                    cleared.append(DirectoryChange(directory, lost, gained))
             elif gained and lost:
-                cleared.append(DirectoryChange(directory, lost, gained))
-        elif gained and lost:
-            changes.append(DirectoryChange(directory, lost, gained))
+                changes.append(DirectoryChange(directory, lost, gained))
+    finally:
+        opener.close()
 
     for found in (changes, cleared):
         found.sort(key=lambda change: change.directory)
@@ -292,8 +397,11 @@ def assess_consistency(
         )
     if kinds[ProblemKind.SHRANK]:
         reasons.append(f"{kinds[ProblemKind.SHRANK]} file(s) shrank while read and were padded with zeros")
+    modified_reason = modified.reason()
     if changes or kinds[ProblemKind.SHRANK]:
         verdict = Verdict.AT_RISK
+        if modified_reason:
+            reasons.append(modified_reason)
     else:
         for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED):
             if kinds[kind]:
@@ -302,6 +410,8 @@ def assess_consistency(
             reasons.append(f"{total_gained} entries appeared during the read")
         if total_lost:
             reasons.append(f"{total_lost} archived entries were deleted during the read")
+        if modified_reason:
+            reasons.append(modified_reason)
         verdict = Verdict.FUZZY if reasons else Verdict.CONSISTENT
     return Consistency(
         verdict=verdict,
@@ -311,6 +421,8 @@ def assess_consistency(
         lost=total_lost,
         excluded=sorted(excluded),
         cleared_directories=cleared,
+        modified_count=modified.count,
+        modified_sample=sorted(modified.sample),
     )
 
 

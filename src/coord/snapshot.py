@@ -18,12 +18,13 @@ content. The containers are unpaused and the archive is read from the snapshot.
 A hard link shares its inode with the live file: a file modified IN PLACE after the unpause changes inside the
 snapshot too. Stores whose files are immutable once written (ClickHouse parts, Kafka/Loki segments) never do
 that; Postgres does all the time, so it is not a snapshot workload. coord detects it: after the archive is
-read, any snapshot file whose mtime is later than the unpause is reported, and the verdict becomes at-risk.
+read, any snapshot file whose ctime is later than the unpause is reported, and the verdict becomes at-risk (ctime,
+not mtime: a container can put the mtime back with `touch -d`, never the ctime).
 
 Reading a hardlink snapshot while the volume's own names are removed (ClickHouse deleting a merged-away part)
-makes tar say "file changed as we read it": removing a link changes the shared inode's ctime, which tar checks.
-`content_unchanged` tells those apart from real changes (a write moves the mtime past the unpause), so the archive
-step can record them as relinked instead of changed.
+moves the shared inode's ctime too, and makes tar say "file changed as we read it". `Snapshot._relinked` tells
+those apart from real changes by the link count (fewer links than at the pause and the mtime not moved: a name was
+removed), so they are neither reported as modified nor, by `content_unchanged`, as changed, but as relinked.
 
 The snapshot directory is excluded from the archive (it is the archive's root, and never inside itself),
 journaled before it is created, and removed after the archive, or by `coord recover` after a crash.
@@ -35,7 +36,8 @@ import os
 import shutil
 import stat
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from coord.excludes import ExcludeMatcher
 
 SNAPSHOT_PREFIX = ".coord-snapshot-"
 ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class CloneMethod(StrEnum):
@@ -60,38 +63,136 @@ class Snapshot:
     path: Path
     method: CloneMethod
     unpaused_at_ns: int = 0  # set by the caller once the containers run again
+    # inode -> how many names it has in the snapshot, for the files `_relinked` judges (worked out when needed)
+    _names_in_snapshot: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def modified_since_unpause(self, matcher: ExcludeMatcher) -> list[str]:
-        """Files of a hardlink snapshot whose content changed after the unpause (relative paths), except the
-        excluded ones (a part being written under tmp_insert_* when the pause came is finished afterwards)."""
-        if self.method is CloneMethod.REFLINK or not self.unpaused_at_ns:
+        """Files of the snapshot changed after the unpause (relative paths, sorted), except the excluded ones (a
+        part being written under tmp_insert_* when the pause came is finished afterwards).
+
+        Changed: a ctime after the unpause, which no container can set back (mtime it can: `touch -d`), unless
+        the move was only a name of a shared file removed from the volume (`_relinked`).
+        """
+        if not self.unpaused_at_ns:
             return []
-        changed = []
-        for directory, subdirectories, files in os.walk(self.path):
-            relative_directory = os.path.relpath(directory, self.path)
-            prefix = "" if relative_directory == "." else relative_directory + "/"
-            subdirectories[:] = [d for d in subdirectories if not matcher.excludes(prefix + d)]
-            for name in files:
-                if matcher.excludes(prefix + name):
-                    continue
-                full = os.path.join(directory, name)
-                try:
-                    if os.lstat(full).st_mtime_ns > self.unpaused_at_ns:
-                        changed.append(os.path.relpath(full, self.path))
-                except FileNotFoundError:
-                    continue
-        return sorted(changed)
+        suspects = self._scan()
+        return sorted(
+            path
+            for path, status in suspects.items()
+            if not self._relinked(status) and not any(matcher.excludes(prefix) for prefix in _prefixes(path))
+        )
 
     def content_unchanged(self, relative_path: str) -> bool:
-        """True when the snapshot's file at `relative_path` is a regular file of a hardlink snapshot not written
-        since the unpause: a "changed" report for it means only its inode's ctime moved (a link removed)."""
+        """True when the snapshot's file at `relative_path` is a regular file of a hardlink snapshot not changed
+        since the unpause, or whose ctime moved only because a name of it was removed from the volume (the rule
+        of modified_since_unpause): a "changed" report for it from tar means its content is the snapshot's."""
         if self.method is not CloneMethod.HARDLINK or not self.unpaused_at_ns:
             return False
-        try:
-            status = os.lstat(self.path / relative_path)
-        except OSError:
+        status = _lstat_beneath(self.path, relative_path)
+        if status is None or not stat.S_ISREG(status.st_mode):
             return False
-        return stat.S_ISREG(status.st_mode) and status.st_mtime_ns <= self.unpaused_at_ns
+        if status.st_ctime_ns <= self.unpaused_at_ns:
+            return True
+        if status.st_ino not in self._names_in_snapshot:
+            self._scan()
+        return self._relinked(status)
+
+    def _scan(self) -> dict[str, os.stat_result]:
+        """Every non-directory of the snapshot whose ctime is after the unpause, with its lstat; for those of a
+        hardlink snapshot whose mtime is not, counts the snapshot's names of their inode (for `_relinked`)."""
+        suspects: dict[str, os.stat_result] = {}
+        for path, entry in _walk_beneath(self.path):
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if status.st_ctime_ns > self.unpaused_at_ns:
+                suspects[path] = status
+        if self.method is CloneMethod.HARDLINK:
+            wanted = {s.st_ino for s in suspects.values() if s.st_mtime_ns <= self.unpaused_at_ns}
+            wanted -= self._names_in_snapshot.keys()
+            if wanted:
+                counts = dict.fromkeys(wanted, 0)
+                for _, entry in _walk_beneath(self.path):
+                    if entry.inode() in counts:
+                        counts[entry.inode()] += 1
+                self._names_in_snapshot.update(counts)
+        return suspects
+
+    def _relinked(self, status: os.stat_result) -> bool:
+        """Whether a ctime move after the unpause is only the volume removing a name of this shared inode.
+
+        In a hardlink snapshot each file shares its inode with the live volume, so its ctime moves for a change
+        of the file (content, mode, owner, xattrs, a hard link added, a rename) and also when the volume removes
+        one of its names (ClickHouse deleting a merged-away part). The link count tells them apart: at the pause
+        the inode had at least 2k links, the snapshot's k names and the same k in the live tree it mirrors. Fewer
+        now, with the mtime not past the unpause, means names were removed. What this cannot see (README says so):
+        a file written in place, its mtime set back and one of its names removed, all after the unpause. A reflink
+        snapshot shares nothing with the volume: any ctime move there is a change of the copy itself (it lies
+        inside the volume, where containers can write).
+        """
+        if self.method is not CloneMethod.HARDLINK or status.st_mtime_ns > self.unpaused_at_ns:
+            return False
+        names = self._names_in_snapshot.get(status.st_ino, 0)
+        return names > 0 and status.st_nlink < 2 * names
+
+
+def _lstat_beneath(root: Path, relative_path: str) -> os.stat_result | None:
+    """lstat of `root/relative_path`, its directories opened without following a link; None when not there."""
+    *directories, name = relative_path.split("/")
+    try:
+        descriptor = os.open(root, _DIRECTORY_FLAGS)
+    except OSError:
+        return None
+    try:
+        for directory in directories:
+            following = os.open(directory, _DIRECTORY_FLAGS, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = following
+        return os.stat(name, dir_fd=descriptor, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def _prefixes(path: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']: an excluded directory excludes what lies below it."""
+    parts = path.split("/")
+    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+def _walk_beneath(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every non-directory below `root` as (relative path, entry), through directory descriptors: a directory
+    replaced by a link is not entered (O_NOFOLLOW), and `entry.stat(follow_symlinks=False)` is an fstatat on its
+    directory's descriptor. Directories that vanish are skipped."""
+    try:
+        root_descriptor = os.open(root, _DIRECTORY_FLAGS)
+    except OSError:
+        return
+    pending: list[tuple[str, int]] = [("", root_descriptor)]
+    try:
+        while pending:
+            prefix, descriptor = pending[-1]
+            with os.scandir(descriptor) as entries:
+                listing = list(entries)
+            for entry in listing:
+                if not entry.is_dir(follow_symlinks=False):
+                    yield prefix + entry.name, entry  # the descriptor stays open for entry.stat
+            pending.pop()
+            try:
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        try:
+                            child = os.open(entry.name, _DIRECTORY_FLAGS, dir_fd=descriptor)
+                        except OSError:
+                            continue  # gone, or no longer a directory
+                        pending.append((prefix + entry.name + "/", child))
+            finally:
+                os.close(descriptor)
+    finally:
+        for _, descriptor in pending:
+            os.close(descriptor)
 
 
 def is_snapshot_name(name: str) -> bool:

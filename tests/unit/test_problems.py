@@ -44,6 +44,10 @@ UUID_DIR = "./store/263/2632a5fb-f759-4d05-824b-dddcb78faff3"
         ("tar: ./: Cannot open: No such file or directory", ProblemKind.CRITICAL, "."),
         # Names are escaped by tar; ':' inside a name is '\:' in diagnostics.
         ("tar: ./lo\\:ck: Cannot open: Permission denied", ProblemKind.CRITICAL, "lo:ck"),
+        # Archives keep xattrs and ACLs (--xattrs --acls): tar stays silent where the file system has none
+        # (ENOTSUP), and says so when it cannot read them. Those attributes are then missing from the archive.
+        ("tar: ./bin/ping: Warning: Cannot llistxattr: Permission denied", ProblemKind.CRITICAL, "bin/ping"),
+        ("tar: ./shared: Warning: Cannot acl_get_file_at: Input/output error", ProblemKind.CRITICAL, "shared"),
         ("tar: something tar never said before", ProblemKind.CRITICAL, ""),
         ("tar: ./x: some new message from a future tar", ProblemKind.CRITICAL, "x"),
     ],
