@@ -43,6 +43,9 @@ class JournalEntry:
     name: str  # container name, for messages
     pid: int
     at: float
+    # SNAPSHOT: "st_dev:st_ino" of the directory coord created (fsutil.format_identity), once it exists; only
+    # that directory is ever removed at `key`. Empty: recorded before the directory was made.
+    identity: str = ""
 
     @property
     def file_name(self) -> str:
@@ -59,10 +62,13 @@ class Journal:
     def ensure(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def record(self, kind: str, key: str, action: str, name: str) -> JournalEntry:
-        """Durably write an entry; returns once it is on disk (before the caller acts)."""
+    def record(self, kind: str, key: str, action: str, name: str, identity: str = "") -> JournalEntry:
+        """Durably write an entry (replacing one with the same kind and key); returns once it is on disk
+        (before the caller acts)."""
         self.ensure()
-        entry = JournalEntry(kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time())
+        entry = JournalEntry(
+            kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time(), identity=identity
+        )
         target = self.directory / entry.file_name
         temporary = target.with_name(f".{target.name}.tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
