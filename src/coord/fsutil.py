@@ -72,8 +72,8 @@ def descriptor_path(fd: int) -> Path:
 
 
 def open_directory(path: Path) -> int:
-    """Open the directory `path` (its last component must not be a link). Raises OSError (ELOOP for a link,
-    ENOTDIR for another type). Only for paths no container controls: a volume root or its parent."""
+    """Open the directory `path` (its last component must not be a link). Raises OSError (ENOTDIR or ELOOP for a
+    link, ENOTDIR for another type). Only for paths no container controls: a volume root or its parent."""
     return os.open(path, DIRECTORY_FLAGS)
 
 
@@ -81,7 +81,7 @@ def open_directory_at(dir_fd: int, name: str, expected: Identity | None = None) 
     """Open the directory `name` inside `dir_fd` without following a link at it.
 
     With `expected`, the directory must be that one: raises NotOurs otherwise (and for a link or another type
-    at the name). Without it, raises OSError: ELOOP for a link, ENOTDIR for another type, ENOENT for nothing.
+    at the name). Without it, raises OSError: ENOTDIR (or ELOOP) for a link or another type, ENOENT for nothing.
     """
     _check_name(name)
     try:

@@ -425,10 +425,11 @@ def remove_snapshot(path: Path, identity: Identity | None) -> bool:
     """
     if identity is None:
         try:
-            os.lstat(path)
+            mode = os.lstat(path).st_mode
         except FileNotFoundError:
             return False
-        raise NotOurs(str(path), "coord recorded no identity for it, so it cannot prove it made this")
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a file"
+        raise NotOurs(str(path), f"{what} coord cannot prove it made (no identity journaled for it)")
     try:
         remove_directory(path, identity)
     except FileNotFoundError:
