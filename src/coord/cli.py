@@ -499,6 +499,8 @@ def recover(
             print(line)
         for path in report.removed_partials:
             print(f"removed partial archive {path}")
+        for line in report.left_alone:
+            print(f"warning: {line}")
         for error in report.errors:
             print(f"error: {error}")
         if report.nothing_to_do:

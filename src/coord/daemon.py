@@ -173,6 +173,8 @@ def _recover_at_start(request: BackupRequest, connect: Callable[[], DockerContro
         events.emit("recovered", line)
     for path in report.removed_partials:
         events.emit("recovered", f"removed partial archive {path}")
+    for line in report.left_alone:
+        events.emit("recovered", line)
     for error in report.errors:
         events.emit("recover-failed", error, error=error)
     if report.nothing_to_do:

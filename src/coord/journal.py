@@ -53,6 +53,9 @@ class JournalEntry:
     name: str  # container name, for messages
     pid: int
     at: float
+    # SNAPSHOT: "st_dev:st_ino" of the directory coord created (fsutil.format_identity), once it exists; only
+    # that directory is ever removed at `key`. Empty: recorded before the directory was made.
+    identity: str = ""
 
     @property
     def file_name(self) -> str:
@@ -73,13 +76,16 @@ class Journal:
         except OSError as error:
             raise self._error("create the journal directory", self.directory, error) from None
 
-    def record(self, kind: str, key: str, action: str, name: str) -> JournalEntry:
-        """Durably write an entry; returns once it is on disk (before the caller acts).
+    def record(self, kind: str, key: str, action: str, name: str, identity: str = "") -> JournalEntry:
+        """Durably write an entry (replacing one with the same kind and key); returns once it is on disk (before
+        the caller acts).
 
         Raises JournalError (and leaves no temporary file) when the entry cannot be written.
         """
         self.ensure()
-        entry = JournalEntry(kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time())
+        entry = JournalEntry(
+            kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time(), identity=identity
+        )
         target = self.directory / entry.file_name
         temporary = target.with_name(f".{target.name}.tmp")
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from coord.archive import remove_partial
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
+from coord.fsutil import NotOurs, parse_identity
 from coord.journal import (
     CONTAINER,
     PARTIAL,
@@ -41,13 +42,21 @@ class RecoveryReport:
     restored: list[str] = field(default_factory=list)  # "unpaused X" / "started X" / "X was already back"
     removed_partials: list[str] = field(default_factory=list)  # partial archives and snapshot directories
     errors: list[str] = field(default_factory=list)
+    # what an entry named but coord could not prove it made (a link planted at a snapshot's name): untouched,
+    # the entry cleared, since it is not coord's to put right
+    left_alone: list[str] = field(default_factory=list)
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.restored or self.removed_partials or self.errors)
+        return not (self.restored or self.removed_partials or self.errors or self.left_alone)
 
     def to_json(self) -> dict[str, list[str]]:
-        return {"restored": self.restored, "removed_partials": self.removed_partials, "errors": self.errors}
+        return {
+            "restored": self.restored,
+            "removed_partials": self.removed_partials,
+            "errors": self.errors,
+            "left_alone": self.left_alone,
+        }
 
 
 class EntryNotDone(Exception):
@@ -91,9 +100,15 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
 
 
 def _recover_snapshot(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
-    existed = os.path.lexists(entry.key)  # reported only when there was something to remove
-    remove_snapshot(Path(entry.key))
-    if existed:
+    """Remove the snapshot directory a dead run left, only if it is the one it made (the journaled identity);
+    whatever else is at that name (a link a container planted) is never followed, and is left alone."""
+    try:
+        removed = remove_snapshot(Path(entry.key), parse_identity(entry.identity))
+    except NotOurs as error:
+        report.left_alone.append(f"{entry.key}: {error.why}; left alone (not coord's: remove it by hand if unwanted)")
+        log.warning("recovery: %s", report.left_alone[-1])
+        return
+    if removed:
         report.removed_partials.append(entry.key)
 
 

@@ -28,6 +28,7 @@ from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Encryption, encryption_for, warm_up
 from coord.errors import CoordError, JournalError
 from coord.excludes import ExcludeMatcher
+from coord.fsutil import NotOurs, format_identity, open_directory, parse_identity
 from coord.hooks import HookRun, run_hook
 from coord.journal import PARTIAL, SNAPSHOT, WRITING, Journal, JournalEntry
 from coord.lock import run_lock
@@ -37,6 +38,7 @@ from coord.policy import LoadedPolicy, OnAtRisk, OnHookError, Strategy, load_pol
 from coord.problems import ProblemKind
 from coord.publish import publish_archive
 from coord.recovery import recover
+from coord.restore_swap import STAGING_PREFIX
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
 from coord.retention import ArchiveHashes, WrittenArchive, prune_volume
 from coord.signals import termination_raises
@@ -44,15 +46,19 @@ from coord.snapshot import (
     SNAPSHOT_PREFIX,
     Snapshot,
     complete_snapshot,
+    new_snapshot_path,
     prepare_snapshot,
     remove_snapshot,
-    snapshot_path_for,
 )
 from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
 from coord.verify import ReadBack, WrittenArchiveCheck
 
 log = logging.getLogger("coord")
+
+# coord's own directories at a volume root (snapshots, restore staging): never archived, never copied into a
+# snapshot, whatever a container planted there.
+COORD_ROOT_PREFIXES = (SNAPSHOT_PREFIX, STAGING_PREFIX)
 
 
 class Progress(Protocol):
@@ -129,6 +135,7 @@ def run_backup(request: BackupRequest, docker: DockerControl, progress: Progress
     with run_lock(request.state_dir, request.lock_timeout_s), termination_raises():
         recovery = recover(journal, docker)
         result.recovered = recovery.restored + [f"removed {path}" for path in recovery.removed_partials]
+        result.recovered += [f"left alone {line}" for line in recovery.left_alone]
         result.errors.extend(recovery.errors)
         for group in group_volumes(plans, docker, own_container_id()):
             volumes, errors = back_up_group(group, request, docker, journal, progress)
@@ -184,6 +191,7 @@ def back_up_group(
         else:
             try:
                 job.source = request.sources.path_of(job.plan.volume, docker)
+                refuse_unfinished_restore(job.plan.volume, job.source)
                 job.encryption = encryption_for(
                     job.plan.policy.policy.encrypt, request.state_dir, request.passphrase_file
                 )
@@ -281,7 +289,7 @@ def _snapshot_pass(
             if job.snapshot is None:
                 continue
             job.snapshot.unpaused_at_ns = unpause_started_ns
-            _archive(job, dest, journal, progress, source=job.snapshot.path)
+            _archive(job, dest, journal, progress, source=job.snapshot.read_path)
             job.modified_after_snapshot = job.snapshot.modified_since_unpause(_matcher(job))
             _drop_snapshot(job, journal)
     finally:
@@ -290,16 +298,25 @@ def _snapshot_pass(
 
 
 def _prepare_snapshot(job: _Job, journal: Journal) -> bool:
-    """Journal and link the volume's snapshot while its containers run; False (the reason recorded) if refused."""
+    """Journal and link the volume's snapshot while its containers run; False (the reason recorded) if refused.
+
+    The entry is written before the directory is made, and again with the directory's identity as soon as it
+    exists (before anything is linked into it): recovery removes only that directory, never what else may be
+    at its name."""
     assert job.source is not None
-    path = snapshot_path_for(job.source)
+    path = new_snapshot_path(job.source)
+    volume = job.plan.volume
     try:
-        job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, job.plan.volume)
+        job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, volume)
     except JournalError as error:
         job.result.errors.append(f"no snapshot made: {error.message}")
         return False
+
+    def journal_identity(identity: tuple[int, int]) -> None:
+        job.snapshot_entry = journal.record(SNAPSHOT, str(path), SNAPSHOT, volume, format_identity(identity))
+
     try:
-        job.snapshot = prepare_snapshot(job.source, path)
+        job.snapshot = prepare_snapshot(job.source, path, journal_identity, COORD_ROOT_PREFIXES)
     except CoordError as error:
         _drop_snapshot(job, journal)
         job.result.errors.append(error.message)
@@ -328,11 +345,25 @@ def _complete_snapshot(job: _Job) -> None:
 
 
 def _drop_snapshot(job: _Job, journal: Journal) -> None:
-    """Remove the volume's snapshot directory, if any, and its journal entry."""
-    if job.snapshot_entry is None:
+    """Remove the volume's snapshot directory, if any, and its journal entry. Never raises for the directory:
+    something that is not coord's at its name is left alone (and reported); a failure to remove keeps the
+    entry for `coord recover` (and is reported)."""
+    if job.snapshot is not None:
+        job.snapshot.close()
+    entry = job.snapshot_entry
+    if entry is None:
         return
-    remove_snapshot(Path(job.snapshot_entry.key))
-    _clear_entry(journal, job.snapshot_entry, job.result)
+    try:
+        remove_snapshot(Path(entry.key), parse_identity(entry.identity))
+    except NotOurs as error:
+        job.result.errors.append(f"snapshot {entry.key}: {error.why}; left alone")
+    except OSError as error:
+        job.result.errors.append(
+            f"snapshot {entry.key} could not be removed: {error.strerror or error}; `coord recover` removes it"
+        )
+        job.snapshot_entry = None
+        return
+    _clear_entry(journal, entry, job.result)
     job.snapshot_entry = None
 
 
@@ -438,8 +469,40 @@ def _archive(job: _Job, dest: Path, journal: Journal, progress: Progress | None,
 
 
 def _matcher(job: _Job) -> ExcludeMatcher:
-    # A snapshot left by a dead run is never archived, whatever the strategy.
-    return ExcludeMatcher.of([*job.plan.policy.policy.exclude, f"/{SNAPSHOT_PREFIX}*"])
+    # coord's own directories at the volume root (a snapshot left by a dead run, a restore's staging directory,
+    # or links a container planted at those names) are never archived, whatever the strategy.
+    return ExcludeMatcher.of([*job.plan.policy.policy.exclude, *(f"/{prefix}*" for prefix in COORD_ROOT_PREFIXES)])
+
+
+def refuse_unfinished_restore(volume: str, source: Path) -> None:
+    """Raise CoordError when the root of `volume` (`source`) holds a restore's staging directory: that restore
+    did not finish, the volume may be half restored, and an archive of it must not look like a good backup.
+
+    Only a real directory counts (listed without following links); a link or file planted at such a name is
+    not coord's and is merely never archived. A root that cannot be read is left for the archive step to report.
+    """
+    try:
+        fd = open_directory(source)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            staging = sorted(
+                entry.name
+                for entry in entries
+                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    if staging:
+        raise CoordError(
+            f"volume '{volume}' holds an unfinished restore ({source}/{staging[0]}): not backed up, since it may "
+            "be half restored. Run `coord recover` to finish or roll back that restore, then back up again; if "
+            f"the directory is still there, restore the volume again, or remove {source}/{staging[0]} once you "
+            "know the volume holds what it should"
+        )
 
 
 def _finish(job: _Job, journal: Journal) -> None:

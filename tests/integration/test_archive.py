@@ -14,10 +14,17 @@ from tests.conftest import archive_listing
 from coord.archive import create_archive
 from coord.consistency import ArchivedTree, Verdict, assess_consistency
 from coord.excludes import ExcludeMatcher
+from coord.fsutil import identity_of, open_directory
 from coord.policy import Compression
 from coord.problems import EntryProblem, ProblemKind
 from coord.snapshot import CloneMethod, Snapshot
 from coord.verify import Expected, compare, read_back
+
+
+def held_snapshot(path: Path, method: CloneMethod) -> Snapshot:
+    """A Snapshot of the directory at `path` as coord holds one (opened, its identity known), unpaused now."""
+    descriptor = open_directory(path)
+    return Snapshot(path, identity_of(os.fstat(descriptor)), method, descriptor, unpaused_at_ns=time.time_ns())
 
 
 def make_tree(root: Path) -> None:
@@ -201,7 +208,7 @@ def test_a_link_removed_while_a_snapshot_file_is_read_is_relinked_not_changed(tm
     (volume / "part/data.bin").write_bytes(os.urandom(4 << 20))
     (snapshot / "part").mkdir(parents=True)
     os.link(volume / "part/data.bin", snapshot / "part/data.bin")
-    view = Snapshot(snapshot, CloneMethod.HARDLINK, unpaused_at_ns=time.time_ns())
+    view = held_snapshot(snapshot, CloneMethod.HARDLINK)
     # The compressor starts draining only after the volume's link is gone, so tar is mid-file when it goes.
     threading.Timer(0.3, (volume / "part/data.bin").unlink).start()
     slow = ["sh", "-c", "sleep 0.8; exec gzip -1 -c"]
@@ -229,7 +236,7 @@ def test_a_link_removed_while_a_snapshot_file_is_read_is_relinked_not_changed(tm
         handle.write(b"x")
     assert not view.content_unchanged("part/data.bin")
     assert not view.content_unchanged("part")  # a directory is never shared with the volume
-    assert not Snapshot(snapshot, CloneMethod.REFLINK, unpaused_at_ns=time.time_ns()).content_unchanged("part/x")
+    assert not held_snapshot(snapshot, CloneMethod.REFLINK).content_unchanged("part/x")
 
 
 # --- files modified in place during the read (ctime after the read began) --------------------------------------
@@ -329,7 +336,7 @@ def linked_snapshot(tmp_path: Path) -> tuple[Path, Path, Snapshot]:
         (volume / "part" / name).write_bytes(b"00000001")
         os.link(volume / "part" / name, snapshot / "part" / name)
     past_a_clock_tick()  # the links' own ctime lies before the unpause
-    view = Snapshot(snapshot, CloneMethod.HARDLINK, unpaused_at_ns=time.time_ns())
+    view = held_snapshot(snapshot, CloneMethod.HARDLINK)
     past_a_clock_tick()
     return volume, snapshot, view
 
@@ -366,7 +373,7 @@ def test_a_reflink_snapshot_copy_changed_after_the_unpause_is_modified(tmp_path:
     copy.mkdir()
     (copy / "a.dat").write_bytes(b"1")
     past_a_clock_tick()
-    view = Snapshot(copy, CloneMethod.REFLINK, unpaused_at_ns=time.time_ns())
+    view = held_snapshot(copy, CloneMethod.REFLINK)
     past_a_clock_tick()
     assert view.modified_since_unpause(ExcludeMatcher.of([])) == []
     os.chmod(copy / "a.dat", 0o600)

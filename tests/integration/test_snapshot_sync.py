@@ -18,8 +18,8 @@ from coord.snapshot import (
     CloneMethod,
     SnapshotError,
     complete_snapshot,
+    new_snapshot_path,
     prepare_snapshot,
-    snapshot_path_for,
 )
 
 
@@ -54,7 +54,7 @@ def make_volume(root: Path) -> None:
 def test_changes_made_between_the_two_steps_are_all_in_the_snapshot(tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     make_volume(volume)
-    snapshot = prepare_snapshot(volume, snapshot_path_for(volume))
+    snapshot = prepare_snapshot(volume, new_snapshot_path(volume))
     assert snapshot.method is CloneMethod.HARDLINK  # ext4 on this machine: the two-step path
     assert signature(snapshot.path) == signature(volume, skip_snapshots=True)  # step 1 alone, on a quiet tree
 
@@ -112,7 +112,7 @@ def test_a_tree_changing_while_it_is_linked_is_made_exact_while_paused(tmp_path:
     writer = threading.Thread(target=churn)
     writer.start()
     try:
-        snapshot = prepare_snapshot(volume, snapshot_path_for(volume))  # must not fail on vanished files
+        snapshot = prepare_snapshot(volume, new_snapshot_path(volume))  # must not fail on vanished files
     finally:
         stop.set()
         writer.join()
@@ -133,7 +133,7 @@ def inner_filesystem(tmp_path: Path):
 
 
 def test_a_volume_spanning_file_systems_is_refused_before_any_pause(inner_filesystem: Path) -> None:
-    path = snapshot_path_for(inner_filesystem)
+    path = new_snapshot_path(inner_filesystem)
     with pytest.raises(SnapshotError, match=r"another file system.*use strategy pause or stop"):
         prepare_snapshot(inner_filesystem, path)
     assert not path.exists()
@@ -142,7 +142,7 @@ def test_a_volume_spanning_file_systems_is_refused_before_any_pause(inner_filesy
 def test_a_file_system_appearing_between_the_steps_fails_the_snapshot_and_removes_it(tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     make_volume(volume)
-    snapshot = prepare_snapshot(volume, snapshot_path_for(volume))
+    snapshot = prepare_snapshot(volume, new_snapshot_path(volume))
     mount_point = volume / "store/t1/all_3_3_0"
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
     try:
