@@ -231,7 +231,9 @@ class _DirectoryOpener:
     """
 
     def __init__(self, root: str) -> None:
-        self._chain: list[tuple[str, int]] = [(".", os.open(root, _DIRECTORY_FLAGS))]
+        # The root itself is coord's (a volume's mount point, or /proc/<pid>/fd/<n> of the snapshot coord holds:
+        # a link to follow); O_NOFOLLOW applies below it, inside what the containers write.
+        self._chain: list[tuple[str, int]] = [(".", os.open(root, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW))]
 
     def open(self, directory: str) -> int:
         """A descriptor of `directory` (relative, "." for the root), owned by the opener: do not close it.
