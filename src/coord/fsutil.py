@@ -178,23 +178,29 @@ def empty_directory(fd: int) -> None:
     """
     for entry in _entries(fd):
         try:
-            if entry.is_dir(follow_symlinks=False):
-                try:
-                    child = open_directory_at(fd, entry.name)
-                except OSError as error:
-                    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    os.unlink(entry.name, dir_fd=fd)
-                    continue
-                try:
-                    empty_directory(child)
-                finally:
-                    os.close(child)
-                os.rmdir(entry.name, dir_fd=fd)
-            else:
-                os.unlink(entry.name, dir_fd=fd)
+            remove_entry_at(fd, entry)
         except FileNotFoundError:
             continue  # gone meanwhile: what we wanted
+
+
+def remove_entry_at(fd: int, entry: os.DirEntry[str]) -> None:
+    """Remove one entry listed in the open directory `fd`, a directory with all it holds (empty_directory's
+    rules: nothing is followed). Raises OSError, FileNotFoundError when it is gone already."""
+    if entry.is_dir(follow_symlinks=False):
+        try:
+            child = open_directory_at(fd, entry.name)
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(entry.name, dir_fd=fd)  # no longer a directory: the name goes, nothing is followed
+            return
+        try:
+            empty_directory(child)
+        finally:
+            os.close(child)
+        os.rmdir(entry.name, dir_fd=fd)
+    else:
+        os.unlink(entry.name, dir_fd=fd)
 
 
 @contextlib.contextmanager

@@ -55,12 +55,12 @@ from coord.fsutil import (
     clone_file,
     create_file_at,
     descriptor_path,
-    empty_directory,
     lstat_beneath,
     make_directory_at,
     open_directory,
     open_directory_at,
     remove_directory,
+    remove_entry_at,
 )
 
 SNAPSHOT_PREFIX = ".coord-snapshot-"
@@ -381,7 +381,7 @@ def _sync_directory(live: int, copy: int, counts: SyncCounts, snapshot: Snapshot
         # Directories are the snapshot's own (new inodes): compared by content below. Anything else is the
         # live entry's inode, or stale.
         if now is None or (not both_directories and now.inode() != entry.inode()):
-            _remove_entry(copy, entry)
+            remove_entry_at(copy, entry)
             del copied[name]
             counts.removed += 1
     for name, entry in present.items():
@@ -442,19 +442,6 @@ def _clone_regular_file(live: int, copy: int, name: str) -> None:
             os.close(target)
     finally:
         os.close(source)
-
-
-def _remove_entry(directory: int, entry: os.DirEntry[str]) -> None:
-    """Remove a stale entry of the snapshot (a directory with all it holds), through descriptors."""
-    if entry.is_dir(follow_symlinks=False):
-        child = open_directory_at(directory, entry.name)
-        try:
-            empty_directory(child)
-        finally:
-            os.close(child)
-        os.rmdir(entry.name, dir_fd=directory)
-    else:
-        os.unlink(entry.name, dir_fd=directory)
 
 
 def _copy_directory_metadata(live: int, copy: int, counts: SyncCounts) -> None:
