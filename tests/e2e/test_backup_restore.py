@@ -412,3 +412,38 @@ def test_sigterm_during_restore_keeps_the_old_content_and_restarts_containers(
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert snapshot_tree(root) == before  # staging removed, old content untouched
     assert container_state(docker_client, running) == "running"
+
+
+def test_attributes_survive_coord_backup_then_coord_restore_and_the_plain_pipeline(
+    tmp_path: Path, docker_client, make_volume, new_volume_name
+) -> None:
+    """Issue 11, finding 8, end to end: what coord's own archive step writes (pax, xattrs, ACLs, holes, ns mtimes)
+    is what `coord restore` and the documented plain pipeline give back, links included."""
+    from trees import populate_attributes, populate_links
+
+    volume = make_volume("attributes")
+    populate_attributes(volume_path(docker_client, volume))
+    populate_links(volume_path(docker_client, volume))
+    expected = snapshot_tree(volume_path(docker_client, volume), attributes=True)
+    write_policy(tmp_path / "p", "app", policy_text(volume))
+    backup = run_coord("backup", "--policies-dir", str(tmp_path / "p"), "--dest", str(tmp_path / "b"), "--json")
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    [entry] = backup.json["volumes"]
+    assert (entry["status"], entry["verdict"]) == ("ok", "consistent")
+
+    restored = new_volume_name("attributes-restored")
+    restore = run_coord("restore", entry["archive"], "--volume", restored, "--policies-dir", str(tmp_path / "p"))
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "not restored" not in restore.stdout
+    assert differences(expected, snapshot_tree(volume_path(docker_client, restored), attributes=True)) == []
+
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    subprocess.run(
+        f"set -o pipefail; zstd -dc '{entry['archive']}' | "
+        f"tar -x --xattrs --xattrs-include='*' --acls --numeric-owner -C '{by_tar}'",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+    )
+    assert differences(expected, snapshot_tree(by_tar, attributes=True)) == []
