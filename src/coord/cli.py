@@ -49,6 +49,15 @@ PoliciesDir = Annotated[
         show_default=True,
     ),
 ]
+CurrentPoliciesDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--policies-dir",
+        envvar="COORD_POLICIES_DIR",
+        help="The policies in force: volumes whose policy is no longer there are marked gone. Without it (and "
+        "without COORD_POLICIES_DIR) only what the history itself shows marks a volume gone.",
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (see README).")]
 DestOption = Annotated[
     Path | None,
@@ -796,7 +805,7 @@ def report(
         typer.Option(metavar="DATE", help="From this date (UTC midnight) or date-time until now."),
     ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
-    policies_dir: PoliciesDir = Path("policies"),
+    policies_dir: CurrentPoliciesDir = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
@@ -822,7 +831,7 @@ def report(
 
 @app.command()
 def status(
-    state_dir: StateDir = DEFAULT_STATE_DIR, policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = False
+    state_dir: StateDir = DEFAULT_STATE_DIR, policies_dir: CurrentPoliciesDir = None, as_json: JsonFlag = False
 ) -> None:
     """The last backup of each volume, one line each, and the latest run when it failed, crashed or is running.
     Volumes no longer backed up (their policy is gone, or a later run of it went without them) are marked GONE."""
@@ -847,11 +856,13 @@ def status(
         print("\n".join(render_status(latest, latest_status, found["volumes"], gone)))
 
 
-def _current_policy_names(policies_dir: Path) -> list[str] | None:
-    """The names of the policies now in `policies_dir`, or None when they cannot be read (status and report
-    still work then, without telling which policies are gone)."""
+def _current_policy_names(policies_dir: Path | None) -> list[str] | None:
+    """The names of the policies now in `policies_dir`, or None when it was not given or cannot be read (status
+    and report still work then, without telling which policies are gone)."""
     from coord.policy import policy_files
 
+    if policies_dir is None:
+        return None
     try:
         return [path.stem for path in policy_files(policies_dir)]
     except CoordError:

@@ -201,6 +201,7 @@ def back_up_group(
                 runnable.append(job)
             except CoordError as error:
                 job.result.errors.append(error.message)
+                log.error("%s: %s", job.plan.volume, error.message)  # notifications carry the log's tail
     if not runnable:
         return [job.result for job in jobs], []
 

@@ -156,7 +156,7 @@ def test_health_follows_the_last_run_and_the_schedule(make_volume, tmp_path) -> 
     assert backup(tmp_path / "p", blocker).returncode == 1
     health = run_coord("health")
     assert health.returncode == 1
-    assert health.stdout.startswith("unhealthy: last run 1 (") and f"failed: {volume}: cannot write" in health.stdout
+    assert health.stdout.startswith("unhealthy: last run 1 (") and f"failed: {volume}: destination {blocker}/{volume} is not writable" in health.stdout
 
     assert backup(tmp_path / "p", tmp_path / "b").returncode == 0
     health = run_coord("health", "--json")
@@ -234,7 +234,7 @@ def test_failure_webhook_gets_the_run_and_the_log_tail(webhooks, make_volume, tm
     assert body["result"]["volumes"][0]["status"] == "failed"
     assert body["result"] == run.json
     assert 0 < len(body["log_tail"]) <= 5
-    assert any(f"{volume}: archiving" in line for line in body["log_tail"])
+    assert any(f"{volume}: destination {blocker}/{volume} is not writable" in line for line in body["log_tail"])
     assert "s3cr3t" not in run.stderr
 
 
