@@ -156,7 +156,10 @@ def test_health_follows_the_last_run_and_the_schedule(make_volume, tmp_path) -> 
     assert backup(tmp_path / "p", blocker).returncode == 1
     health = run_coord("health")
     assert health.returncode == 1
-    assert health.stdout.startswith("unhealthy: last run 1 (") and f"failed: {volume}: destination {blocker}/{volume} is not writable" in health.stdout
+    assert (
+        health.stdout.startswith("unhealthy: last run 1 (")
+        and f"failed: {volume}: destination {blocker}/{volume} is not writable" in health.stdout
+    )
 
     assert backup(tmp_path / "p", tmp_path / "b").returncode == 0
     health = run_coord("health", "--json")
