@@ -119,7 +119,7 @@ def test_a_kill_between_rename_and_manifest_is_completed_by_recover(docker_clien
     verified = run_coord("verify", str(archive))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     again = run_coord("recover", "--json")
-    assert again.json == {"ok": True, "restored": [], "removed_partials": [], "errors": []}
+    assert again.json == {"ok": True, "restored": [], "removed_partials": [], "left_alone": [], "errors": []}
 
 
 def sleeper(make_container, volume: str):
