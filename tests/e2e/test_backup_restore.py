@@ -116,8 +116,6 @@ def test_round_trip_is_byte_identical_through_coord_and_through_plain_tools(
     dest = tmp_path / "dest"
 
     done = backup(policies, dest, state_dir, verbose=True)
-    if done["returncode"] and "not implemented yet" in json.dumps(done):
-        pytest.skip(f"strategy {strategy} is not available in this version of coord")
     assert done["returncode"] == 0, done
     [volume] = done["volumes"]
     archive = Path(volume["archive"])
@@ -447,3 +445,37 @@ def test_attributes_survive_coord_backup_then_coord_restore_and_the_plain_pipeli
         check=True,
     )
     assert differences(expected, snapshot_tree(by_tar, attributes=True)) == []
+
+
+@pytest.mark.parametrize("encryption", ["passphrase", "public-key"])
+def test_verify_without_the_key_says_only_that(
+    tmp_path: Path,
+    docker_client,
+    make_volume,
+    state_dir: Path,
+    throwaway_key: ThrowawayKey,
+    passphrase_file: Path,
+    encryption: str,
+) -> None:
+    source = make_volume("keyless")
+    (volume_path(docker_client, source) / "data").write_text("rows\n")
+    encrypt, _ = encrypt_key(encryption, throwaway_key, passphrase_file)
+    write_policy(tmp_path / "p", "app", policy_text(source, "live", encrypt))
+    assert backup(tmp_path / "p", tmp_path / "dest", state_dir)["returncode"] == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    verified = run_coord(
+        "verify",
+        "--latest",
+        source,
+        "--dest",
+        str(tmp_path / "dest"),
+        "--state-dir",
+        str(state_dir),
+        "--json",
+        env={"HOME": str(home), "GNUPGHOME": ""},
+    )
+    assert verified.returncode == 1
+    [problem] = verified.json["problems"]  # the cause, not the mismatches that follow from not reading it
+    assert problem.startswith("cannot decrypt") or "--passphrase-file" in problem, problem
+    assert list(home.iterdir()) == []  # no ~/.gnupg made: coord writes state only under --state-dir
