@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import docker
@@ -130,6 +130,58 @@ def _state_of(attributes: dict) -> str:
             return "paused"
         return str(state.get("Status") or "unknown")
     return str(state)
+
+
+class Engine(Protocol):
+    """The engine operations coord performs, and nothing else: what the runner, planning, strategies, hooks,
+    recovery and restore call. DockerControl is the real one; tests/fakes.py holds an in-memory one.
+
+    Failures raise DockerError with an operator message (what was attempted, and the engine's answer).
+    """
+
+    def volume_names(self) -> list[str]:
+        """The names of all volumes, sorted."""
+        ...
+
+    def volume_mountpoint(self, name: str) -> str:
+        """Where the volume's files are on the host."""
+        ...
+
+    def create_volume(self, name: str) -> str:
+        """Create a volume (local driver); returns its mountpoint on the host."""
+        ...
+
+    def containers_using(self, volume: str) -> list[ContainerInfo]:
+        """Containers (any state) that mount the named volume, sorted by name."""
+        ...
+
+    def find_containers(self, reference: str) -> list[ContainerInfo]:
+        """Containers whose name is `reference`, or whose compose service is `reference` ('project/service' too)."""
+        ...
+
+    def container_state(self, identifier: str) -> str | None:
+        """The container's state now, or None when it no longer exists."""
+        ...
+
+    def pause(self, identifier: str) -> None:
+        """Pause a running container (a paused one is left paused)."""
+        ...
+
+    def unpause(self, identifier: str) -> None:
+        """Unpause a paused container (one that is not paused is left as it is)."""
+        ...
+
+    def stop(self, identifier: str, timeout_s: int) -> None:
+        """Stop a container (paused too), killing it after `timeout_s` seconds."""
+        ...
+
+    def start(self, identifier: str) -> None:
+        """Start a stopped container."""
+        ...
+
+    def exec(self, identifier: str, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+        """Run `argv` in the container: (exit code, combined output); exit code None when it timed out."""
+        ...
 
 
 class DockerControl:
