@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import CoordError, PolicyError
-from coord.policy import LoadedPolicy, Strategy, is_glob, location_in
+from coord.policy import Escalation, LoadedPolicy, Strategy, is_glob, location_in
 
 QUIESCING = (Strategy.PAUSE, Strategy.STOP, Strategy.SNAPSHOT)  # strategies that change containers' state
 WITH_CONTAINERS = (*QUIESCING, Strategy.AUTO)  # strategies that need to know the containers
@@ -129,8 +129,9 @@ def group_volumes(
 
     `own_container` (coord's own, when it runs as a sidecar mounting the volumes) is never quiesced.
 
-    Volumes are grouped when their policies agree (same strategy and stop timeout) and their container sets
-    overlap; each group's containers are in stop order (policy stop_order first, then by name).
+    Volumes are grouped when their policies agree (same strategy and stop timeout, and for auto the same
+    escalate_to) and their container sets overlap; each group's containers are in stop order (policy stop_order
+    first, then by name). Volumes that share containers but not those settings get one quiesce window each.
     """
     groups: list[QuiesceGroup] = []
     for plan in plans:
@@ -166,6 +167,7 @@ def _merge_overlapping(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
                 if ids
                 and other.strategy is group.strategy
                 and other.stop_timeout == group.stop_timeout
+                and _escalation(other) is _escalation(group)
                 and ids & {c.id for c in other.containers}
             ),
             None,
@@ -178,6 +180,14 @@ def _merge_overlapping(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
         target.users.update(group.users)
         target.errors.update(group.errors)
     return merged
+
+
+def _escalation(group: QuiesceGroup) -> Escalation | None:
+    """What an `auto` group escalates to (None for the other strategies). Part of the merge key: a group runs one
+    escalation for all its volumes, so an auto policy must never run another policy's `escalate_to`."""
+    if group.strategy is not Strategy.AUTO:
+        return None
+    return group.volumes[0].policy.policy.escalate_to
 
 
 def _order_containers(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
