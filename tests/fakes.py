@@ -81,8 +81,9 @@ class FakeEngine:
     # Setting the scene ------------------------------------------------------------------------------------------
 
     def add_volume(self, name: str, files: dict[str, str] | None = None) -> Path:
-        """Create the volume's directory with `files` (relative path -> text); returns the directory."""
-        path = self.volumes_root / name / "_data"
+        """Create the volume's directory, <volumes root>/<name>, with `files` (relative path -> text); returns it.
+        The same directory serves host mode (it is the volume's Mountpoint) and sidecar mode (--volumes-root)."""
+        path = self.volumes_root / name
         path.mkdir(parents=True)
         for relative, text in (files or {}).items():
             (path / relative).parent.mkdir(parents=True, exist_ok=True)
