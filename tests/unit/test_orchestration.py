@@ -16,20 +16,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from tests.fakes import FakeEngine
 
 import coord.archive
 from coord.archive import ArchiveOutcome
-from coord.consistency import Verdict
+from coord.consistency import ArchivedTree, Verdict
 from coord.docker_ops import DockerControl, Engine
 from coord.journal import CONTAINER, PAUSED, Journal
 from coord.plan import group_volumes, plan_volumes
 from coord.policy import OnAtRisk, load_policies
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 from coord.results import RunResult, VolumeStatus
-from coord.runner import BackupRequest, decide_status, run_backup
+from coord.runner import BackupRequest, Progress, decide_status, run_backup
 from coord.signals import Interrupted
 
 FILES = {"old.txt": "old\n", "keep.txt": "kept\n", "sub/deep.txt": "deep\n"}
@@ -55,7 +56,9 @@ class Scene:
             state_dir=self.root / "state",
         )
 
-    def run(self, *policy_names: str, progress: object | None = None) -> RunResult:
+    def run(self, *policy_names: str, progress: Progress | None = None) -> RunResult:
+        # The ignore goes once run_backup is annotated with docker_ops.Engine (the fake has its methods, tested
+        # below), not with the concrete DockerControl.
         return run_backup(self.request(*policy_names), self.engine, progress)  # type: ignore[arg-type]
 
     def journal(self) -> Journal:
@@ -78,12 +81,12 @@ class ReadChanges:
         self.pending: dict[Path, list[Callable[[Path, list[EntryProblem]], None] | None]] = {}
         real = coord.archive.assess_consistency
 
-        def assess(root: str, tree: object, problems: list[EntryProblem], *args: object, **kwargs: object) -> object:
+        def assess(root: str, tree: ArchivedTree, problems: list[EntryProblem], *args: Any, **kwargs: Any) -> Any:
             queue = self.pending.get(Path(root))
             change = queue.pop(0) if queue else None
             if change is not None:
                 change(Path(root), problems)
-            return real(root, tree, problems, *args, **kwargs)  # type: ignore[arg-type]
+            return real(root, tree, problems, *args, **kwargs)
 
         monkeypatch.setattr(coord.archive, "assess_consistency", assess)
 
@@ -287,12 +290,13 @@ def test_auto_volumes_sharing_a_container_are_grouped_only_when_they_escalate_al
     two_auto_policies(scene, "pause", "stop")
     policies = load_policies(scene.root / "policies")
     plans = plan_volumes(policies, scene.engine.volume_names())
-    groups = group_volumes(plans, scene.engine)  # type: ignore[arg-type]
+    groups = group_volumes(plans, scene.engine)  # type: ignore[arg-type]  # until annotated with Engine
     assert [[plan.volume for plan in group.volumes] for group in groups] == [["va"], ["vb"]]
 
     (scene.root / "policies" / "b.yaml").write_text("volumes: [vb]\nstrategy: auto\nescalate_to: pause\n")
     policies = load_policies(scene.root / "policies")
-    groups = group_volumes(plan_volumes(policies, scene.engine.volume_names()), scene.engine)  # type: ignore[arg-type]
+    plans = plan_volumes(policies, scene.engine.volume_names())
+    groups = group_volumes(plans, scene.engine)  # type: ignore[arg-type]  # until annotated with Engine
     assert [[plan.volume for plan in group.volumes] for group in groups] == [["va", "vb"]]
 
 
