@@ -1,7 +1,7 @@
 """An in-memory Docker engine (coord.docker_ops.Engine) for tests of coord's orchestration without Docker.
 
 It holds volumes (real directories under a temporary root, so GNU tar reads real files) and containers with
-the engine's state machine, as DockerControl presents it (facts checked on Engine 20.10, see docs/):
+the engine's state machine as DockerControl presents it (Docker Engine 20.10's answers, as checked there):
 
     pause:   running -> paused; paused stays paused (DockerControl treats "already paused" as done);
              exited/created -> error 409 "is not running"

@@ -25,6 +25,7 @@ import coord.archive
 from coord.archive import ArchiveOutcome
 from coord.consistency import ArchivedTree, Verdict
 from coord.docker_ops import DockerControl, Engine
+from coord.errors import DockerError
 from coord.journal import CONTAINER, PAUSED, Journal
 from coord.plan import group_volumes, plan_volumes
 from coord.policy import OnAtRisk, load_policies
@@ -143,6 +144,30 @@ def test_the_real_engine_and_the_fake_have_the_engine_interface(implementation: 
     for name in members:
         expected = inspect.signature(getattr(Engine, name))
         assert inspect.signature(getattr(implementation, name)) == expected, name
+
+
+def test_the_fake_engine_changes_state_as_the_real_one_answers(tmp_path: Path) -> None:
+    engine = FakeEngine(tmp_path)
+    db = engine.add_container("db")
+    engine.pause(db.id)
+    engine.pause(db.id)  # already paused: done (DockerControl.pause)
+    with pytest.raises(DockerError, match="409: cannot start a paused container"):
+        engine.start(db.id)
+    with pytest.raises(DockerError, match=r"409: .* is paused"):
+        engine.exec(db.id, ["true"], 1)
+    engine.stop(db.id, 10)  # stop works on a paused container
+    assert engine.state_of("db") == "exited"
+    engine.unpause(db.id)  # not paused: nothing happens (DockerControl.unpause)
+    with pytest.raises(DockerError, match=r"409: .* is not running"):
+        engine.pause(db.id)
+    engine.start(db.id)
+    engine.remove_container("db")
+    assert engine.container_state(db.id) is None
+    engine.fail_at(nth=2)
+    engine.volume_names()
+    with pytest.raises(DockerError, match="500: injected failure"):
+        engine.volume_names()
+    assert [call.method for call in engine.calls][-2:] == ["volume_names", "volume_names"]
 
 
 # The status table -------------------------------------------------------------------------------------------------
