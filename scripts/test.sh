@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: set up (scripts/bootstrap.sh), lint, then every test tier:
+# The whole test suite on a fresh machine: set up (scripts/bootstrap.sh), lint, type-check src/ (mypy), then every
+# test tier:
 # unit (parsing, classification), integration (real tar/zstd/gpg in temp dirs), e2e (the real Docker engine),
 # and then every restore test again under Debian's own /usr/bin/python3 (.venv-debian): Debian 12's 3.11.2
 # lacks what later 3.11 releases added (tarfile's extraction filters, for one), and restore must work there.
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ruff check src tests $([ -d bench ] && echo bench)
+.venv/bin/mypy src   # settings in pyproject.toml [tool.mypy]
 RESTORE_TESTS=(
   tests/unit/test_restore_checks.py
   tests/integration/test_restore.py

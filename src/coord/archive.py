@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import threading
@@ -25,20 +26,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
+from coord.stream_types import ByteStream, buffered_pipe
 
 CHUNK_SIZE = 1 << 20
 INDEX_CHUNK_SIZE = 1 << 16
 TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 ProgressCallback = Callable[[int, int], None]  # (entries archived so far, compressed bytes written so far)
-StreamWriter = Callable[[BinaryIO, Path], None]
+StreamWriter = Callable[[ByteStream, Path], None]
 """Reads the compressed stream to its end and stores it at the path (which must not exist yet).
 
 Raises a CoordError saying why the destination does not hold the whole stream; the caller removes the file.
@@ -104,7 +106,7 @@ class ArchiveOutcome:
 class _LineCollector(threading.Thread):
     """Reads a text pipe to its end in the background, handing each line to `on_line`."""
 
-    def __init__(self, stream: BinaryIO, on_line: Callable[[str], None]) -> None:
+    def __init__(self, stream: IO[bytes], on_line: Callable[[str], None]) -> None:
         super().__init__(daemon=True)
         self.stream = stream
         self.on_line = on_line
@@ -115,7 +117,7 @@ class _LineCollector(threading.Thread):
                 self.on_line(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
 
 
-def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) -> None:
+def _collect_index(stream: io.BufferedReader, tree: ArchivedTree, digest: hashlib._Hash) -> None:
     """Read tar's index (one member per line) to its end into `tree`, hashing it.
 
     Runs in its own thread, the only writer of `tree` and `digest` (the stream's reader only reads tree.count, for
@@ -125,7 +127,7 @@ def _collect_index(stream: BinaryIO, tree: ArchivedTree, digest: hashlib._Hash) 
     """
     pending = b""
     with stream:
-        while chunk := stream.read1(INDEX_CHUNK_SIZE):  # type: ignore[attr-defined] - what the pipe holds, no wait
+        while chunk := stream.read1(INDEX_CHUNK_SIZE):  # what the pipe holds, no wait
             digest.update(chunk)
             data = pending + chunk
             end = data.rfind(b"\n") + 1  # decode whole lines only: a UTF-8 sequence may straddle the chunks
@@ -291,7 +293,7 @@ def _run_pipeline(
         index_read = -1
         for collector in collectors:
             collector.start()
-        stream = _MeteredStream(compressor.stdout, on_progress, lambda: tree.count)
+        stream = _MeteredStream(buffered_pipe(compressor.stdout), on_progress, lambda: tree.count)
         try:
             write(stream, partial_path)
             written_ok = True
@@ -372,7 +374,7 @@ class _MeteredStream:
     """
 
     def __init__(
-        self, source: BinaryIO, on_progress: ProgressCallback | None, entries_so_far: Callable[[], int]
+        self, source: ByteStream, on_progress: ProgressCallback | None, entries_so_far: Callable[[], int]
     ) -> None:
         self.source = source
         self.on_progress = on_progress
@@ -394,12 +396,12 @@ class _MeteredStream:
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        count = self.source.readinto(buffer)  # type: ignore[attr-defined]
+        count = self.source.readinto(buffer)
         self._count(memoryview(buffer)[:count])
         return count
 
 
-def write_file(stream: BinaryIO, path: Path) -> None:
+def write_file(stream: ByteStream, path: Path) -> None:
     """The default StreamWriter: copy the stream into a new file at `path`, then fsync it."""
     try:
         # Unbuffered: a full disk must surface at the write that failed, not later in close().
@@ -410,7 +412,7 @@ def write_file(stream: BinaryIO, path: Path) -> None:
     view = memoryview(buffer)
     with output:
         try:
-            while count := stream.readinto(buffer):  # type: ignore[attr-defined]
+            while count := stream.readinto(buffer):
                 chunk = view[:count]
                 while chunk:
                     chunk = chunk[output.write(chunk) :]

@@ -175,8 +175,8 @@ def _recover_at_start(request: BackupRequest, connect: Callable[[], DockerContro
         events.emit("recovered", f"removed partial archive {path}")
     for line in report.left_alone:
         events.emit("recovered", line)
-    for error in report.errors:
-        events.emit("recover-failed", error, error=error)
+    for problem in report.errors:
+        events.emit("recover-failed", problem, error=problem)
     if report.nothing_to_do:
         events.emit("recovered", "nothing to recover")
 

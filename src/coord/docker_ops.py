@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import docker
@@ -35,6 +35,7 @@ from tenacity import (
     stop_after_delay,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from coord.errors import DockerError
 
@@ -89,7 +90,7 @@ def with_retries(
 ) -> T:
     """Run `call`, retrying transient Docker failures with exponential backoff, at most `attempts` times and,
     with `deadline_s`, no new attempt once that many seconds have passed since the first."""
-    stop = stop_after_attempt(attempts)
+    stop: stop_base = stop_after_attempt(attempts)
     if deadline_s is not None:
         stop = stop | stop_after_delay(deadline_s)
     retrying = Retrying(
@@ -122,7 +123,7 @@ class ContainerInfo:
         return self.labels.get("com.docker.compose.project")
 
 
-def _state_of(attributes: dict) -> str:
+def _state_of(attributes: dict[str, Any]) -> str:
     state = attributes.get("State") or {}
     if isinstance(state, dict):
         # A paused container also reports Running == True (facts.md): Paused decides.

@@ -34,12 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import gnupg
 
 from coord.errors import EncryptionError
 from coord.policy import EncryptSettings
+from coord.stream_types import ByteReader
 
 log = logging.getLogger("coord.encrypt")
 # python-gnupg logs gpg's failures with tracebacks at ERROR level; coord reports them itself, in gpg's words.
@@ -226,7 +227,7 @@ def _run_crypt(gpg: gnupg.GPG, call: Callable[[], Any]) -> Any:
     """
     captured: list[Any] = []
 
-    class CapturedCrypt(gnupg.Crypt):
+    class CapturedCrypt(gnupg.Crypt):  # type: ignore[misc]  # python-gnupg has no types: Crypt is Any to mypy
         def __init__(self, owner: gnupg.GPG) -> None:
             super().__init__(owner)
             captured.append(self)
@@ -246,7 +247,7 @@ def _run_crypt(gpg: gnupg.GPG, call: Callable[[], Any]) -> Any:
 class _StoppableReader:
     """A file wrapper whose reads return end-of-file once `stop()` was called (so gpg ends early)."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: ByteReader) -> None:
         self.source = source
         self.stopped = False
 
@@ -259,7 +260,7 @@ class _StoppableReader:
         self.stopped = True
 
 
-def encrypt_to_file(stream: BinaryIO, output: Path, encryption: Encryption) -> None:
+def encrypt_to_file(stream: ByteReader, output: Path, encryption: Encryption) -> None:
     """Read `stream` to its end, encrypting it into `output` (gpg writes the file). Raises EncryptionError.
 
     On failure `output` may hold a partial file; the caller removes it (it is always a `.partial` name).
@@ -278,7 +279,7 @@ def encrypt_to_file(stream: BinaryIO, output: Path, encryption: Encryption) -> N
         raise EncryptionError(f"cannot sync {output}: {error.strerror}") from None
 
 
-def _encrypt(stream: BinaryIO, output: Path, encryption: Encryption) -> Any:
+def _encrypt(stream: ByteReader, output: Path, encryption: Encryption) -> Any:
     """gpg's result of encrypting `stream` into `output`."""
     gpg = _gpg(encryption.home)
     options: dict[str, Any] = {"armor": False, "output": str(output), "extra_args": ENCRYPT_OPTIONS}
@@ -341,7 +342,7 @@ def default_home_exists() -> bool:
     return os.path.isdir(home)
 
 
-def decrypt_stream(source: BinaryIO, sink: Callable[[bytes], None], decryption: Decryption, name: str) -> None:
+def decrypt_stream(source: ByteReader, sink: Callable[[bytes], None], decryption: Decryption, name: str) -> None:
     """Decrypt `source` chunk by chunk into `sink`; nothing is held in memory. Raises EncryptionError.
 
     If `sink` raises, decryption stops early and that exception is re-raised (the first one).

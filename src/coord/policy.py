@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from coord.errors import PolicyError, UsageError
 
@@ -532,7 +533,8 @@ def _too_deep_line(text: str) -> int | None:
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
             depth += 1
             if depth > MAX_NESTING:
-                return event.start_mark.line + 1
+                # The parser marks every event it emits (the stubs allow None for events built by hand).
+                return event.start_mark.line + 1 if event.start_mark is not None else 1
         elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
             depth -= 1
     return None
@@ -551,7 +553,7 @@ def _allowed_keys(location: Sequence[str | int], model: type[BaseModel]) -> list
     return list(model.model_fields)
 
 
-def _message_for(error: dict[str, Any], model: type[BaseModel] = Policy) -> str:
+def _message_for(error: ErrorDetails, model: type[BaseModel] = Policy) -> str:
     """Turn one pydantic error (from validating `model`) into an operator's sentence."""
     kind = error["type"]
     location = error["loc"]

@@ -31,7 +31,7 @@ class Period:
     end: datetime
     label: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         return {"from": _iso(self.start), "to": _iso(self.end), "label": self.label}
 
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from coord.archive import compression_of
 from coord.docker_ops import DockerControl
@@ -201,7 +201,9 @@ def member_of(info: tarfile.TarInfo) -> Member:
             xattrs.append((attribute, value.encode("utf-8", "surrogateescape")))
         elif key in ACL_HEADERS:
             acls.append((ACL_HEADERS[key], value))
-    sparse = tuple((offset, length) for offset, length in info.sparse) if info.sparse is not None else None
+    # typeshed types TarInfo.sparse as bytes; tarfile sets it to a list of (offset, length) pairs, or None.
+    sparse_map = cast("list[tuple[int, int]] | None", info.sparse)
+    sparse = tuple((offset, length) for offset, length in sparse_map) if sparse_map is not None else None
     return Member(
         name=name,
         kind=kind,

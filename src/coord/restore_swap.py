@@ -33,6 +33,7 @@ import secrets
 import shutil
 import signal
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def open_directory(name: str | Path, dir_fd: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def opened_directory(name: str | Path, dir_fd: int | None = None):  # type: ignore[no-untyped-def]
+def opened_directory(name: str | Path, dir_fd: int | None = None) -> Iterator[int]:
+    """The descriptor of open_directory(name, dir_fd) for the block, closed after it."""
     descriptor = open_directory(name, dir_fd)
     try:
         yield descriptor

@@ -191,12 +191,14 @@ def _read_claims(volume_dir: Path, found: StoredArchives) -> list[_Claim]:
             found.warnings.append(f"{manifest}: not a regular file; left alone")
             continue
         try:
-            document = read_manifest(manifest)
+            # Typed as a mapping, but a replaced file may hold any JSON: one that is not a mapping has no usable keys.
+            parsed: object = read_manifest(manifest)
         except (OSError, ValueError) as error:
             found.ignored.append(f"{manifest}: unreadable manifest ({error}); left alone")
             continue
-        archive_name = document.get("archive") if isinstance(document, dict) else None
-        started_at = _parse_time(document.get("started_at")) if isinstance(document, dict) else None
+        document: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+        archive_name = document.get("archive")
+        started_at = _parse_time(document.get("started_at"))
         if (
             not isinstance(archive_name, str)
             or not archive_name

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from coord.archive import (
     CHUNK_SIZE,
@@ -45,6 +45,7 @@ from coord.encrypt import (
 from coord.errors import CoordError
 from coord.manifest import manifest_path_for, read_manifest
 from coord.policy import Compression
+from coord.stream_types import ByteReader, ByteStream, buffered_pipe
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Expected:
 class _HashingFile:
     """A file read through this wrapper is hashed as it goes."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: ByteReader) -> None:
         self.source = source
         self.digest = hashlib.sha256()
         self.size = 0
@@ -107,7 +108,7 @@ def feed_archive(
                     while chunk := source.read(CHUNK_SIZE):
                         sink(chunk)
                 else:
-                    decrypt_stream(source, sink, decryption, path.name)  # type: ignore[arg-type]
+                    decrypt_stream(source, sink, decryption, path.name)
             except CoordError as error:
                 result.errors.append(error.message)
                 result.undecrypted = decryption is not None
@@ -169,9 +170,9 @@ class StreamLister:
 
     def _count(self) -> None:
         """Count and hash tar's listing in chunks: a line per member, so per-line Python work would add up."""
-        assert self.lister.stdout is not None
-        with self.lister.stdout:
-            while chunk := self.lister.stdout.read1(1 << 16):
+        listing = buffered_pipe(self.lister.stdout)
+        with listing:
+            while chunk := listing.read1(1 << 16):
                 self._listing_digest.update(chunk)
                 self.result.entries += chunk.count(b"\n")
 
@@ -211,7 +212,7 @@ class StreamLister:
 class _TeeStream:
     """A readable stream that also hands every chunk read to `also` (a view: `also` must not keep it)."""
 
-    def __init__(self, source: BinaryIO, also: Callable[[bytes | memoryview], None]) -> None:
+    def __init__(self, source: ByteStream, also: Callable[[bytes | memoryview], None]) -> None:
         self.source = source
         self.also = also
 
@@ -221,8 +222,8 @@ class _TeeStream:
             self.also(data)
         return data
 
-    def readinto(self, buffer: Any) -> int:
-        count = self.source.readinto(buffer)  # type: ignore[attr-defined]
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        count = self.source.readinto(buffer)
         if count:
             self.also(memoryview(buffer)[:count])
         return count
@@ -309,13 +310,13 @@ class WrittenArchiveCheck:
     def lists_while_writing(self) -> bool:
         return self.encryption is None or self.encryption.method is EncryptionMethod.PUBLIC_KEY
 
-    def write(self, stream: BinaryIO, path: Path) -> None:
+    def write(self, stream: ByteStream, path: Path) -> None:
         """The StreamWriter for create_archive: stores the stream, listing it on the way when checked in line."""
         if not self.lists_while_writing:
             self._store(stream, path)
             return
         self._lister = StreamLister(self.compression, hash_stream=False)
-        self._store(_TeeStream(stream, self._lister.write), path)  # type: ignore[arg-type]
+        self._store(_TeeStream(stream, self._lister.write), path)
 
     def end_writing(self) -> None:
         """Call once writing is over, whether it worked or not (waits for the in-line lister)."""
@@ -371,7 +372,7 @@ class WrittenArchiveCheck:
 class TarStream:
     """The decompressed (and decrypted) tar stream of an archive, for a reader in this process."""
 
-    stream: BinaryIO
+    stream: IO[bytes]
     result: ReadBack
 
 
@@ -385,6 +386,8 @@ def open_tar_stream(path: Path, compression: Compression, decryption: Decryption
     """
     decompressor = _start_decompressor(compression)
     assert decompressor.stdin is not None and decompressor.stdout is not None and decompressor.stderr is not None
+    # Locals, not attributes, for the closures below: the checks above hold for them there too.
+    decompressor_input, decompressor_errors = decompressor.stdin, decompressor.stderr
     result = ReadBack()
     feed_side = ReadBack()  # the file's hash and the reading/decryption errors: the cause, reported first
     stream_digest = hashlib.sha256()
@@ -393,7 +396,7 @@ def open_tar_stream(path: Path, compression: Compression, decryption: Decryption
     def sink(chunk: bytes) -> None:
         stream_digest.update(chunk)
         result.stream_size += len(chunk)
-        decompressor.stdin.write(chunk)  # type: ignore[union-attr]
+        decompressor_input.write(chunk)
 
     def feed() -> None:
         try:
@@ -404,10 +407,10 @@ def open_tar_stream(path: Path, compression: Compression, decryption: Decryption
             feed_side.errors.append(f"reading {path} failed: {error!r}")
         finally:
             with suppress(BrokenPipeError):
-                decompressor.stdin.close()  # type: ignore[union-attr]
+                decompressor_input.close()
 
     def drain_stderr() -> None:
-        stderr_text.append(decompressor.stderr.read())  # type: ignore[union-attr]
+        stderr_text.append(decompressor_errors.read())
 
     feeder = threading.Thread(target=feed, daemon=True)
     drainer = threading.Thread(target=drain_stderr, daemon=True)
