@@ -30,12 +30,12 @@ from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, run_and_record
 from coord.recovery import recover
-from coord.render import volumes_line
-from coord.report import human_size
+from coord.render import human_size, volumes_line
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
 from coord.schedule import Schedule
 from coord.signals import Interrupted, termination_raises
+from coord.timestamps import utc_iso
 
 log = logging.getLogger("coord.daemon")
 
@@ -51,7 +51,7 @@ class EventLog:
         self.json = log_format == "json"
 
     def emit(self, event: str, message: str, **fields: Any) -> None:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = utc_iso(datetime.now(UTC), "milliseconds")
         if self.json:
             line = json.dumps({"time": now, "event": event, "message": message, **fields})
         else:
@@ -267,4 +267,4 @@ def _volume_detail(volume: VolumeResult) -> str:
 
 
 def _time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_iso(moment, "seconds")
