@@ -40,7 +40,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coord.manifest import MANIFEST_SUFFIX, fsync_directory, read_manifest, write_json_atomically
+from coord.fsutil import fsync_directory, write_json_atomically
+from coord.manifest import MANIFEST_SUFFIX, read_manifest
 from coord.policy import RetentionSettings
 
 log = logging.getLogger("coord.retention")
