@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from coord.archive import (
-    CHUNK_SIZE,
     TAR_ENVIRONMENT,
     ArchiveOutcome,
     StreamWriter,
@@ -43,6 +42,7 @@ from coord.encrypt import (
     read_passphrase,
 )
 from coord.errors import CoordError
+from coord.hashing import CHUNK_SIZE, HashingReader, hash_file
 from coord.manifest import manifest_path_for, read_manifest
 from coord.policy import Compression
 
@@ -71,26 +71,6 @@ class Expected:
     stream_sha256: str | None = None
 
 
-class _HashingFile:
-    """A file read through this wrapper is hashed as it goes."""
-
-    def __init__(self, source: BinaryIO) -> None:
-        self.source = source
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Hash the rest of the file (after a reader stopped early), so its sha256 can still be reported."""
-        while self.read(CHUNK_SIZE):
-            pass
-
-
 def feed_archive(
     path: Path, decryption: Decryption | None, sink: Callable[[bytes], None], result: ReadBack, *, drain: bool
 ) -> None:
@@ -101,7 +81,7 @@ def feed_archive(
     """
     try:
         with open(path, "rb") as handle:
-            source = _HashingFile(handle)
+            source = HashingReader(handle)
             try:
                 if decryption is None:
                     while chunk := source.read(CHUNK_SIZE):
@@ -245,17 +225,6 @@ def read_back(path: Path, compression: Compression, decryption: Decryption | Non
     else:
         result.errors[:0] = file_side.errors
     return result
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def compare(read: ReadBack, expected: Expected) -> list[str]:
