@@ -437,6 +437,20 @@ class Verification:
         }
 
 
+def archive_is_encrypted(archive: Path, manifest: dict[str, Any] | None) -> bool:
+    """Whether `archive` must be decrypted: its name ends in .gpg, or its manifest (None: none) records encryption."""
+    return archive.name.endswith(GPG_SUFFIX) or bool(manifest and manifest.get("encryption"))
+
+
+def archive_compression(archive: Path, manifest: dict[str, Any] | None) -> Compression:
+    """The compression of `archive`: what its manifest (None: none) records, else what its name says.
+
+    Raises ValueError when the manifest records a compression coord does not know.
+    """
+    recorded = manifest.get("compression") if manifest else None
+    return Compression(recorded) if recorded else compression_of(archive)
+
+
 def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verification:
     """Read the whole archive (decrypting with `decryption()` when it is encrypted) and compare it with its manifest.
 
@@ -452,14 +466,14 @@ def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verif
             entries_digest=manifest.get("entries_digest"),
             stream_sha256=manifest.get("stream_sha256"),
         )
-        compression = Compression(manifest.get("compression") or compression_of(archive).value)
+        compression = archive_compression(archive, manifest)
     except FileNotFoundError:
         result.problems.append(f"no manifest {manifest_path.name} beside the archive: nothing to verify it against")
         return result
     except (OSError, ValueError, KeyError, TypeError) as error:
         result.problems.append(f"unreadable manifest {manifest_path}: {error}")
         return result
-    result.encrypted = archive.name.endswith(GPG_SUFFIX) or bool(manifest.get("encryption"))
+    result.encrypted = archive_is_encrypted(archive, manifest)
     try:
         read = read_back(archive, compression, decryption() if result.encrypted else None)
     except CoordError as error:
