@@ -266,11 +266,12 @@ class WrittenArchiveCheck:
     def __init__(
         self, compression: Compression, encryption: Encryption | None, store: StreamWriter | None = None
     ) -> None:
+        """`store` writes the stream to the file; by default gpg when `encryption` is given, else `write_file`."""
         self.compression = compression
         self.encryption = encryption
-        self._store = store or write_file
-        if encryption is not None:
-            self._store = functools.partial(encrypt_to_file, encryption=encryption)
+        if store is None:
+            store = write_file if encryption is None else functools.partial(encrypt_to_file, encryption=encryption)
+        self._store = store
         self._lister: StreamLister | None = None
         self._listed: ReadBack | None = None
 
