@@ -30,7 +30,7 @@ from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, run_and_record
 from coord.recovery import recover
-from coord.render import human_size, volumes_line
+from coord.render import archived_line, volumes_line
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
 from coord.schedule import Schedule
@@ -262,8 +262,7 @@ def _volume_detail(volume: VolumeResult) -> str:
         return "; ".join(volume.errors)
     if not volume.archive:
         return volume.status.value
-    downtime = f", downtime {volume.downtime_s:.2f}s" if volume.downtime_s else ""
-    return f"{human_size(volume.size)}, verdict {volume.verdict}{downtime} -> {volume.archive}"
+    return archived_line(volume.size, volume.verdict, volume.downtime_s, volume.archive)
 
 
 def _time(moment: datetime) -> str:

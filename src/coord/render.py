@@ -28,3 +28,10 @@ def human_size(size: float) -> str:
 def short_time(moment: datetime | None) -> str:
     """A moment for a table or a status line, to the second in UTC: `2026-11-27 03:00:00Z`; `never` for None."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "never"
+
+
+def archived_line(size: int, verdict: str | None, downtime_s: float, archive: str | None) -> str:
+    """One written archive, for the daemon's log and `coord status`: `1.5 MB, verdict consistent, downtime 0.42s
+    -> /backups/v/v-....tar.zst` (no downtime part when nothing was paused or stopped)."""
+    downtime = f", downtime {downtime_s:.2f}s" if downtime_s else ""
+    return f"{human_size(size)}, verdict {verdict}{downtime} -> {archive}"

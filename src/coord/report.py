@@ -18,7 +18,7 @@ from typing import Any
 
 from coord.errors import UsageError
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, RunRow, VolumeRow
-from coord.render import human_size, short_time
+from coord.render import archived_line, short_time
 from coord.timestamps import utc_iso_or_none
 
 SUCCESS_STATUSES = ("ok", "warning")
@@ -248,8 +248,7 @@ def render_status(
         elif row.status == "failed":
             lines.append(f"{head} {when}: {row.error or 'failed'}")
         else:
-            downtime = f", downtime {row.downtime_s:.2f}s" if row.downtime_s else ""
-            lines.append(f"{head} {when}: {human_size(row.size)}, verdict {row.verdict}{downtime} -> {row.archive}")
+            lines.append(f"{head} {when}: {archived_line(row.size, row.verdict, row.downtime_s, row.archive)}")
     if latest is None:
         return ["no backup run recorded yet"]
     shown = {row.run_id for row in volumes}
