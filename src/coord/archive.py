@@ -31,11 +31,11 @@ from typing import IO
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
+from coord.hashing import CHUNK_SIZE, HashingReader
 from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 from coord.stream_types import ByteStream, buffered_pipe
 
-CHUNK_SIZE = 1 << 20
 INDEX_CHUNK_SIZE = 1 << 16
 TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -293,7 +293,8 @@ def _run_pipeline(
         index_read = -1
         for collector in collectors:
             collector.start()
-        stream = _MeteredStream(buffered_pipe(compressor.stdout), on_progress, lambda: tree.count)
+        reporter = _ProgressReporter(on_progress, lambda: tree.count) if on_progress is not None else None
+        stream = HashingReader(buffered_pipe(compressor.stdout), reporter)
         try:
             write(stream, partial_path)
             written_ok = True
@@ -367,38 +368,21 @@ def _destination_failed(outcome: ArchiveOutcome, error: OSError) -> None:
     outcome.problems.append(EntryProblem(ProblemKind.CRITICAL, "", problem))
 
 
-class _MeteredStream:
-    """The compressed stream as a readable file: hashes and counts what passes, reports progress.
+class _ProgressReporter:
+    """Passes the compressed stream's progress on, at most five times a second: (entries so far, bytes so far).
 
-    Its reader may be another thread (python-gnupg's copier when encrypting); progress is reported from there.
+    Called by the stream's reader, which may be another thread (python-gnupg's copier when encrypting).
     """
 
-    def __init__(
-        self, source: ByteStream, on_progress: ProgressCallback | None, entries_so_far: Callable[[], int]
-    ) -> None:
-        self.source = source
+    def __init__(self, on_progress: ProgressCallback, entries_so_far: Callable[[], int]) -> None:
         self.on_progress = on_progress
         self.entries_so_far = entries_so_far
-        self.digest = hashlib.sha256()
-        self.size = 0
         self._last_report = 0.0
 
-    def _count(self, data: bytes | memoryview) -> None:
-        self.digest.update(data)
-        self.size += len(data)
-        if self.on_progress is not None and time.monotonic() - self._last_report > 0.2:
+    def __call__(self, size: int) -> None:
+        if time.monotonic() - self._last_report > 0.2:
             self._last_report = time.monotonic()
-            self.on_progress(self.entries_so_far(), self.size)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self._count(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        count = self.source.readinto(buffer)
-        self._count(memoryview(buffer)[:count])
-        return count
+            self.on_progress(self.entries_so_far(), size)
 
 
 def write_file(stream: ByteStream, path: Path) -> None:

@@ -16,8 +16,7 @@ from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.notify import Notifier
 from coord.policy import load_policies, render_json_schema
-from coord.render import plural, volumes_line
-from coord.report import human_size
+from coord.render import human_size, plural, volumes_line
 from coord.results import RunResult, VolumeStatus
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
@@ -290,14 +289,6 @@ class _StepLines(logging.Handler):
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 _STATUS_LABEL = {

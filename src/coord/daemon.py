@@ -30,12 +30,12 @@ from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, run_and_record
 from coord.recovery import recover
-from coord.render import volumes_line
-from coord.report import human_size
+from coord.render import archived_line, volumes_line
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
 from coord.schedule import Schedule
 from coord.signals import Interrupted, termination_raises
+from coord.timestamps import utc_iso
 
 log = logging.getLogger("coord.daemon")
 
@@ -51,7 +51,7 @@ class EventLog:
         self.json = log_format == "json"
 
     def emit(self, event: str, message: str, **fields: Any) -> None:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = utc_iso(datetime.now(UTC), "milliseconds")
         if self.json:
             line = json.dumps({"time": now, "event": event, "message": message, **fields})
         else:
@@ -262,9 +262,8 @@ def _volume_detail(volume: VolumeResult) -> str:
         return "; ".join(volume.errors)
     if not volume.archive:
         return volume.status.value
-    downtime = f", downtime {volume.downtime_s:.2f}s" if volume.downtime_s else ""
-    return f"{human_size(volume.size)}, verdict {volume.verdict}{downtime} -> {volume.archive}"
+    return archived_line(volume.size, volume.verdict, volume.downtime_s, volume.archive)
 
 
 def _time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_iso(moment, "seconds")

@@ -17,6 +17,9 @@ names the very directory the descriptor holds, whatever was renamed or planted a
 
 The one path-based open is `open_directory(path)`, for the volume root (the Docker Mountpoint, or a sidecar's
 /volumes/<name>) or its parent: those are mount points or directories of the engine, not names a container controls.
+
+Coord's own files (the state directory, the destination) are written with the last two helpers here: a JSON
+document replaced atomically (`write_json_atomically`), and a directory fsynced so a rename in it survives a crash.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
+import logging
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("coord.fsutil")
 
 # The FICLONE ioctl (linux/fs.h: _IOW(0x94, 9, int)): make the target file share the source's extents
 # (btrfs, XFS with reflink, bcachefs). What `cp --reflink=always` does, between two descriptors coord opened.
@@ -231,3 +239,37 @@ def _what_is_there(dir_fd: int, name: str) -> str:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"not a single file name: {name!r}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync `directory` itself, so that a file created, renamed or removed in it stays so after a crash.
+
+    Raises OSError when it cannot be opened or synced."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_json_atomically(path: Path, document: dict[str, Any], indent: int | None = 2) -> None:
+    """Write `document` to `path` so that readers see the old file or the whole new one, never a torn one: a
+    temporary file beside it, fsynced, renamed over it, the directory fsynced.
+
+    Raises OSError (or TypeError/ValueError for a document JSON cannot hold) and then leaves no temporary file.
+    """
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=indent)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:  # a full disk must not leave a torn temporary file behind
+            temporary.unlink(missing_ok=True)
+        except OSError as error:  # nor may this hide the error being raised
+            log.warning("could not remove %s: %s", temporary, error.strerror)
+        raise
+    fsync_directory(path.parent)

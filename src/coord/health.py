@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from coord.history import OK, RUNNING, History
-from coord.report import short_time
+from coord.render import short_time
 from coord.schedule import Schedule, parse_schedule
 
 DEFAULT_GRACE_S = 300.0

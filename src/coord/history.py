@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coord.errors import HistoryError
+from coord.problems import WARNING_KINDS
 from coord.results import RunResult, VolumeResult
+from coord.timestamps import utc_iso_or_none
 
 HISTORY_FILE = "history.sqlite3"
 BUSY_TIMEOUT_S = 30.0
@@ -39,7 +41,6 @@ OK = "ok"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 CRASHED = "crashed"
-RUN_STATUSES = (RUNNING, OK, FAILED, INTERRUPTED, CRASHED)
 
 # One tuple of statements per schema version; version N is MIGRATIONS[N - 1]. Only ever append.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -92,7 +93,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-WARNING_KINDS = ("vanished", "changed", "shrank")
 
 
 def format_time(moment: datetime) -> str:
@@ -151,8 +151,8 @@ class RunRow:
     def to_json(self, status: str | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": utc_iso_or_none(self.started_at),
+            "finished_at": utc_iso_or_none(self.finished_at),
             "status": status or self.status,
             "trigger": self.trigger,
             "pid": self.pid,
@@ -187,7 +187,7 @@ class VolumeRow:
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run_id,
-            "started_at": _iso(self.started_at),
+            "started_at": utc_iso_or_none(self.started_at),
             "volume": self.volume,
             "policy": self.policy,
             "strategy": self.strategy,
@@ -215,10 +215,6 @@ class DaemonRow:
 
     def alive(self) -> bool:
         return self.stopped_at is None and process_alive(self.pid, self.process)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
 def volume_row_of(run_id: int, started_at: datetime, result: VolumeResult) -> VolumeRow:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coord.errors import JournalError
-from coord.manifest import fsync_directory
+from coord.fsutil import fsync_directory, write_json_atomically
 
 log = logging.getLogger("coord.journal")
 
@@ -87,16 +87,9 @@ class Journal:
             kind=kind, key=key, action=action, name=name, pid=os.getpid(), at=time.time(), identity=identity
         )
         target = self.directory / entry.file_name
-        temporary = target.with_name(f".{target.name}.tmp")
         try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(asdict(entry), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-            fsync_directory(self.directory)
+            write_json_atomically(target, asdict(entry), indent=None)
         except OSError as error:
-            _remove_quietly(temporary)
             raise self._error("write the journal entry", target, error) from None
         return entry
 
@@ -126,11 +119,3 @@ class Journal:
             except (ValueError, TypeError, OSError) as error:
                 log.warning("ignoring unreadable journal entry %s: %s", path, error)
         return found
-
-
-def _remove_quietly(path: Path) -> None:
-    """Remove a temporary file coord made; an error here must not hide the one being reported."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as error:
-        log.warning("could not remove %s: %s", path, error.strerror)

@@ -273,8 +273,11 @@ class Policy(BaseModel):
             "live: archive while the containers run; vanished/changed files are warnings, real read errors fail. "
             "pause: `docker pause` the containers using the volume while it is archived. "
             "stop: stop them, archive, start them again. exclude: do not back the volume up. "
-            "snapshot: pause, hard-link the tree (milliseconds), unpause, archive the links: for stores whose "
-            "files are immutable once written (ClickHouse, Kafka), not for Postgres. auto: try live; if the "
+            "snapshot: hard-link the tree while the containers run, pause them only to bring the links up to "
+            "date (each name then holds the inode it had at the pause; where the file system can clone, every file "
+            "is cloned instead, during the pause), unpause, archive the snapshot: for stores whose files are "
+            "immutable once written (ClickHouse, Kafka), not for Postgres (a file written in place after the "
+            "unpause is detected and makes the verdict at-risk). auto: try live; if the "
             "verdict is at-risk or more than max_vanished entries vanished, retry once with escalate_to."
         ),
         examples=["live", "pause", "snapshot"],

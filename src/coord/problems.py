@@ -1,6 +1,6 @@
 """GNU tar's diagnostics, classified entry by entry.
 
-tar's exit status is not enough (facts.md): it only goes up, 1 covers both "a file changed" and nothing worse,
+tar's exit status is not enough: it only goes up, 1 covers both "a file changed" and nothing worse,
 and `--ignore-failed-read` turns permission errors into 0. So coord reads every stderr line, under LC_ALL=C, and
 sorts each into a kind. Tolerance is data: which kinds are warnings is decided by the strategy, not here.
 Anything this module does not recognise is critical: an unknown message must never pass as a warning.
@@ -22,7 +22,9 @@ class ProblemKind(StrEnum):
     CRITICAL = "critical"  # anything that means data the operator expects is not in the archive
 
 
-WARNING_KINDS = (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK, ProblemKind.SKIPPED)
+# The kinds counted as a volume's warnings (history's warning_count, the summaries). SKIPPED is not one: a socket
+# or an excluded entry is left out by design, not by a race with the writer.
+WARNING_KINDS = (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,3 @@ def classify_tar_line(line: str) -> EntryProblem | None:
         # as "File removed before we read it", reported through another code path (open, savedir, readlink).
         return EntryProblem(ProblemKind.VANISHED, path, message)
     return EntryProblem(ProblemKind.CRITICAL, path, message)
-
-
-def classify_tar_stderr(lines: list[str]) -> list[EntryProblem]:
-    return [problem for line in lines if (problem := classify_tar_line(line)) is not None]

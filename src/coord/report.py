@@ -18,6 +18,8 @@ from typing import Any
 
 from coord.errors import UsageError
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, RunRow, VolumeRow
+from coord.render import archived_line, short_time
+from coord.timestamps import utc_iso_or_none
 
 SUCCESS_STATUSES = ("ok", "warning")
 WEEK = re.compile(r"^(\d{4})-?W(\d{1,2})$", re.IGNORECASE)
@@ -32,7 +34,7 @@ class Period:
     label: str
 
     def to_json(self) -> dict[str, str | None]:
-        return {"from": _iso(self.start), "to": _iso(self.end), "label": self.label}
+        return {"from": utc_iso_or_none(self.start), "to": utc_iso_or_none(self.end), "label": self.label}
 
 
 def week_of(moment: datetime) -> Period:
@@ -107,7 +109,7 @@ class VolumeSummary:
             "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
             "downtime_mean_s": None if self.downtime_mean_s is None else round(self.downtime_mean_s, 3),
             "downtime_max_s": round(self.downtime_max_s, 3),
-            "last_success": _iso(self.last_success),
+            "last_success": utc_iso_or_none(self.last_success),
             "last_status": self.last_status,
             "last_error": self.last_error,
             "gone": self.gone,
@@ -182,22 +184,6 @@ def build_report(
 # Rendering
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-def short_time(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "never"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
-
-
 def render_report(report: Report) -> list[str]:
     """The report as text lines: a header with the run counts, then one row per policy and volume."""
     period = report.period
@@ -262,8 +248,7 @@ def render_status(
         elif row.status == "failed":
             lines.append(f"{head} {when}: {row.error or 'failed'}")
         else:
-            downtime = f", downtime {row.downtime_s:.2f}s" if row.downtime_s else ""
-            lines.append(f"{head} {when}: {human_size(row.size)}, verdict {row.verdict}{downtime} -> {row.archive}")
+            lines.append(f"{head} {when}: {archived_line(row.size, row.verdict, row.downtime_s, row.archive)}")
     if latest is None:
         return ["no backup run recorded yet"]
     shown = {row.run_id for row in volumes}

@@ -10,7 +10,7 @@ absolute name, a '..' component, a duplicate name, a member below a symlink or b
 whose target is absolute or resolves outside the volume (followed through the archive's other symlinks), a hardlink
 to anything but an earlier file inside the archive, a device node or FIFO unless the policy's `restore:` allows it,
 and every other member type. Python's `filter='data'` is not used: it would drop ownership and silently strip a
-leading '/' (facts.md); the checks here are coord's own, and tarfile only carries out what they accepted.
+leading '/' (docs/platform-facts.md); the checks here are coord's own, and tarfile only carries out what they accepted.
 
 The second read is compared member by member with the first (the file could change in between) and extracted into
 `<root>/.coord-restore-<random>`; only when all of it is there, and the file's sha256 is still the one checked, does
@@ -39,14 +39,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, cast
 
-from coord.archive import compression_of
 from coord.docker_ops import DockerControl
-from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Decryption
+from coord.encrypt import DEFAULT_STATE_DIR, Decryption
 from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
 from coord.journal import EXTRACTING, SWAPPING, Journal
 from coord.lock import run_lock
 from coord.manifest import manifest_path_for, read_manifest
-from coord.plan import QuiesceGroup
+from coord.plan import QuiesceGroup, plan_volumes
 from coord.policy import Compression, RestoreSettings, Strategy, load_policies, policy_files
 from coord.recovery import recover
 from coord.restore_swap import (
@@ -63,7 +62,7 @@ from coord.results import ContainerAction
 from coord.signals import deferred, termination_raises
 from coord.sources import HOST, VolumeSources, own_container_id
 from coord.strategies import quiesced
-from coord.verify import ReadBack, open_tar_stream
+from coord.verify import ReadBack, archive_compression, archive_is_encrypted, open_tar_stream
 
 log = logging.getLogger("coord.restore")
 
@@ -757,10 +756,6 @@ def _load_manifest(archive: Path) -> dict[str, Any] | None:
         raise RestoreError(f"cannot read the manifest {path}: {error}") from None
 
 
-def archive_is_encrypted(archive: Path, manifest: dict[str, Any] | None) -> bool:
-    return archive.name.endswith(GPG_SUFFIX) or bool(manifest and manifest.get("encryption"))
-
-
 def restore(
     request: RestoreRequest,
     decryption_for_archive: Callable[[], Decryption] | None,
@@ -775,8 +770,11 @@ def restore(
     if not archive.is_file():
         raise UsageError(f"archive {archive} does not exist or is not a file")
     manifest = _load_manifest(archive)
-    compression = Compression(manifest["compression"]) if manifest and manifest.get("compression") else None
-    compression = compression or compression_of(archive)
+    try:
+        compression = archive_compression(archive, manifest)
+    except ValueError as error:
+        manifest_path = manifest_path_for(archive)
+        raise RestoreError(f"the manifest {manifest_path} records an unknown compression: {error}") from None
     decryption = None
     if archive_is_encrypted(archive, manifest):
         if decryption_for_archive is None:
@@ -873,16 +871,16 @@ def _restore_with_containers_stopped(
 def restore_settings_for(policies_dir: Path, volume: str | None, archive: Path) -> RestoreSettings:
     """The `restore:` rules of the policy owning `volume` (or, for a directory target, of the policy the archive's
     manifest names). Defaults (no devices, no FIFOs) when no policy applies or there is no policies directory, so a
-    restore works on a bare host. Raises PolicyError for invalid policies.
+    restore works on a bare host. The owner is decided as a backup decides it (plan.plan_volumes: an exact name
+    beats a glob). Raises PolicyError for invalid policies, or when two policies' globs match the volume.
     """
     if not policies_dir.is_dir() or not policy_files(policies_dir):
         return RestoreSettings()
     policies = load_policies(policies_dir)
     if volume is not None:
-        exact = [item for item in policies if volume in item.policy.volumes]
-        matching = exact or [item for item in policies if item.policy.selects(volume)]
-        if matching:
-            return matching[0].policy.restore
+        owner = next((plan.policy for plan in plan_volumes(policies, [volume]) if plan.error is None), None)
+        if owner is not None:
+            return owner.policy.restore
     try:
         manifest = _load_manifest(archive)
     except RestoreError:

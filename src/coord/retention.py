@@ -29,7 +29,6 @@ a run just wrote is taken from that run's own hash (its read-back), not hashed a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coord.manifest import MANIFEST_SUFFIX, fsync_directory, read_manifest, write_json_atomically
+from coord.fsutil import fsync_directory, write_json_atomically
+from coord.hashing import hash_stream
+from coord.manifest import MANIFEST_SUFFIX, read_manifest
 from coord.policy import RetentionSettings
 
 log = logging.getLogger("coord.retention")
@@ -51,7 +52,6 @@ VERIFIED_STATUSES = ("ok", "warning")
 FUTURE_TOLERANCE = timedelta(minutes=5)
 HASHES_FILE = "archive-hashes.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -127,13 +127,11 @@ class ArchiveHashes:
             known = self.entries.get(str(path))
             if known is not None and known.get("stat") == _stat_key(before) and isinstance(known.get("sha256"), str):
                 return before, str(known["sha256"])
-            digest = hashlib.sha256()
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+            sha256, _ = hash_stream(handle)
             after = os.fstat(handle.fileno())
         if _stat_key(after) == _stat_key(before):  # a file that changed while it was read is hashed again next time
-            self.remember(path, after, digest.hexdigest())
-        return after, digest.hexdigest()
+            self.remember(path, after, sha256)
+        return after, sha256
 
     def save(self) -> None:
         """Write the remembered hashes back, without those of files that are gone. Never raises."""

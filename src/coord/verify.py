@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from coord.archive import (
-    CHUNK_SIZE,
     TAR_ENVIRONMENT,
     ArchiveOutcome,
     StreamWriter,
@@ -43,9 +42,10 @@ from coord.encrypt import (
     read_passphrase,
 )
 from coord.errors import CoordError
+from coord.hashing import CHUNK_SIZE, HashingReader, hash_file
 from coord.manifest import manifest_path_for, read_manifest
 from coord.policy import Compression
-from coord.stream_types import ByteReader, ByteStream, buffered_pipe
+from coord.stream_types import ByteStream, buffered_pipe
 
 
 @dataclass
@@ -72,26 +72,6 @@ class Expected:
     stream_sha256: str | None = None
 
 
-class _HashingFile:
-    """A file read through this wrapper is hashed as it goes."""
-
-    def __init__(self, source: ByteReader) -> None:
-        self.source = source
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Hash the rest of the file (after a reader stopped early), so its sha256 can still be reported."""
-        while self.read(CHUNK_SIZE):
-            pass
-
-
 def feed_archive(
     path: Path, decryption: Decryption | None, sink: Callable[[bytes], None], result: ReadBack, *, drain: bool
 ) -> None:
@@ -102,7 +82,7 @@ def feed_archive(
     """
     try:
         with open(path, "rb") as handle:
-            source = _HashingFile(handle)
+            source = HashingReader(handle)
             try:
                 if decryption is None:
                     while chunk := source.read(CHUNK_SIZE):
@@ -248,17 +228,6 @@ def read_back(path: Path, compression: Compression, decryption: Decryption | Non
     return result
 
 
-def hash_file(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def compare(read: ReadBack, expected: Expected) -> list[str]:
     """Every way the archive read back differs from what was recorded when it was written (the file's hash first)."""
     problems = []
@@ -298,11 +267,12 @@ class WrittenArchiveCheck:
     def __init__(
         self, compression: Compression, encryption: Encryption | None, store: StreamWriter | None = None
     ) -> None:
+        """`store` writes the stream to the file; by default gpg when `encryption` is given, else `write_file`."""
         self.compression = compression
         self.encryption = encryption
-        self._store = store or write_file
-        if encryption is not None:
-            self._store = functools.partial(encrypt_to_file, encryption=encryption)
+        if store is None:
+            store = write_file if encryption is None else functools.partial(encrypt_to_file, encryption=encryption)
+        self._store = store
         self._lister: StreamLister | None = None
         self._listed: ReadBack | None = None
 
@@ -471,6 +441,20 @@ class Verification:
         }
 
 
+def archive_is_encrypted(archive: Path, manifest: dict[str, Any] | None) -> bool:
+    """Whether `archive` must be decrypted: its name ends in .gpg, or its manifest (None: none) records encryption."""
+    return archive.name.endswith(GPG_SUFFIX) or bool(manifest and manifest.get("encryption"))
+
+
+def archive_compression(archive: Path, manifest: dict[str, Any] | None) -> Compression:
+    """The compression of `archive`: what its manifest (None: none) records, else what its name says.
+
+    Raises ValueError when the manifest records a compression coord does not know.
+    """
+    recorded = manifest.get("compression") if manifest else None
+    return Compression(recorded) if recorded else compression_of(archive)
+
+
 def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verification:
     """Read the whole archive (decrypting with `decryption()` when it is encrypted) and compare it with its manifest.
 
@@ -486,14 +470,14 @@ def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verif
             entries_digest=manifest.get("entries_digest"),
             stream_sha256=manifest.get("stream_sha256"),
         )
-        compression = Compression(manifest.get("compression") or compression_of(archive).value)
+        compression = archive_compression(archive, manifest)
     except FileNotFoundError:
         result.problems.append(f"no manifest {manifest_path.name} beside the archive: nothing to verify it against")
         return result
     except (OSError, ValueError, KeyError, TypeError) as error:
         result.problems.append(f"unreadable manifest {manifest_path}: {error}")
         return result
-    result.encrypted = archive.name.endswith(GPG_SUFFIX) or bool(manifest.get("encryption"))
+    result.encrypted = archive_is_encrypted(archive, manifest)
     try:
         read = read_back(archive, compression, decryption() if result.encrypted else None)
     except CoordError as error:

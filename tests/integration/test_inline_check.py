@@ -15,6 +15,7 @@ from typing import BinaryIO
 import pytest
 
 from coord.archive import ArchiveOutcome, compressor_command, create_archive, write_file
+from coord.encrypt import Encryption, EncryptionMethod
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression
 from coord.verify import Expected, WrittenArchiveCheck, compare, read_back
@@ -123,3 +124,21 @@ def test_a_pax_archive_with_xattrs_acls_and_holes_lists_cleanly(tmp_path: Path) 
         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
     )
     assert listed.stderr == b"" and b"./holes.img\n" in listed.stdout and b"GNUSparseFile" not in listed.stdout
+
+
+def test_a_given_store_is_used_when_encrypting_too(tmp_path: Path) -> None:
+    """The store passed in is the one that writes, with or without encryption (it was once replaced by gpg's)."""
+    stored: list[Path] = []
+
+    def recording_store(stream: BinaryIO, path: Path) -> None:
+        stored.append(path)
+        write_file(stream, path)
+
+    make_tree(tmp_path / "src")
+    partial = tmp_path / "a.partial"
+    to_keys = Encryption(EncryptionMethod.PUBLIC_KEY, tmp_path / "no-gpg-home", ("0" * 40,))
+    check = WrittenArchiveCheck(Compression.ZSTD, to_keys, store=recording_store)
+    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    assert stored == [partial] and not outcome.critical
+    read, mismatches = check.read_back(partial, outcome)
+    assert read.entries == outcome.entries and mismatches == []

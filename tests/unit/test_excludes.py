@@ -1,7 +1,8 @@
 """Exclude patterns: the Python matcher and GNU tar agree, and the shipped ClickHouse policy keeps every part.
 
-facts.md: with tar's default rules the incident's `store/*/*_*_*_*` matched every data part; an exclude that
-removes data parts must fail a test. These tests run the real GNU tar over a real ClickHouse-like layout.
+docs/platform-facts.md: with tar's default rules the incident's `store/*/*_*_*_*` matched every data part; an
+exclude that removes data parts must fail a test. These tests run the real GNU tar over a real ClickHouse-like
+layout.
 """
 
 import subprocess

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coord.errors import HistoryError, UsageError
-from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, SCHEMA_VERSION, History
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, SCHEMA_VERSION, History, VolumeRow
 from coord.report import parse_since, parse_week, render_report, render_status, report_for, status_of, week_of
 from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
 
@@ -251,3 +251,10 @@ def test_the_report_marks_gone_volumes(tmp_path: Path) -> None:
     assert by_volume(report)["old"]["gone"].startswith("run 2 ran policy db without it")
     assert by_volume(report)["pg"]["gone"] is None
     assert render_report(report)[-1].startswith("gone: old (policy db): run 2 ran policy db without it")
+
+
+def test_skipped_entries_are_not_counted_as_warnings() -> None:
+    """problems.WARNING_KINDS decides what warning_count sums (the history schema says: skipped are not warnings)."""
+    warnings = {"vanished": 2, "changed": 1, "shrank": 1, "skipped": 5}
+    row = VolumeRow(1, datetime(2026, 11, 16, tzinfo=UTC), "pg", "pg", "live", "warning", warnings=warnings)
+    assert row.warning_count == 4

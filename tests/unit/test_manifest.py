@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from coord.manifest import write_json_atomically
+from coord.fsutil import write_json_atomically
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""Unit tests of the restore safety checks: names, member types, links. No archive, no file system."""
+"""Unit tests of the restore safety checks: names, member types, links, and which policy's rules apply. No archive."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from coord.errors import PolicyError
 from coord.policy import RestoreSettings
 from coord.restore import (
     AclError,
@@ -13,6 +16,7 @@ from coord.restore import (
     acl_to_xattr,
     check_members,
     normalize_name,
+    restore_settings_for,
 )
 
 DEFAULTS = RestoreSettings()
@@ -174,3 +178,17 @@ def test_acl_text_becomes_the_kernel_xattr() -> None:
 def test_acl_text_that_cannot_be_encoded_is_an_error(text: str) -> None:
     with pytest.raises(AclError):
         acl_to_xattr(text, "access")
+
+
+def test_the_restore_rules_come_from_the_policy_a_backup_gives_the_volume(tmp_path: Path) -> None:
+    """The owner is decided as plan_volumes decides it: an exact name beats a glob, whatever the file order;
+    two globs matching the volume are refused, as a backup refuses them."""
+    (tmp_path / "a-glob.yaml").write_text("volumes: ['app_*']\nstrategy: live\nrestore: {allow_fifos: true}\n")
+    (tmp_path / "b-exact.yaml").write_text("volumes: [app_db]\nstrategy: live\nrestore: {allow_devices: true}\n")
+    archive = tmp_path / "no-such.tar.zst"
+    assert restore_settings_for(tmp_path, "app_db", archive) == RestoreSettings(allow_devices=True)
+    assert restore_settings_for(tmp_path, "app_cache", archive) == RestoreSettings(allow_fifos=True)
+    assert restore_settings_for(tmp_path, "other", archive) == DEFAULTS
+    (tmp_path / "c-glob.yaml").write_text("volumes: ['app_c*']\nstrategy: live\n")
+    with pytest.raises(PolicyError, match="'app_cache' is matched by policy"):
+        restore_settings_for(tmp_path, "app_cache", archive)

@@ -347,11 +347,12 @@ class CountingSha256:
 
 
 def count_hashing(monkeypatch: pytest.MonkeyPatch) -> CountingSha256:
-    """Make retention's sha256 count what it reads (the tests' own hashlib stays the real one)."""
-    import coord.retention
+    """Make coord's sha256 (hashing.py, which retention reads archives through) count what it reads (the tests'
+    own hashlib stays the real one)."""
+    import coord.hashing
 
     counting = CountingSha256()
-    monkeypatch.setattr(coord.retention, "hashlib", SimpleNamespace(sha256=counting))
+    monkeypatch.setattr(coord.hashing, "hashlib", SimpleNamespace(sha256=counting))
     return counting
 
 

@@ -1,0 +1,16 @@
+"""The one way coord writes a moment for a machine to read: ISO 8601 in UTC with a `Z` (JSON, log lines, payloads)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utc_iso(moment: datetime, timespec: str = "auto") -> str:
+    """`moment` as `2026-12-01T01:39:07.123456Z` (`timespec` as datetime.isoformat takes it: "seconds",
+    "milliseconds", ...). Given an aware datetime; a naive one is taken as local time, as astimezone does."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def utc_iso_or_none(moment: datetime | None) -> str | None:
+    """utc_iso for a moment that may be unknown: None stays None (JSON null)."""
+    return utc_iso(moment) if moment is not None else None

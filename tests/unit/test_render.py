@@ -1,0 +1,33 @@
+"""render.py and timestamps.py: each line shape and time format is built once, here is what it looks like."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from coord.render import archived_line, human_size, short_time
+from coord.timestamps import utc_iso, utc_iso_or_none
+
+MOMENT = datetime(2026, 11, 27, 4, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
+
+
+def test_sizes_in_decimal_units() -> None:
+    assert [human_size(n) for n in (0, 999, 1000, 1_500_000, 2_000_000_000_000, 5e15)] == [
+        "0 B",
+        "999 B",
+        "1.0 KB",
+        "1.5 MB",
+        "2.0 TB",
+        "5000.0 TB",
+    ]
+
+
+def test_times_are_utc_with_a_z() -> None:
+    assert utc_iso(MOMENT) == "2026-11-27T03:00:00.123456Z"
+    assert utc_iso(MOMENT, "seconds") == "2026-11-27T03:00:00Z"
+    assert utc_iso(MOMENT, "milliseconds") == "2026-11-27T03:00:00.123Z"
+    assert utc_iso_or_none(MOMENT.astimezone(UTC)) == "2026-11-27T03:00:00.123456Z"
+    assert utc_iso_or_none(None) is None
+    assert (short_time(MOMENT), short_time(None)) == ("2026-11-27 03:00:00Z", "never")
+
+
+def test_an_archived_volume_in_one_line() -> None:
+    assert archived_line(1_500_000, "consistent", 0.0, "/b/v.tar.zst") == "1.5 MB, verdict consistent -> /b/v.tar.zst"
+    assert archived_line(10, "fuzzy", 0.4151, "/b/v.tar.zst") == "10 B, verdict fuzzy, downtime 0.42s -> /b/v.tar.zst"
