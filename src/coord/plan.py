@@ -232,7 +232,7 @@ def describe_group(group: QuiesceGroup) -> list[str]:
     for item in group.policies:
         for hook in item.policy.hooks.before:
             add(f"exec in {hook.container}: {' '.join(hook.exec)} (before hook of {item.name}, {hook.timeout_s}s)")
-    strategy = group.strategy
+    strategy: Strategy = group.strategy
     if strategy is Strategy.AUTO:
         for plan in runnable:
             limit = plan.policy.policy.max_vanished
