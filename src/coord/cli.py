@@ -433,8 +433,9 @@ def plan(
 ) -> None:
     """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take,
     and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy error."""
+    from coord.backup.plan import describe_group
     from coord.docker_ops import DockerControl
-    from coord.plan import describe_group, group_volumes, plan_volumes, uncovered_volumes
+    from coord.plan import group_volumes, plan_volumes, uncovered_volumes
 
     def work() -> tuple[list[dict[str, Any]], list[str]]:
         loaded = load_policies(policies_dir, policy or None)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from coord.archive import compression_of
+from coord.backup.quiesce import quiesced
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, GPG_SUFFIX, Decryption
 from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
@@ -62,7 +63,6 @@ from coord.restore_swap import (
 from coord.results import ContainerAction
 from coord.signals import deferred, termination_raises
 from coord.sources import HOST, VolumeSources, own_container_id
-from coord.strategies import quiesced
 from coord.verify import ReadBack, open_tar_stream
 
 log = logging.getLogger("coord.restore")

@@ -1,4 +1,4 @@
-"""Strategies: what happens to the containers using a volume around its archiving step.
+"""Quiescing: what happens to the containers using a volume around its archiving step.
 
 This is the one place to read to know what happens to a paused or stopped container when archiving fails:
 
@@ -33,7 +33,7 @@ from coord.policy import Strategy
 from coord.results import ContainerAction
 from coord.signals import deferred
 
-log = logging.getLogger("coord.strategies")
+log = logging.getLogger("coord.strategies")  # the name operators see in logs, kept
 # What happens to containers, as it happens: the CLI shows these on a terminal even without -v.
 steps = logging.getLogger("coord.steps")
 
