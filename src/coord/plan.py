@@ -195,4 +195,3 @@ def _order_containers(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
 
         group.containers.sort(key=rank)
     return groups
-

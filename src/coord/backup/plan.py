@@ -73,11 +73,8 @@ def _describe_volume_step(step: Step, group: QuiesceGroup, plan: VolumePlan) -> 
             f" or more than {limit} entries vanished" if limit is not None else ""
         )
     if step.kind is StepKind.PUBLISH:
-        return (
-            f"decide the status of {volume}, check its archive against what was read (size, entries; `coord verify` "
-            "reads it back whole), publish it and its manifest"
-            + (", then apply retention" if policy.retention is not None else "")
-        )
+        retention = ", then apply retention" if policy.retention is not None else ""
+        return f"check the archive of {volume} against what tar read, publish it and its manifest{retention}"
     if step.strategy is Strategy.SNAPSHOT:
         return f"archive {volume} from its snapshot, then remove the snapshot (policy {plan.policy.name})"
     users = group.users.get(volume, [])
