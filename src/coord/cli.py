@@ -374,7 +374,7 @@ def backup(
     and calls the webhooks of <policies dir>/_defaults.yaml."""
     from coord.docker_ops import DockerControl
     from coord.history import History
-    from coord.recording import MANUAL, run_and_record
+    from coord.recording import MANUAL, Watch, run_and_record
 
     def work() -> RunResult:
         request, notifier = _checked_request(
@@ -385,7 +385,7 @@ def backup(
             result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
             return result
         with _ConsoleProgress(history.last_archive_size) as progress:
-            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, progress)
+            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, Watch(progress))
         return result
 
     result = _run(as_json, work)
