@@ -30,7 +30,7 @@ class Window:
         self.jobs = {job.volume: job for job in jobs}  # the volumes still going; a refused one leaves
         self.all_jobs = jobs
         self.held = ExitStack()  # the containers, from QUIESCE to RESUME
-        self.resumed_ns = 0  # when the containers were given back: a write after it is a write after the snapshot
+        self.resumed_ns = 0  # when giving the containers back began
 
     def run(self, escalated: bool = False) -> None:
         """Execute the window's steps; raises CoordError when the containers could not be quiesced (the ones
@@ -76,8 +76,9 @@ class Window:
         return job.snapshot is not None and job.snapshot.snapshot is not None
 
     def _resume(self, step: Step) -> bool:
-        self.held.close()
+        # Taken before the first container is given back: a write after this point is a write after the snapshot.
         self.resumed_ns = time.time_ns()
+        self.held.close()
         return True
 
     def _archive(self, step: Step) -> bool:
