@@ -7,7 +7,7 @@ every policy whose before hooks started (all or some), whatever happened in betw
 from __future__ import annotations
 
 from coord.backup.context import RunContext
-from coord.backup.steps import StepKind, hook_steps
+from coord.backup.steps import StepKind, hooks_in_order
 from coord.hooks import HookRun, run_hook
 from coord.policy import LoadedPolicy, OnHookError
 
@@ -21,10 +21,9 @@ def run_before_hooks(
     hooked: list[LoadedPolicy] = []
     for item in policies:
         hooked.append(item)
-        for step in hook_steps([item], StepKind.BEFORE_HOOK):
-            assert step.hook is not None  # hook_steps gives every hook step its hook
+        for step, _, hook in hooks_in_order([item], StepKind.BEFORE_HOOK):
             ctx.record(step)
-            run = run_hook(step.hook, "before", item.name, ctx.docker)
+            run = run_hook(hook, "before", item.name, ctx.docker)
             runs.append(run)
             if run.error and item.policy.hooks.on_error is OnHookError.FAIL:
                 run.error += " (nothing archived: hooks.on_error is fail)"
@@ -35,8 +34,7 @@ def run_before_hooks(
 def run_after_hooks(hooked: list[LoadedPolicy], ctx: RunContext) -> list[HookRun]:
     """Run the after hooks of the policies whose before hooks started, in reverse policy order."""
     runs: list[HookRun] = []
-    for step in hook_steps(hooked, StepKind.AFTER_HOOK):
-        assert step.hook is not None and step.policy is not None  # hook_steps gives every hook step both
+    for step, item, hook in hooks_in_order(hooked, StepKind.AFTER_HOOK):
         ctx.record(step)
-        runs.append(run_hook(step.hook, "after", step.policy, ctx.docker))
+        runs.append(run_hook(hook, "after", item.name, ctx.docker))
     return runs

@@ -69,11 +69,24 @@ def window_steps(strategy: Strategy, volumes: Sequence[str], escalated: bool = F
     return each(StepKind.ARCHIVE)
 
 
-def hook_steps(policies: Sequence[LoadedPolicy], kind: StepKind) -> list[Step]:
-    """Before hooks in policy order; after hooks in the reverse policy order (each policy's in its own order)."""
+def hooks_in_order(policies: Sequence[LoadedPolicy], kind: StepKind) -> list[tuple[Step, LoadedPolicy, Hook]]:
+    """Each hook step with its policy and hook: before hooks in policy order, after hooks in the reverse policy
+    order (each policy's own hooks in their order)."""
     if kind is StepKind.BEFORE_HOOK:
-        return [Step(kind, policy=item.name, hook=hook) for item in policies for hook in item.policy.hooks.before]
-    return [Step(kind, policy=item.name, hook=hook) for item in reversed(policies) for hook in item.policy.hooks.after]
+        return [
+            (Step(kind, policy=item.name, hook=hook), item, hook)
+            for item in policies
+            for hook in item.policy.hooks.before
+        ]
+    return [
+        (Step(kind, policy=item.name, hook=hook), item, hook)
+        for item in reversed(policies)
+        for hook in item.policy.hooks.after
+    ]
+
+
+def hook_steps(policies: Sequence[LoadedPolicy], kind: StepKind) -> list[Step]:
+    return [step for step, _, _ in hooks_in_order(policies, kind)]
 
 
 def policies_of(plans: Sequence[VolumePlan]) -> list[LoadedPolicy]:
