@@ -84,9 +84,9 @@ def admit(plan: VolumePlan, group_error: str | None, ctx: RunContext) -> tuple[V
     """The volume's result, and its job when it can run. A planning error, strategy exclude or a refusal
     (recorded on the result and logged: notifications carry the log's tail) gives no job."""
     result = new_result(plan)
-    error = plan.error or group_error
-    if error:
-        result.errors.append(error)
+    planned_error = plan.error or group_error
+    if planned_error:
+        result.errors.append(planned_error)
         return result, None
     if plan.strategy is Strategy.EXCLUDE:
         result.status = VolumeStatus.EXCLUDED
