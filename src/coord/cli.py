@@ -365,7 +365,7 @@ def backup(
     and calls the webhooks of <policies dir>/_defaults.yaml."""
     from coord.docker_ops import DockerControl
     from coord.history import History
-    from coord.recording import MANUAL, run_and_record
+    from coord.recording import MANUAL, Watch, run_and_record
 
     def work() -> RunResult:
         request, notifier = _checked_request(
@@ -376,7 +376,7 @@ def backup(
             result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
             return result
         with _ConsoleProgress(history.last_archive_size) as progress:
-            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, progress)
+            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, Watch(progress))
         return result
 
     result = _run(as_json, work)
@@ -424,8 +424,9 @@ def plan(
 ) -> None:
     """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take,
     and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy error."""
+    from coord.backup.plan import describe_group
     from coord.docker_ops import DockerControl
-    from coord.plan import describe_group, group_volumes, plan_volumes, uncovered_volumes
+    from coord.plan import group_volumes, plan_volumes, uncovered_volumes
 
     def work() -> tuple[list[dict[str, Any]], list[str]]:
         loaded = load_policies(policies_dir, policy or None)

@@ -28,7 +28,7 @@ from coord.history import History
 from coord.journal import Journal
 from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
-from coord.recording import SCHEDULE, RecordedRun, run_and_record
+from coord.recording import SCHEDULE, RecordedRun, Watch, run_and_record
 from coord.recovery import recover
 from coord.render import archived_line, volumes_line
 from coord.results import RunResult, VolumeResult, VolumeStatus
@@ -197,7 +197,7 @@ def _scheduled_run(
         events.emit("run-started", f"run {run}", run=run)
 
     try:
-        result, record = run_and_record(request, connect, history, notifier, SCHEDULE, on_start=on_start)
+        result, record = run_and_record(request, connect, history, notifier, SCHEDULE, Watch(on_start=on_start))
         _emit_result(events, result, record)
     except Interrupted as interruption:
         events.emit(

@@ -1,6 +1,7 @@
 """Planning a run: which policy owns which volume, which containers each touches, and in what order.
 
-`coord plan` prints exactly what `coord backup` will then do, because both use the groups built here.
+`coord plan` prints exactly what `coord backup` will then do, because both use the groups built here and the
+steps of coord/backup/steps.py.
 """
 
 from __future__ import annotations
@@ -204,74 +205,3 @@ def _order_containers(groups: list[QuiesceGroup]) -> list[QuiesceGroup]:
 
         group.containers.sort(key=rank)
     return groups
-
-
-def describe_group(group: QuiesceGroup) -> list[str]:
-    """The actions coord takes for this group, in order, as an operator reads them."""
-    lines: list[str] = []
-    names = ", ".join(plan.volume for plan in group.volumes)
-    if len(group.volumes) > 1:
-        lines.append(f"volumes {names} share containers: they are quiesced once, for all of them")
-    for plan in group.volumes:
-        if plan.error:
-            lines.append(f"{plan.volume}: FAILS: {plan.error}")
-        elif plan.volume in group.errors:
-            lines.append(f"{plan.volume}: FAILS: {group.errors[plan.volume]}")
-    runnable = [p for p in group.volumes if not (p.error or p.volume in group.errors)]
-    if group.strategy is Strategy.EXCLUDE or not runnable:
-        if group.strategy is Strategy.EXCLUDE:
-            lines.append(f"{names}: excluded by policy: nothing archived, no container touched")
-        return lines
-    step = 1
-
-    def add(text: str) -> None:
-        nonlocal step
-        lines.append(f"{step}. {text}")
-        step += 1
-
-    for item in group.policies:
-        for hook in item.policy.hooks.before:
-            add(f"exec in {hook.container}: {' '.join(hook.exec)} (before hook of {item.name}, {hook.timeout_s}s)")
-    strategy: Strategy = group.strategy
-    if strategy is Strategy.AUTO:
-        for plan in runnable:
-            limit = plan.policy.policy.max_vanished
-            add(
-                f"archive {plan.volume} live; keep it unless the verdict is at-risk"
-                + (f" or more than {limit} entries vanished" if limit is not None else "")
-            )
-        escalation = Strategy(group.volumes[0].policy.policy.escalate_to.value)
-        lines.append(f"   otherwise, once, with strategy {escalation.value}:")
-        strategy = escalation
-    verbs = {
-        Strategy.PAUSE: ("pause", "unpause"),
-        Strategy.SNAPSHOT: ("pause", "unpause"),
-        Strategy.STOP: ("stop", "start"),
-    }.get(strategy)
-    running = [c.name for c in group.containers if c.state == "running"]
-    if verbs:
-        timeout = f" (timeout {group.stop_timeout}s)" if strategy is Strategy.STOP else ""
-        add(f"{verbs[0]} {', '.join(running) or 'nothing (no running container)'}, in this order{timeout}")
-        idle = [f"{c.name} ({c.state})" for c in group.containers if c.state != "running"]
-        if idle:
-            lines.append(f"   left alone, not running: {', '.join(idle)}")
-    if strategy is Strategy.SNAPSHOT:
-        for plan in runnable:
-            add(f"snapshot {plan.volume}: hard links (or reflinks) under .coord-snapshot-*, no data copied")
-        if verbs and running:
-            add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
-        for plan in runnable:
-            add(f"archive {plan.volume} from its snapshot, then remove the snapshot (policy {plan.policy.name})")
-    else:
-        for plan in runnable:
-            users = group.users.get(plan.volume, [])
-            keep = f" while {', '.join(users)} keep running" if strategy is Strategy.LIVE and users else ""
-            if group.strategy is not Strategy.AUTO or strategy is not Strategy.LIVE:
-                add(f"archive {plan.volume} (policy {plan.policy.name}, {strategy.value}){keep}")
-        if verbs and running:
-            add(f"{verbs[1]} {', '.join(reversed(running))}, in this order")
-    for item in group.policies:
-        for hook in item.policy.hooks.after:
-            add(f"exec in {hook.container}: {' '.join(hook.exec)} (after hook of {item.name})")
-    add("read each archive back, check sha256 and entries, publish it and its manifest")
-    return lines

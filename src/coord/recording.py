@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coord import __version__
+from coord.backup.context import BackupRequest, Progress
+from coord.backup.run import run_backup
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError, HistoryError, PolicyError
 from coord.history import FAILED, INTERRUPTED, OK, History
 from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
 from coord.render import volumes_line
 from coord.results import RunResult, VolumeStatus
-from coord.runner import BackupRequest, Progress, run_backup
 from coord.signals import Interrupted, deferred, termination_raises
 
 log = logging.getLogger("coord.recording")
@@ -45,14 +46,22 @@ class RecordedRun:
     deliveries: list[Delivery] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What the caller watches a run with: `progress` (the CLI's bar) and `on_start` (the daemon learns the run's
+    id as soon as it is recorded)."""
+
+    progress: Progress | None = None
+    on_start: Callable[[RecordedRun], None] | None = None
+
+
 def run_and_record(
     request: BackupRequest,
     connect: Callable[[], DockerControl],
     history: History,
     notifier: Notifier | None = None,
     trigger: str = MANUAL,
-    progress: Progress | None = None,
-    on_start: Callable[[RecordedRun], None] | None = None,
+    watch: Watch = Watch(),
 ) -> tuple[RunResult, RecordedRun]:
     """Run one backup (see `run_backup`) and record it; returns its result and record.
 
@@ -69,10 +78,10 @@ def run_and_record(
     try:
         with tail.capturing(), termination_raises():
             try:
-                if on_start:
-                    on_start(record)
+                if watch.on_start:
+                    watch.on_start(record)
                 _notify(notifier, NotifyEvent.START, record, started, tail, request)
-                record.result = run_backup(request, connect(), progress)
+                record.result = run_backup(request, connect(), watch.progress)
                 record.status = OK if record.result.ok else FAILED
             except Interrupted as interruption:
                 record.status, record.error = INTERRUPTED, f"interrupted by {interruption}"

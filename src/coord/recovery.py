@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coord.archive import remove_partial
+from coord.backup.quiesce import put_back
 from coord.docker_ops import DockerControl
 from coord.errors import CoordError
 from coord.fsutil import NotOurs, parse_identity
@@ -32,7 +33,6 @@ from coord.journal import (
 from coord.publish import recover_publish
 from coord.restore_swap import recover_restore
 from coord.snapshot import remove_snapshot
-from coord.strategies import put_back
 
 log = logging.getLogger("coord.recovery")
 

@@ -39,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, cast
 
+from coord.backup.quiesce import quiesced
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, Decryption
 from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
@@ -61,7 +62,6 @@ from coord.restore_swap import (
 from coord.results import ContainerAction
 from coord.signals import deferred, termination_raises
 from coord.sources import HOST, VolumeSources, own_container_id
-from coord.strategies import quiesced
 from coord.verify import ReadBack, archive_compression, archive_is_encrypted, open_tar_stream
 
 log = logging.getLogger("coord.restore")

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from coord.consistency import Verdict
+from coord.hooks import HookRun
+from coord.policy import Strategy
 from coord.problems import ProblemKind
 
 
@@ -40,17 +43,41 @@ class ContainerAction:
         }
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Strategy auto: one read of the volume (the live one, and the escalated one if any)."""
+
+    strategy: Strategy
+    verdict: Verdict | None
+    verdict_reasons: list[str]
+    warnings: dict[str, int]
+    entries: int
+    duration_s: float
+    escalated: str | None  # why this read was discarded and what was tried next; None for the kept one
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.value,
+            "verdict": self.verdict.value if self.verdict else None,
+            "verdict_reasons": list(self.verdict_reasons),
+            "warnings": dict(self.warnings),
+            "entries": self.entries,
+            "duration_s": round(self.duration_s, 3),
+            "escalated": self.escalated,
+        }
+
+
 @dataclass
 class VolumeResult:
     volume: str
     policy: str
-    strategy: str
+    strategy: Strategy
     status: VolumeStatus
     archive: str | None = None
     manifest: str | None = None
     entries: int = 0
     size: int = 0
-    verdict: str | None = None
+    verdict: Verdict | None = None
     verdict_reasons: list[str] = field(default_factory=list)
     warnings: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in ProblemKind if kind is not ProblemKind.CRITICAL}
@@ -58,8 +85,8 @@ class VolumeResult:
     excluded_paths: int = 0  # paths the policy's `exclude:` left out: a decision, not a warning
     errors: list[str] = field(default_factory=list)
     containers: list[ContainerAction] = field(default_factory=list)
-    hooks: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # strategy auto: each read, in order
+    hooks: list[HookRun] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # strategy auto: each read, in order
     duration_s: float = 0.0
     pruned: list[str] = field(default_factory=list)  # older archives retention deleted after this backup
     retention_errors: list[str] = field(default_factory=list)  # the archive is good, but pruning failed
@@ -74,21 +101,21 @@ class VolumeResult:
         return {
             "volume": self.volume,
             "policy": self.policy,
-            "strategy": self.strategy,
+            "strategy": str(self.strategy),  # str(): the enum's value
             "status": self.status.value,
             "archive": self.archive,
             "manifest": self.manifest,
             "entries": self.entries,
             "size": self.size,
-            "verdict": self.verdict,
+            "verdict": str(self.verdict) if self.verdict is not None else None,
             "verdict_reasons": self.verdict_reasons,
             "warnings": dict(self.warnings),
             "excluded_paths": self.excluded_paths,
             "errors": list(self.errors),
             "downtime_s": round(self.downtime_s, 3),
             "containers": [c.to_json() for c in self.containers],
-            "hooks": self.hooks,
-            "attempts": self.attempts,
+            "hooks": [run.to_json() for run in self.hooks],
+            "attempts": [attempt.to_json() for attempt in self.attempts],
             "duration_s": round(self.duration_s, 3),
             "pruned": list(self.pruned),
             "retention_errors": list(self.retention_errors),

@@ -454,8 +454,8 @@ def prune_all(
     not needed. Content hashes are remembered under `state_dir`. Raises PolicyError/UsageError before anything is
     deleted.
     """
+    from coord.plan import plan_volumes
     from coord.policy import load_policies
-    from coord.runner import plan_volumes  # runner imports this module
 
     policies = load_policies(policies_dir, policy_names or None)
     now = datetime.now(UTC)

@@ -1,4 +1,4 @@
-"""Strategies: what happens to the containers using a volume around its archiving step.
+"""Quiescing: what happens to the containers using a volume around its archiving step.
 
 This is the one place to read to know what happens to a paused or stopped container when archiving fails:
 
@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from coord.docker_ops import ContainerInfo, DockerControl
 from coord.errors import ContainersMustStayDown, CoordError
@@ -33,7 +34,7 @@ from coord.policy import Strategy
 from coord.results import ContainerAction
 from coord.signals import deferred
 
-log = logging.getLogger("coord.strategies")
+log = logging.getLogger("coord.strategies")  # the name operators see in logs, kept
 # What happens to containers, as it happens: the CLI shows these on a terminal even without -v.
 steps = logging.getLogger("coord.steps")
 
@@ -81,14 +82,15 @@ def quiesced(
     if strategy not in QUIESCING:
         yield actions
         return
-    undo: list[Callable[[], None]] = []
+    hold = _Hold(strategy, group.stop_timeout, stop_paused, docker, journal, actions)
+    undo = hold.undo
     unsafe: ContainersMustStayDown | None = None
     try:
         for container in group.containers:
             # Signals wait while a container changes state: an API call cut in half would leave coord unsure
             # what the engine did. They are raised between containers, or during the archive itself.
             with deferred():
-                _quiesce_one(container, strategy, group.stop_timeout, docker, journal, actions, undo, stop_paused)
+                _quiesce_one(container, hold)
         yield actions
     except ContainersMustStayDown as error:
         unsafe = error
@@ -106,42 +108,48 @@ def quiesced(
                         steps.info("%s left %s: its volume is half-replaced", action.container, action.action)
 
 
-def _quiesce_one(
-    container: ContainerInfo,
-    strategy: Strategy,
-    stop_timeout: int,
-    docker: DockerControl,
-    journal: Journal,
-    actions: list[ContainerAction],
-    undo: list[Callable[[], None]],
-    stop_paused: bool = False,
-) -> None:
+@dataclass
+class _Hold:
+    """What quiescing one container needs: how (strategy, stop timeout, stop paused ones too), the engine, the
+    journal, the record of actions, and the undo list each change registers itself on."""
+
+    strategy: Strategy
+    stop_timeout: int
+    stop_paused: bool
+    docker: DockerControl
+    journal: Journal
+    actions: list[ContainerAction]
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:
     """Pause or stop one container if it runs: journal first, register the undo, then act."""
+    docker, actions = hold.docker, hold.actions
     state = docker.container_state(container.id)
-    if stop_paused and strategy is Strategy.STOP and state == "paused":
+    if hold.stop_paused and hold.strategy is Strategy.STOP and state == "paused":
         verb = STOPPED_PAUSED
     elif state != "running":
         log.info("%s is %s: left alone", container.name, state or "gone")
         actions.append(ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"))
         return
     else:
-        verb = STOPPED if strategy is Strategy.STOP else PAUSED
-    entry = journal.record(CONTAINER, container.id, verb, container.name)
+        verb = STOPPED if hold.strategy is Strategy.STOP else PAUSED
+    entry = hold.journal.record(CONTAINER, container.id, verb, container.name)
     action = ContainerAction(container.name, container.id, STOPPED if verb == STOPPED_PAUSED else verb, state)
     actions.append(action)
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
     # so it is right whether the call below succeeds, fails, or fails after the engine acted.
-    undo.append(_restorer(action, entry, time.monotonic(), docker, journal))
+    hold.undo.append(_restorer(action, entry, time.monotonic(), docker, hold.journal))
     if verb == PAUSED:
         steps.info("pausing %s", container.name)
     else:
-        steps.info("stopping %s (up to %ds, then it is killed)", container.name, stop_timeout)
+        steps.info("stopping %s (up to %ds, then it is killed)", container.name, hold.stop_timeout)
     acting = time.monotonic()
     try:
         if verb == PAUSED:
             docker.pause(container.id)
         else:
-            docker.stop(container.id, stop_timeout)  # works on a paused container too
+            docker.stop(container.id, hold.stop_timeout)  # works on a paused container too
     except CoordError as error:
         action.action = "failed"
         action.error = f"could not {'pause' if verb == PAUSED else 'stop'}: {error.message}"

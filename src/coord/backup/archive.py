@@ -1,0 +1,90 @@
+"""The archive step: one volume (or its snapshot) to its .partial file, journaled so a crash of coord leaves
+nothing behind; the archive's final name is decided here, its publish in publish.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from coord.archive import archive_suffix, compressor_command, create_archive
+from coord.backup.context import RunContext
+from coord.backup.job import Job, Written, clear_entry
+from coord.encrypt import GPG_SUFFIX
+from coord.errors import JournalError
+from coord.excludes import ExcludeMatcher
+from coord.journal import PARTIAL, WRITING
+from coord.policy import Strategy
+from coord.restore_swap import STAGING_PREFIX
+from coord.snapshot import SNAPSHOT_PREFIX
+from coord.verify import WrittenArchiveCheck
+
+log = logging.getLogger("coord")
+
+# coord's own directories at a volume root (snapshots, restore staging): never archived, never copied into a
+# snapshot, whatever a container planted there.
+COORD_ROOT_PREFIXES = (SNAPSHOT_PREFIX, STAGING_PREFIX)
+
+
+def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
+    """<dest>/<volume>/<volume>-<UTC timestamp><suffix>, with a counter if that second is already taken."""
+    directory = dest / volume
+    stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = directory / f"{volume}-{stamp}{suffix}"
+    counter = 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        candidate = directory / f"{volume}-{stamp}-{counter}{suffix}"
+        counter += 1
+    return candidate
+
+
+def matcher_of(job: Job) -> ExcludeMatcher:
+    """The policy's excludes, plus coord's own directories at the volume root (a snapshot left by a dead run, a
+    restore's staging directory, or links a container planted at those names): never archived."""
+    return ExcludeMatcher.of([*job.plan.policy.policy.exclude, *(f"/{prefix}*" for prefix in COORD_ROOT_PREFIXES)])
+
+
+def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None) -> None:
+    """Archive the job's volume (or its snapshot, `source`) to its .partial file; `job.written` is set when
+    archiving ran. A destination or journal problem is recorded on the result (nothing written); an exception
+    of archiving is raised after the journal entry was cleared."""
+    policy = job.plan.policy.policy
+    started, clock = datetime.now(UTC), time.monotonic()
+    try:
+        suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if job.encryption else "")
+        final = archive_path(ctx.dest, job.volume, started, suffix)
+    except OSError as error:
+        job.result.errors.append(f"destination {ctx.dest}: {error.strerror}")
+        return
+    partial = final.with_name(final.name + ".partial")
+    check = WrittenArchiveCheck(policy.compression, job.encryption)
+    try:
+        entry = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
+    except JournalError as error:  # not recorded, so not written: the volume fails, the containers go back
+        job.result.errors.append(f"nothing archived: {error.message}")
+        return
+    snapshot = job.snapshot.snapshot if source is not None and job.snapshot else None
+    try:
+        log.info("%s: archiving %s (policy %s)", job.volume, job.source, job.plan.policy.name)
+        if ctx.progress:
+            ctx.progress.begin(job.volume)
+        outcome = create_archive(
+            source or job.source,
+            partial,
+            matcher_of(job),
+            policy.compression,
+            ctx.progress.update if ctx.progress else None,
+            compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
+            check.write,
+            consistency=policy.consistency,
+            content_unchanged=snapshot.content_unchanged if snapshot else None,
+        )
+    except BaseException:
+        clear_entry(ctx, entry, job.result)  # never in place of the error being raised
+        raise
+    finally:
+        check.end_writing()
+        if ctx.progress:
+            ctx.progress.end()
+    job.written = Written(final, entry, outcome, check, strategy, started, clock)

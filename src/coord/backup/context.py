@@ -1,0 +1,59 @@
+"""What a backup run is given (`BackupRequest`) and what travels with it through every step (`RunContext`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from coord.backup.steps import Step
+from coord.docker_ops import DockerControl
+from coord.encrypt import DEFAULT_STATE_DIR
+from coord.journal import Journal
+from coord.results import ContainerAction
+from coord.sources import HOST, VolumeSources
+
+
+class Progress(Protocol):
+    """Where the runner reports progress on long work (the CLI draws it; tests pass nothing)."""
+
+    def begin(self, volume: str) -> None: ...
+    def update(self, entries: int, written_bytes: int) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    policies_dir: Path
+    dest: Path
+    policy_names: Sequence[str] = ()
+    state_dir: Path = DEFAULT_STATE_DIR
+    lock_timeout_s: float = 0.0
+    sources: VolumeSources = HOST
+    passphrase_file: Path | None = None  # symmetric encryption for policies without `encrypt:`
+
+
+@dataclass
+class RunContext:
+    """Everything a step needs besides its job: the request, the engine, the journal, where progress goes, what
+    was done to containers in this group's window (`actions`), and the steps executed so far (`steps`, in order:
+    the record a test compares with `coord plan`)."""
+
+    request: BackupRequest
+    docker: DockerControl
+    journal: Journal
+    progress: Progress | None = None
+    actions: list[ContainerAction] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def dest(self) -> Path:
+        return self.request.dest
+
+    def for_group(self) -> RunContext:
+        """The context of one quiesce group: its own container actions, the run's step record."""
+        return replace(self, actions=[])
+
+    def record(self, step: Step) -> None:
+        self.steps.append(step)

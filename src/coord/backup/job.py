@@ -1,0 +1,160 @@
+"""A volume's job through its group, with its phases explicit:
+
+    admitted (`Job`: source, encryption)  -> archived (`Written`: .partial file, its journal entry, the outcome)
+    -> decided and published (publish.py fills the result)
+
+A volume that cannot be admitted (missing source, unfinished restore, no key, destination not writable) never
+becomes a job: its result carries the reason and nothing is quiesced for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from coord.archive import ArchiveOutcome
+from coord.backup.context import RunContext
+from coord.encrypt import Encryption, encryption_for, warm_up
+from coord.errors import CoordError
+from coord.fsutil import open_directory
+from coord.journal import JournalEntry
+from coord.plan import VolumePlan
+from coord.policy import Strategy
+from coord.restore_swap import STAGING_PREFIX
+from coord.results import VolumeResult, VolumeStatus
+from coord.snapshot import Snapshot
+from coord.verify import WrittenArchiveCheck
+
+log = logging.getLogger("coord")
+
+
+@dataclass
+class Written:
+    """An archive written to its .partial file: where it goes, its journal entry, what archiving saw."""
+
+    final: Path
+    entry: JournalEntry
+    outcome: ArchiveOutcome
+    check: WrittenArchiveCheck  # how it is stored (encrypted or not) and checked
+    strategy: Strategy  # the read that produced it
+    started: datetime
+    clock: float  # time.monotonic() when archiving started
+    snapshot: Snapshot | None = None  # read from this snapshot (closed by then; the manifest names its method)
+    modified_after_snapshot: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> Path:
+        return self.final.with_name(self.final.name + ".partial")
+
+
+@dataclass
+class TakenSnapshot:
+    """A volume's snapshot directory while it exists: its journal entry, and the snapshot once linked."""
+
+    entry: JournalEntry
+    snapshot: Snapshot | None = None
+
+
+@dataclass
+class Job:
+    """An admitted volume: its plan, its result so far, where its files are read, how its archive is encrypted;
+    then its archive (`written`) and, for strategy snapshot, its snapshot while it exists."""
+
+    plan: VolumePlan
+    result: VolumeResult
+    source: Path
+    encryption: Encryption | None
+    written: Written | None = None
+    snapshot: TakenSnapshot | None = None
+
+    @property
+    def volume(self) -> str:
+        return self.plan.volume
+
+
+def new_result(plan: VolumePlan) -> VolumeResult:
+    return VolumeResult(volume=plan.volume, policy=plan.policy.name, strategy=plan.strategy, status=VolumeStatus.FAILED)
+
+
+def admit(plan: VolumePlan, group_error: str | None, ctx: RunContext) -> tuple[VolumeResult, Job | None]:
+    """The volume's result, and its job when it can run. A planning error, strategy exclude or a refusal
+    (recorded on the result and logged: notifications carry the log's tail) gives no job."""
+    result = new_result(plan)
+    planned_error = plan.error or group_error
+    if planned_error:
+        result.errors.append(planned_error)
+        return result, None
+    if plan.strategy is Strategy.EXCLUDE:
+        result.status = VolumeStatus.EXCLUDED
+        return result, None
+    request = ctx.request
+    try:
+        source = request.sources.path_of(plan.volume, ctx.docker)
+        refuse_unfinished_restore(plan.volume, source)
+        encryption = encryption_for(plan.policy.policy.encrypt, request.state_dir, request.passphrase_file)
+        if encryption is not None:
+            warm_up(encryption)
+        check_destination(request.dest / plan.volume)
+    except CoordError as error:
+        result.errors.append(error.message)
+        log.error("%s: %s", plan.volume, error.message)
+        return result, None
+    return result, Job(plan, result, source, encryption)
+
+
+def check_destination(directory: Path) -> None:
+    """Make sure archives can be written into `directory` (created if missing) before any hook runs or container
+    is touched. Raises CoordError saying why not."""
+    probe = directory / f".coord-write-probe-{secrets.token_hex(8)}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise CoordError(
+            f"destination {directory} is not writable ({error.strerror}); nothing was run, paused or stopped"
+        ) from None
+
+
+def refuse_unfinished_restore(volume: str, source: Path) -> None:
+    """Raise CoordError when the root of `volume` (`source`) holds a restore's staging directory: that restore
+    did not finish, the volume may be half restored, and an archive of it must not look like a good backup.
+
+    Only a real directory counts (listed without following links); a link or file planted at such a name is
+    not coord's and is merely never archived. A root that cannot be read is left for the archive step to report.
+    """
+    try:
+        fd = open_directory(source)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            staging = sorted(
+                entry.name
+                for entry in entries
+                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    if staging:
+        raise CoordError(
+            f"volume '{volume}' holds an unfinished restore ({source}/{staging[0]}): not backed up, since it may "
+            "be half restored. Run `coord recover` to finish or roll back that restore, then back up again; if "
+            f"the directory is still there, restore the volume again, or remove {source}/{staging[0]} once you "
+            "know the volume holds what it should"
+        )
+
+
+def clear_entry(ctx: RunContext, entry: JournalEntry, result: VolumeResult) -> None:
+    """Clear a journal entry whose file is gone; a journal that refuses is reported on the volume (`coord
+    recover` clears the entry later: it finds nothing left to remove)."""
+    try:
+        ctx.journal.clear(entry)
+    except CoordError as error:
+        result.errors.append(error.message)

@@ -1,0 +1,82 @@
+"""`coord plan`'s words for a quiesce group: the steps `steps.group_steps` lists, the same list the run
+executes, each said as an operator reads it."""
+
+from __future__ import annotations
+
+from coord.backup.steps import Step, StepKind, escalation_of, group_steps
+from coord.plan import QuiesceGroup, VolumePlan
+from coord.policy import Strategy
+
+_VERBS = {Strategy.STOP: ("stop", "start")}  # pause and snapshot pause, then unpause
+
+
+def describe_group(group: QuiesceGroup) -> list[str]:
+    """The actions coord takes for this group, in order, as an operator reads them."""
+    lines: list[str] = []
+    names = ", ".join(plan.volume for plan in group.volumes)
+    if len(group.volumes) > 1:
+        lines.append(f"volumes {names} share containers: they are quiesced once, for all of them")
+    for plan in group.volumes:
+        error = plan.error or group.errors.get(plan.volume)
+        if error:
+            lines.append(f"{plan.volume}: FAILS: {error}")
+    runnable = [plan for plan in group.volumes if not (plan.error or plan.volume in group.errors)]
+    if group.strategy is Strategy.EXCLUDE:
+        return [*lines, f"{names}: excluded by policy: nothing archived, no container touched"]
+    plans = {plan.volume: plan for plan in runnable}
+    escalating = False
+    for number, step in enumerate(group_steps(group, runnable), start=1):
+        if step.escalated and not escalating:
+            escalating = True
+            lines.append(f"   otherwise, once, with strategy {escalation_of(runnable).value}:")
+        lines.append(f"{number}. {_describe(step, group, plans)}")
+        if step.kind is StepKind.QUIESCE:
+            idle = [f"{c.name} ({c.state})" for c in group.containers if c.state != "running"]
+            if idle:
+                lines.append(f"   left alone, not running: {', '.join(idle)}")
+    return lines
+
+
+def _describe(step: Step, group: QuiesceGroup, plans: dict[str, VolumePlan]) -> str:
+    plan = plans.get(step.volume or "")
+    if step.hook is not None:
+        hook, phase = step.hook, "before" if step.kind is StepKind.BEFORE_HOOK else "after"
+        timeout = f", {hook.timeout_s}s" if phase == "before" else ""
+        return f"exec in {hook.container}: {' '.join(hook.exec)} ({phase} hook of {step.policy}{timeout})"
+    if step.kind in (StepKind.QUIESCE, StepKind.RESUME):
+        return _describe_containers(step, group)
+    if plan is None:  # not reached: every other step names a volume of the group
+        return f"{step.kind.value} {step.volume}"
+    return _describe_volume_step(step, group, plan)
+
+
+def _describe_containers(step: Step, group: QuiesceGroup) -> str:
+    verbs = _VERBS.get(step.strategy or group.strategy, ("pause", "unpause"))
+    running = [c.name for c in group.containers if c.state == "running"]
+    if step.kind is StepKind.RESUME:
+        return f"{verbs[1]} {', '.join(reversed(running))}, in this order" if running else f"{verbs[1]} nothing"
+    timeout = f" (timeout {group.stop_timeout}s)" if step.strategy is Strategy.STOP else ""
+    return f"{verbs[0]} {', '.join(running) or 'nothing (no running container)'}, in this order{timeout}"
+
+
+def _describe_volume_step(step: Step, group: QuiesceGroup, plan: VolumePlan) -> str:
+    volume, policy = plan.volume, plan.policy.policy
+    if step.kind is StepKind.LINK_SNAPSHOT:
+        return (
+            f"snapshot {volume}: hard links (or reflinks) under .coord-snapshot-*, no data copied, containers running"
+        )
+    if step.kind is StepKind.UPDATE_SNAPSHOT:
+        return f"bring the snapshot of {volume} up to date while paused"
+    if step.kind is StepKind.JUDGE:
+        limit = policy.max_vanished
+        return f"keep the live archive of {volume} unless its verdict is at-risk" + (
+            f" or more than {limit} entries vanished" if limit is not None else ""
+        )
+    if step.kind is StepKind.PUBLISH:
+        retention = ", then apply retention" if policy.retention is not None else ""
+        return f"check the archive of {volume} against what tar read, publish it and its manifest{retention}"
+    if step.strategy is Strategy.SNAPSHOT:
+        return f"archive {volume} from its snapshot, then remove the snapshot (policy {plan.policy.name})"
+    users = group.users.get(volume, [])
+    keep = f" while {', '.join(users)} keep running" if step.strategy is Strategy.LIVE and users else ""
+    return f"archive {volume} (policy {plan.policy.name}, {step.strategy.value if step.strategy else ''}){keep}"
