@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 # Re-exported for publish.py, which took it from here before it moved to fsutil.py (to import from fsutil).
-from coord.fsutil import fsync_directory as fsync_directory
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1

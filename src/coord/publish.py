@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from coord.errors import CoordError, PublishError
+from coord.fsutil import fsync_directory
 from coord.journal import PUBLISH, PUBLISHING, Journal, JournalEntry
-from coord.manifest import fsync_directory, manifest_path_for
+from coord.manifest import manifest_path_for
 
 log = logging.getLogger("coord.publish")
 

@@ -28,6 +28,7 @@ from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
 from coord.render import volumes_line
 from coord.results import RunResult, VolumeStatus
 from coord.signals import Interrupted, deferred, termination_raises
+from coord.timestamps import utc_iso
 
 log = logging.getLogger("coord.recording")
 
@@ -154,7 +155,7 @@ def notification_body(
         "run": {
             "id": record.run_id,
             "status": "running" if event is NotifyEvent.START else record.status,
-            "started_at": started.isoformat().replace("+00:00", "Z"),
+            "started_at": utc_iso(started),
             "policies": list(request.policy_names),
             "error": record.error,
         },

@@ -272,7 +272,7 @@ def test_an_at_risk_live_read_escalates_to_the_policys_escalate_to(
     source = auto_scene(scene, f"escalate_to: {escalate_to}\n")
     read_changes.on_reads(source, replace_entry)
     volume = scene.run().volumes[0]
-    assert [(a["strategy"], a["escalated"]) for a in volume.attempts] == [
+    assert [(a.strategy, a.escalated) for a in volume.attempts] == [
         ("live", f"verdict at-risk: retried with {escalate_to}"),
         (escalate_to, None),
     ]
@@ -286,8 +286,8 @@ def test_more_vanished_entries_than_max_vanished_escalate(scene: Scene, read_cha
     source = auto_scene(scene, "max_vanished: 0\n")
     read_changes.on_reads(source, vanish_entry)
     volume = scene.run().volumes[0]
-    assert volume.attempts[0]["escalated"] == "1 entries vanished, more than max_vanished 0: retried with pause"
-    assert [a["strategy"] for a in volume.attempts] == ["live", "pause"]
+    assert volume.attempts[0].escalated == "1 entries vanished, more than max_vanished 0: retried with pause"
+    assert [a.strategy for a in volume.attempts] == ["live", "pause"]
     assert scene.engine.changes() == [("pause", "db"), ("unpause", "db")]
 
 
@@ -295,7 +295,7 @@ def test_vanished_entries_within_max_vanished_keep_the_live_read(scene: Scene, r
     source = auto_scene(scene, "max_vanished: 3\n")
     read_changes.on_reads(source, vanish_entry)
     volume = scene.run().volumes[0]
-    assert [(a["strategy"], a["escalated"]) for a in volume.attempts] == [("live", None)]
+    assert [(a.strategy, a.escalated) for a in volume.attempts] == [("live", None)]
     assert (volume.status, volume.warnings["vanished"]) == (VolumeStatus.WARNING, 1)
     assert scene.engine.changes() == []
 
@@ -332,7 +332,7 @@ def test_each_auto_policy_sharing_a_container_escalates_to_its_own_escalate_to(
     read_changes.on_reads(first, replace_entry)
     read_changes.on_reads(second, replace_entry)
     result = scene.run()
-    used = {volume.volume: volume.attempts[-1]["strategy"] for volume in result.volumes}
+    used = {volume.volume: volume.attempts[-1].strategy for volume in result.volumes}
     assert used == {"va": "pause", "vb": "stop"}
     assert scene.engine.changes() == [("pause", "db"), ("unpause", "db"), ("stop", "db"), ("start", "db")]
     assert result.ok
@@ -422,7 +422,7 @@ def test_after_hooks_run_when_archiving_fails(scene: Scene) -> None:
     assert volume.status is VolumeStatus.FAILED
     assert any("is missing or not a directory" in error for error in volume.errors)
     assert scene.engine.changes() == [("exec", "app"), ("pause", "db"), ("unpause", "db"), ("exec", "app")]
-    assert [(hook["phase"], hook["command"], hook["error"]) for hook in volume.hooks] == [
+    assert [(hook.phase, hook.command, hook.error) for hook in volume.hooks] == [
         ("before", ["freeze"], None),
         ("after", ["thaw"], None),
     ]

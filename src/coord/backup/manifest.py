@@ -10,7 +10,7 @@ from pathlib import Path
 from coord import __version__
 from coord.backup.job import Job, Written
 from coord.manifest import MANIFEST_FORMAT
-from coord.problems import ProblemKind
+from coord.problems import WARNING_KINDS, ProblemKind
 from coord.verify import ReadBack, WrittenArchiveCheck
 
 
@@ -21,7 +21,7 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
     consistency = outcome.consistency
     warnings: dict[str, list[str]] = {
         kind.value: [p.path for p in outcome.of_kind(kind)]
-        for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)
+        for kind in WARNING_KINDS
     }
     warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)]
     snapshot = written.snapshot

@@ -21,15 +21,13 @@ from coord.backup.steps import Step, StepKind
 from coord.consistency import Verdict
 from coord.errors import CoordError, JournalError
 from coord.policy import OnAtRisk, Strategy
-from coord.problems import ProblemKind
+from coord.problems import WARNING_KINDS, ProblemKind
 from coord.publish import publish_archive
 from coord.results import Attempt, VolumeResult, VolumeStatus
 from coord.retention import ArchiveHashes, WrittenArchive, prune_volume
 from coord.verify import ReadBack
 
 log = logging.getLogger("coord")
-
-DEGRADING_KINDS = (ProblemKind.VANISHED, ProblemKind.CHANGED, ProblemKind.SHRANK)  # what makes a volume `warning`
 
 
 def decide_status(
@@ -41,7 +39,7 @@ def decide_status(
         return VolumeStatus.FAILED, critical
     if verdict is Verdict.AT_RISK and on_at_risk is OnAtRisk.FAIL:
         return VolumeStatus.FAILED, ["verdict at-risk and the policy says on_at_risk: fail: " + "; ".join(reasons)]
-    if verdict is not Verdict.CONSISTENT or any(outcome.of_kind(kind) for kind in DEGRADING_KINDS):
+    if verdict is not Verdict.CONSISTENT or any(outcome.of_kind(kind) for kind in WARNING_KINDS):
         return VolumeStatus.WARNING, []
     return VolumeStatus.OK, []
 
@@ -114,7 +112,7 @@ def _fill_from_outcome(result: VolumeResult, written: Written) -> None:
     outcome = written.outcome
     result.entries = outcome.entries
     result.size = outcome.size
-    for kind in (*DEGRADING_KINDS, ProblemKind.SKIPPED):
+    for kind in (*WARNING_KINDS, ProblemKind.SKIPPED):
         result.warnings[kind.value] = len(outcome.of_kind(kind))
     if outcome.consistency is not None:
         result.excluded_paths = len(outcome.consistency.excluded)
@@ -134,7 +132,6 @@ def _rename_with_manifest(job: Job, written: Written, read: ReadBack, ctx: RunCo
     (disk full, I/O error, journal not writable) the volume fails and nothing of its archive is left."""
     result = job.result
     result.archive = str(written.final)  # the manifest names it
-    result.duration_s = time.monotonic() - written.clock
     try:
         manifest = build_manifest(job, written, read)
         result.manifest = str(publish_archive(written.final, manifest, ctx.journal, written.entry, job.volume))
