@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.history import History
 from coord.journal import Journal
@@ -115,7 +115,7 @@ def missed_fire_times(schedule: Schedule, due: datetime, now: datetime, limit: i
 def run_daemon(
     request: BackupRequest,
     schedule: Schedule,
-    connect: Callable[[], DockerControl],
+    connect: Callable[[], Engine],
     notifier: Notifier | None,
     events: EventLog,
 ) -> int:
@@ -161,7 +161,7 @@ def run_daemon(
     return 0
 
 
-def _recover_at_start(request: BackupRequest, connect: Callable[[], DockerControl], events: EventLog) -> None:
+def _recover_at_start(request: BackupRequest, connect: Callable[[], Engine], events: EventLog) -> None:
     """`coord recover`: put back what a killed run left paused or stopped, before the first scheduled run."""
     try:
         with run_lock(request.state_dir, request.lock_timeout_s), termination_raises():
@@ -183,7 +183,7 @@ def _recover_at_start(request: BackupRequest, connect: Callable[[], DockerContro
 
 def _scheduled_run(
     request: BackupRequest,
-    connect: Callable[[], DockerControl],
+    connect: Callable[[], Engine],
     history: History,
     notifier: Notifier | None,
     events: EventLog,

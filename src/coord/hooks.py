@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.policy import Hook
 
@@ -43,7 +43,7 @@ class HookRun:
         }
 
 
-def run_hook(hook: Hook, phase: str, policy: str, docker: DockerControl) -> HookRun:
+def run_hook(hook: Hook, phase: str, policy: str, docker: Engine) -> HookRun:
     """Run one hook; never raises for a failing command (the result says what happened)."""
     run = HookRun(phase=phase, policy=policy, container=hook.container, command=list(hook.exec))
     try:

@@ -10,7 +10,7 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from coord.docker_ops import ContainerInfo, DockerControl
+from coord.docker_ops import ContainerInfo, Engine
 from coord.errors import CoordError, PolicyError
 from coord.policy import Escalation, LoadedPolicy, Strategy, is_glob, location_in
 
@@ -116,16 +116,14 @@ def engine_problems(policies: Sequence[LoadedPolicy], existing_volumes: Sequence
     ]
 
 
-def resolve_containers(reference: str, docker: DockerControl) -> list[ContainerInfo]:
+def resolve_containers(reference: str, docker: Engine) -> list[ContainerInfo]:
     found = docker.find_containers(reference)
     if not found:
         raise CoordError(f"containers: '{reference}' matches no container (by name or compose service)")
     return found
 
 
-def group_volumes(
-    plans: Sequence[VolumePlan], docker: DockerControl, own_container: str | None = None
-) -> list[QuiesceGroup]:
+def group_volumes(plans: Sequence[VolumePlan], docker: Engine, own_container: str | None = None) -> list[QuiesceGroup]:
     """Group the runnable plans so that a container shared by several volumes is quiesced once.
 
     `own_container` (coord's own, when it runs as a sidecar mounting the volumes) is never quiesced.

@@ -21,7 +21,7 @@ from typing import Any
 from coord import __version__
 from coord.backup.context import BackupRequest, Progress
 from coord.backup.run import run_backup
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError, HistoryError, PolicyError
 from coord.history import FAILED, INTERRUPTED, OK, History
 from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
@@ -58,7 +58,7 @@ class Watch:
 
 def run_and_record(
     request: BackupRequest,
-    connect: Callable[[], DockerControl],
+    connect: Callable[[], Engine],
     history: History,
     notifier: Notifier | None = None,
     trigger: str = MANUAL,

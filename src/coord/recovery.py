@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coord.archive import remove_partial
 from coord.backup.quiesce import put_back
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.fsutil import NotOurs, parse_identity
 from coord.journal import (
@@ -65,10 +65,10 @@ class EntryNotDone(Exception):
 
 # A handler puts right what one entry records, adding what it did to the report. It returns normally when the
 # entry is done with (it is then cleared) and raises EntryNotDone (or OSError/CoordError) to keep it.
-Handler = Callable[[JournalEntry, DockerControl, RecoveryReport], None]
+Handler = Callable[[JournalEntry, Engine, RecoveryReport], None]
 
 
-def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
+def recover(journal: Journal, docker: Engine) -> RecoveryReport:
     """Put back every container a dead run left paused or stopped, and remove its partial archives.
 
     Call only while holding the run lock: then no live run owns these entries. An entry that can't be handled
@@ -99,7 +99,7 @@ def recover(journal: Journal, docker: DockerControl) -> RecoveryReport:
     return report
 
 
-def _recover_snapshot(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+def _recover_snapshot(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     """Remove the snapshot directory a dead run left, only if it is the one it made (the journaled identity);
     whatever else is at that name (a link a container planted) is never followed, and is left alone."""
     try:
@@ -112,14 +112,14 @@ def _recover_snapshot(entry: JournalEntry, docker: DockerControl, report: Recove
         report.removed_partials.append(entry.key)
 
 
-def _recover_partial(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+def _recover_partial(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     existed = os.path.lexists(entry.key)
     remove_partial(Path(entry.key))
     if existed:
         report.removed_partials.append(entry.key)
 
 
-def _recover_publish(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+def _recover_publish(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     """An archive a dead run was publishing: complete it (its whole manifest was written) or remove it."""
     done = recover_publish(entry)
     for archive in done.completed:
@@ -128,7 +128,7 @@ def _recover_publish(entry: JournalEntry, docker: DockerControl, report: Recover
     report.removed_partials.extend(done.removed)
 
 
-def _recover_restore(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+def _recover_restore(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     # A restore killed while extracting: its staging directory goes. Killed during the swap: the swap is
     # completed, so the volume holds the whole restored tree before its containers start again.
     done = recover_restore(entry)
@@ -136,7 +136,7 @@ def _recover_restore(entry: JournalEntry, docker: DockerControl, report: Recover
     log.warning("recovery: %s", done)
 
 
-def _recover_container(entry: JournalEntry, docker: DockerControl, report: RecoveryReport) -> None:
+def _recover_container(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     before = docker.container_state(entry.key)
     error = put_back(docker, entry.key, entry.name, entry.action)
     if error is not None and "no longer exists" not in error:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError
 
 DEFAULT_VOLUMES_ROOT = Path("/volumes")
@@ -65,7 +65,7 @@ class VolumeSources:
             return "coord runs on the host: volumes are read at their Docker Mountpoint"
         return f"coord runs as a sidecar: volume <name> is read at {self.volumes_root}/<name>"
 
-    def path_of(self, volume: str, docker: DockerControl) -> Path:
+    def path_of(self, volume: str, docker: Engine) -> Path:
         """The directory holding `volume`'s files. Raises CoordError naming what to fix in sidecar mode."""
         if self.volumes_root is None:
             return Path(docker.volume_mountpoint(volume))

@@ -60,7 +60,7 @@ class Scene:
     def run(self, *policy_names: str, progress: Progress | None = None) -> RunResult:
         # The ignore goes once run_backup is annotated with docker_ops.Engine (the fake has its methods, tested
         # below), not with the concrete DockerControl.
-        return run_backup(self.request(*policy_names), self.engine, progress)  # type: ignore[arg-type]
+        return run_backup(self.request(*policy_names), self.engine, progress)
 
     def journal(self) -> Journal:
         return Journal(self.root / "state")
@@ -315,13 +315,13 @@ def test_auto_volumes_sharing_a_container_are_grouped_only_when_they_escalate_al
     two_auto_policies(scene, "pause", "stop")
     policies = load_policies(scene.root / "policies")
     plans = plan_volumes(policies, scene.engine.volume_names())
-    groups = group_volumes(plans, scene.engine)  # type: ignore[arg-type]  # until annotated with Engine
+    groups = group_volumes(plans, scene.engine)
     assert [[plan.volume for plan in group.volumes] for group in groups] == [["va"], ["vb"]]
 
     (scene.root / "policies" / "b.yaml").write_text("volumes: [vb]\nstrategy: auto\nescalate_to: pause\n")
     policies = load_policies(scene.root / "policies")
     plans = plan_volumes(policies, scene.engine.volume_names())
-    groups = group_volumes(plans, scene.engine)  # type: ignore[arg-type]  # until annotated with Engine
+    groups = group_volumes(plans, scene.engine)
     assert [[plan.volume for plan in group.volumes] for group in groups] == [["va", "vb"]]
 
 

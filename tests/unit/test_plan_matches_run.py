@@ -2,8 +2,8 @@
 RunContext) are the steps `coord.backup.steps.group_steps` lists, which `coord plan` prints.
 
 Driven through the public `run_backup(request, docker)` on real files, real tar and zstd, with a minimal
-in-memory stand-in for coord's Docker interface (DockerControl): volumes are directories under a volumes root
-(sidecar mode), and the fake records every engine call.
+in-memory engine (tests/fakes.py): volumes are directories under a volumes root (sidecar mode), and the fake
+records every engine call.
 """
 
 from __future__ import annotations
@@ -11,60 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.fakes import FakeEngine
 
 from coord.backup.context import BackupRequest
 from coord.backup.plan import describe_group
 from coord.backup.run import run_backup
 from coord.backup.steps import Step, StepKind, group_steps
-from coord.docker_ops import ContainerInfo
 from coord.plan import group_volumes, plan_volumes
 from coord.policy import load_policies
 from coord.results import RunResult, VolumeStatus
 from coord.sources import VolumeSources
-
-
-class FakeDocker:
-    """Two running containers, `app` mounting volume `data` and `side` mounting `other`; calls are recorded."""
-
-    def __init__(self, mounts: dict[str, list[str]]) -> None:
-        self.mounts = mounts
-        self.states = {name: "running" for names in mounts.values() for name in names}
-        self.calls: list[tuple[str, str]] = []
-
-    def _info(self, name: str) -> ContainerInfo:
-        return ContainerInfo(id=f"id-{name}", name=name, state=self.states[name], labels={})
-
-    def volume_names(self) -> list[str]:
-        return list(self.mounts)
-
-    def containers_using(self, volume: str) -> list[ContainerInfo]:
-        return [self._info(name) for name in self.mounts[volume]]
-
-    def find_containers(self, reference: str) -> list[ContainerInfo]:
-        return [self._info(reference)] if reference in self.states else []
-
-    def container_state(self, identifier: str) -> str | None:
-        return self.states.get(identifier.removeprefix("id-"))
-
-    def _set(self, call: str, identifier: str, state: str) -> None:
-        self.calls.append((call, identifier.removeprefix("id-")))
-        self.states[identifier.removeprefix("id-")] = state
-
-    def pause(self, identifier: str) -> None:
-        self._set("pause", identifier, "paused")
-
-    def unpause(self, identifier: str) -> None:
-        self._set("unpause", identifier, "running")
-
-    def stop(self, identifier: str, timeout_s: int) -> None:
-        self._set("stop", identifier, "exited")
-
-    def start(self, identifier: str) -> None:
-        self._set("start", identifier, "running")
-
-    def exec(self, identifier: str, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
-        self.calls.append(("exec", " ".join(argv)))
-        return 0, ""
 
 
 class RenameDuringLiveRead:
@@ -89,12 +45,14 @@ class RenameDuringLiveRead:
 HOOKS = "hooks:\n  before: [{container: app, exec: [sync]}]\n  after: [{container: app, exec: [echo, done]}]\n"
 
 
-def setup(tmp_path: Path, strategy: str, extra: str = "") -> tuple[BackupRequest, FakeDocker, Path]:
+def setup(tmp_path: Path, strategy: str, extra: str = "") -> tuple[BackupRequest, FakeEngine, Path]:
+    """Two running containers, `app` mounting volume `data` and `side` mounting `other`, on the fake engine."""
     root = tmp_path / "volumes"
+    engine = FakeEngine(root)
     for volume in ("data", "other"):
-        (root / volume / "dir").mkdir(parents=True)
-        (root / volume / "dir" / "a").write_text(f"{volume} a\n")
-        (root / volume / "top").write_text(f"{volume} top\n")
+        engine.add_volume(volume, {"dir/a": f"{volume} a\n", "top": f"{volume} top\n"})
+    engine.add_container("app", ("data",))
+    engine.add_container("side", ("other",))
     policies = tmp_path / "policies"
     policies.mkdir()
     text = f"volumes: [data, other]\nstrategy: {strategy}\ncontainers: [side]\n{HOOKS}{extra}"
@@ -102,15 +60,15 @@ def setup(tmp_path: Path, strategy: str, extra: str = "") -> tuple[BackupRequest
     request = BackupRequest(
         policies_dir=policies, dest=tmp_path / "dest", state_dir=tmp_path / "state", sources=VolumeSources(root)
     )
-    return request, FakeDocker({"data": ["app"], "other": ["side"]}), root
+    return request, engine, root
 
 
-def planned(request: BackupRequest, docker: FakeDocker) -> tuple[list[Step], list[str]]:
+def planned(request: BackupRequest, docker: FakeEngine) -> tuple[list[Step], list[str]]:
     policies = load_policies(request.policies_dir)
     plans = plan_volumes(policies, docker.volume_names())
     steps: list[Step] = []
     lines: list[str] = []
-    for group in group_volumes(plans, docker):  # type: ignore[arg-type]  # the fake stands in for DockerControl
+    for group in group_volumes(plans, docker):
         steps += group_steps(group, [plan for plan in group.volumes if not plan.error])
         lines += describe_group(group)
     return steps, lines
@@ -120,9 +78,9 @@ def keys(steps: list[Step]) -> list[tuple[str, str | None, str | None]]:
     return [step.key for step in steps]
 
 
-def run(request: BackupRequest, docker: FakeDocker, progress: object = None) -> tuple[RunResult, list[Step]]:
+def run(request: BackupRequest, docker: FakeEngine, progress: object = None) -> tuple[RunResult, list[Step]]:
     steps: list[Step] = []
-    result = run_backup(request, docker, progress, steps)  # type: ignore[arg-type]  # fake DockerControl
+    result = run_backup(request, docker, progress, steps)
     return result, steps
 
 
@@ -134,8 +92,8 @@ def test_the_run_executes_the_planned_steps(tmp_path: Path, strategy: str) -> No
     assert keys(executed) == keys(plan)
     wanted = VolumeStatus.EXCLUDED if strategy == "exclude" else VolumeStatus.OK
     assert [v.status for v in result.volumes] == [wanted, wanted], result.to_json()
-    assert set(docker.states.values()) == {"running"}  # every container given back
-    quiesced = [call for call in docker.calls if call[0] in ("pause", "stop")]
+    assert {container.state for container in docker.containers.values()} == {"running"}  # every one given back
+    quiesced = [call for call in docker.calls if call.method in ("pause", "stop")]
     assert bool(quiesced) == (strategy in ("pause", "stop", "snapshot"))
 
 
@@ -146,7 +104,7 @@ def test_auto_that_keeps_the_live_read_executes_the_planned_steps_before_the_esc
     assert keys(executed) == keys([step for step in plan if not step.escalated])
     assert any(step.escalated for step in plan)  # the plan shows what an escalation would do
     assert [v.status for v in result.volumes] == [VolumeStatus.OK, VolumeStatus.OK], result.to_json()
-    assert not [call for call in docker.calls if call[0] in ("pause", "stop")]
+    assert not [call for call in docker.calls if call.method in ("pause", "stop")]
 
 
 @pytest.mark.parametrize("escalate_to", ["pause", "stop", "snapshot"])
@@ -159,7 +117,7 @@ def test_auto_that_escalates_executes_every_planned_step(tmp_path: Path, escalat
     for volume in result.volumes:
         assert [attempt.strategy.value for attempt in volume.attempts] == ["live", escalate_to], volume.to_json()
         assert volume.attempts[0].escalated and volume.attempts[0].escalated.startswith("verdict at-risk")
-    assert set(docker.states.values()) == {"running"}
+    assert {container.state for container in docker.containers.values()} == {"running"}
 
 
 def test_plan_text_numbers_every_step_and_no_longer_promises_a_read_back(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coord.backup.steps import Step
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.encrypt import DEFAULT_STATE_DIR
 from coord.journal import Journal
 from coord.results import ContainerAction
@@ -41,7 +41,7 @@ class RunContext:
     the record a test compares with `coord plan`)."""
 
     request: BackupRequest
-    docker: DockerControl
+    docker: Engine
     journal: Journal
     progress: Progress | None = None
     actions: list[ContainerAction] = field(default_factory=list)

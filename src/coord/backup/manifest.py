@@ -19,10 +19,7 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
     written and what the check read."""
     result, plan, outcome, encryption = job.result, job.plan, written.outcome, job.encryption
     consistency = outcome.consistency
-    warnings: dict[str, list[str]] = {
-        kind.value: [p.path for p in outcome.of_kind(kind)]
-        for kind in WARNING_KINDS
-    }
+    warnings: dict[str, list[str]] = {kind.value: [p.path for p in outcome.of_kind(kind)] for kind in WARNING_KINDS}
     warnings[ProblemKind.SKIPPED.value] = [f"{p.path}: {p.detail}" for p in outcome.of_kind(ProblemKind.SKIPPED)]
     snapshot = written.snapshot
     return {

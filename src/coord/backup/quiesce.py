@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from coord.docker_ops import ContainerInfo, DockerControl
+from coord.docker_ops import ContainerInfo, Engine
 from coord.errors import ContainersMustStayDown, CoordError
 from coord.journal import CONTAINER, PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
 from coord.plan import QUIESCING, QuiesceGroup
@@ -39,7 +39,7 @@ log = logging.getLogger("coord.strategies")  # the name operators see in logs, k
 steps = logging.getLogger("coord.steps")
 
 
-def put_back(docker: DockerControl, container_id: str, name: str, action: str) -> str | None:
+def put_back(docker: Engine, container_id: str, name: str, action: str) -> str | None:
     """Undo `action` (paused/stopped) on a container if it is still in the state coord put it in.
 
     Returns None when the container is as it was before coord touched it, or an operator message.
@@ -65,7 +65,7 @@ def put_back(docker: DockerControl, container_id: str, name: str, action: str) -
 @contextmanager
 def quiesced(
     group: QuiesceGroup,
-    docker: DockerControl,
+    docker: Engine,
     journal: Journal,
     actions: list[ContainerAction],
     strategy: Strategy | None = None,
@@ -116,7 +116,7 @@ class _Hold:
     strategy: Strategy
     stop_timeout: int
     stop_paused: bool
-    docker: DockerControl
+    docker: Engine
     journal: Journal
     actions: list[ContainerAction]
     undo: list[Callable[[], None]] = field(default_factory=list)
@@ -158,7 +158,7 @@ def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:
 
 
 def _restorer(
-    action: ContainerAction, entry: JournalEntry, started: float, docker: DockerControl, journal: Journal
+    action: ContainerAction, entry: JournalEntry, started: float, docker: Engine, journal: Journal
 ) -> Callable[[], None]:
     def restore() -> None:
         steps.info("%s %s", "unpausing" if entry.action == PAUSED else "starting", action.container)

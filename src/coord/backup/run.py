@@ -17,7 +17,7 @@ from coord.backup.job import Job, admit
 from coord.backup.publish import publish_job
 from coord.backup.steps import Step, StepKind, escalation_of, policies_of
 from coord.backup.window import Window
-from coord.docker_ops import DockerControl
+from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.hooks import HookRun
 from coord.journal import Journal
@@ -31,7 +31,7 @@ from coord.sources import own_container_id
 
 
 def run_backup(
-    request: BackupRequest, docker: DockerControl, progress: Progress | None = None, steps: list[Step] | None = None
+    request: BackupRequest, docker: Engine, progress: Progress | None = None, steps: list[Step] | None = None
 ) -> RunResult:
     """Back up every volume the selected policies cover. `steps`, when given, receives each step executed.
 
