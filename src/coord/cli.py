@@ -368,9 +368,16 @@ def backup(
     from coord.recording import MANUAL, Watch, run_and_record
 
     def work() -> RunResult:
-        request, notifier = _checked_request(
-            policy, policies_dir, dest, state_dir, lock_timeout, volumes_root, passphrase_file
+        request = BackupRequest(
+            policies_dir=policies_dir,
+            dest=_required_dest(dest),
+            policy_names=tuple(policy or ()),
+            state_dir=state_dir,
+            lock_timeout_s=lock_timeout,
+            sources=VolumeSources.detect(volumes_root),
+            passphrase_file=passphrase_file,
         )
+        notifier = _checked_notifier(request)
         history = History(state_dir)
         if not sys.stderr.isatty() or as_json:
             result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
@@ -387,32 +394,20 @@ def backup(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _checked_request(
-    policy: list[str] | None,
-    policies_dir: Path,
-    dest: Path | None,
-    state_dir: Path,
-    lock_timeout: float,
-    volumes_root: Path | None = None,
-    passphrase_file: Path | None = None,
-) -> tuple[BackupRequest, Notifier]:
-    """The backup request and notifier, after checking the policies and defaults (before Docker is contacted).
-    Raises UsageError/PolicyError."""
-    from coord.defaults import load_defaults
-
+def _required_dest(dest: Path | None) -> Path:
+    """The destination given (--dest or COORD_DEST). Raises UsageError when there is none."""
     if dest is None:
         raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-    request = BackupRequest(
-        policies_dir=policies_dir,
-        dest=dest,
-        policy_names=tuple(policy or ()),
-        state_dir=state_dir,
-        lock_timeout_s=lock_timeout,
-        sources=VolumeSources.detect(volumes_root),
-        passphrase_file=passphrase_file,
-    )
-    load_policies(policies_dir, request.policy_names or None)
-    return request, Notifier(load_defaults(policies_dir).notify)
+    return dest
+
+
+def _checked_notifier(request: BackupRequest) -> Notifier:
+    """The notifier of <policies dir>/_defaults.yaml, after checking the request's policies and the defaults
+    (before Docker is contacted). Raises PolicyError/UsageError."""
+    from coord.defaults import load_defaults
+
+    load_policies(request.policies_dir, request.policy_names or None)
+    return Notifier(load_defaults(request.policies_dir).notify)
 
 
 @app.command()
@@ -917,9 +912,16 @@ def daemon(
         if log_format not in LOG_FORMATS:
             raise UsageError(f"--log-format '{log_format}': expected one of {', '.join(LOG_FORMATS)}")
         parsed = parse_schedule(schedule, jitter)
-        request, notifier = _checked_request(
-            policy, policies_dir, dest, state_dir, lock_timeout, volumes_root, passphrase_file
+        request = BackupRequest(
+            policies_dir=policies_dir,
+            dest=_required_dest(dest),
+            policy_names=tuple(policy or ()),
+            state_dir=state_dir,
+            lock_timeout_s=lock_timeout,
+            sources=VolumeSources.detect(volumes_root),
+            passphrase_file=passphrase_file,
         )
+        notifier = _checked_notifier(request)
         return run_daemon(request, parsed, DockerControl.connect, notifier, EventLog(sys.stdout, log_format))
 
     raise typer.Exit(_run(False, work))

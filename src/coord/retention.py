@@ -251,69 +251,111 @@ def find_archives(
     claimed_by: dict[str, list[Path]] = {}
     for claim in claims:
         claimed_by.setdefault(claim.archive_name, []).append(claim.manifest)
-    named: set[str] = set()
     for claim in claims:
-        manifest, archive_name = claim.manifest, claim.archive_name
-        archive = volume_dir / archive_name
-        if manifest.name != archive_name + MANIFEST_SUFFIX:
-            found.warnings.append(
-                f"{manifest}: names archive {archive_name} but is not {archive_name}{MANIFEST_SUFFIX} (a copy?); "
-                "not counted, left alone"
-            )
-            continue
-        named.add(archive_name)
-        try:
-            info = archive.lstat()
-        except FileNotFoundError:
-            found.ignored.append(f"{manifest}: its archive {archive_name} is missing; left alone")
-            continue
-        except OSError as error:
-            found.warnings.append(f"{archive}: cannot stat ({error.strerror}); left alone")
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            found.warnings.append(f"{archive}: not a regular file; not counted, left alone")
+        archive = _claimed_file(volume_dir, claim, found)
+        if archive is None:
             continue
         item = StoredArchive(
             archive,
-            manifest,
+            claim.manifest,
             claim.started_at,
             str(claim.document.get("status", "")),
             written_by_this_run=written is not None and written.path == archive,
         )
-        others = [other for other in claimed_by[archive_name] if other != manifest]
-        if others:
-            why = f"also named by {', '.join(str(other) for other in others)}: claimed twice, never deleted"
-            found.held.append((item, why))
-            found.warnings.append(f"{archive}: {why}; remove the copied manifest")
+        others = [other for other in claimed_by[claim.archive_name] if other != claim.manifest]
+        if _set_aside(item, claim.document, others, volume_dir.name, now, found):
             continue
-        if claim.document.get("volume") != volume_dir.name:
-            found.warnings.append(
-                f"{archive}: its manifest is for volume {claim.document.get('volume')!r}, not {volume_dir.name!r}; "
-                "not counted, left alone"
-            )
-            continue
-        if is_future(claim.started_at, now):
-            why = f"dated in the future (started_at {claim.started_at.isoformat()}, now {now.isoformat()}): not counted"
-            found.held.append((item, why))
-            found.warnings.append(f"{archive}: {why}, kept; check the clock of the host that wrote it")
-            continue
-        try:
-            problem = _content_problem(archive, claim.document, hashes, written)
-        except OSError as error:
-            problem = f"cannot be read ({error.strerror})"
-        if problem is not None:
-            mismatch = f"{archive}: {problem}; does not match its manifest, not counted, left alone"
-            found.warnings.append(mismatch)
-            found.mismatched.append(mismatch)
-            continue
-        found.archives.append(item)
+        if _matches_its_manifest(item, claim.document, hashes, written, found):
+            found.archives.append(item)
+    _report_unclaimed(volume_dir, claims, found)
+    found.archives.sort(key=lambda item: (item.started_at, item.archive.name), reverse=True)
+    return found
+
+
+def _claimed_file(volume_dir: Path, claim: _Claim, found: StoredArchives) -> Path | None:
+    """The archive a manifest claims, when the manifest bears the archive's name and the archive is a regular file
+    (a link is never followed). Otherwise None, with the reason recorded in `found`."""
+    manifest, archive_name = claim.manifest, claim.archive_name
+    archive = volume_dir / archive_name
+    if manifest.name != archive_name + MANIFEST_SUFFIX:
+        found.warnings.append(
+            f"{manifest}: names archive {archive_name} but is not {archive_name}{MANIFEST_SUFFIX} (a copy?); "
+            "not counted, left alone"
+        )
+        return None
+    try:
+        info = archive.lstat()
+    except FileNotFoundError:
+        found.ignored.append(f"{manifest}: its archive {archive_name} is missing; left alone")
+        return None
+    except OSError as error:
+        found.warnings.append(f"{archive}: cannot stat ({error.strerror}); left alone")
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        found.warnings.append(f"{archive}: not a regular file; not counted, left alone")
+        return None
+    return archive
+
+
+def _set_aside(
+    item: StoredArchive,
+    document: dict[str, Any],
+    other_claims: list[Path],
+    volume: str,
+    now: datetime,
+    found: StoredArchives,
+) -> bool:
+    """Whether the archive is kept without counting (named by other manifests too, or dated in the future: added
+    to `found.held`) or left alone (its manifest is for another volume), with the reason recorded in `found`."""
+    if other_claims:
+        why = f"also named by {', '.join(str(other) for other in other_claims)}: claimed twice, never deleted"
+        found.held.append((item, why))
+        found.warnings.append(f"{item.archive}: {why}; remove the copied manifest")
+        return True
+    if document.get("volume") != volume:
+        found.warnings.append(
+            f"{item.archive}: its manifest is for volume {document.get('volume')!r}, not {volume!r}; "
+            "not counted, left alone"
+        )
+        return True
+    if is_future(item.started_at, now):
+        why = f"dated in the future (started_at {item.started_at.isoformat()}, now {now.isoformat()}): not counted"
+        found.held.append((item, why))
+        found.warnings.append(f"{item.archive}: {why}, kept; check the clock of the host that wrote it")
+        return True
+    return False
+
+
+def _matches_its_manifest(
+    item: StoredArchive,
+    document: dict[str, Any],
+    hashes: ArchiveHashes,
+    written: WrittenArchive | None,
+    found: StoredArchives,
+) -> bool:
+    """Whether the archive's size and sha256 are its manifest's; when not (or it cannot be read), the mismatch is
+    recorded in `found.warnings` and `found.mismatched`."""
+    try:
+        problem = _content_problem(item.archive, document, hashes, written)
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror})"
+    if problem is None:
+        return True
+    mismatch = f"{item.archive}: {problem}; does not match its manifest, not counted, left alone"
+    found.warnings.append(mismatch)
+    found.mismatched.append(mismatch)
+    return False
+
+
+def _report_unclaimed(volume_dir: Path, claims: list[_Claim], found: StoredArchives) -> None:
+    """Record in `found.ignored` every file that is neither a manifest nor named by a manifest of its own name
+    (a `.partial` a run may be writing, or a file without a manifest)."""
+    named = {claim.archive_name for claim in claims if claim.manifest.name == claim.archive_name + MANIFEST_SUFFIX}
     for path in sorted(volume_dir.iterdir()):
         if path.name.endswith(MANIFEST_SUFFIX) or path.name in named or path.name.startswith("."):
             continue
         why = "being written or left by a failed run" if path.name.endswith(".partial") else "no manifest"
         found.ignored.append(f"{path}: {why}; left alone")
-    found.archives.sort(key=lambda item: (item.started_at, item.archive.name), reverse=True)
-    return found
 
 
 @dataclass
@@ -398,7 +440,6 @@ class PruneResult:
 
 
 def prune_volume(
-    volume: str,
     volume_dir: Path,
     rules: RetentionSettings,
     now: datetime,
@@ -406,12 +447,14 @@ def prune_volume(
     written: WrittenArchive | None = None,
     hashes: ArchiveHashes | None = None,
 ) -> PruneResult:
-    """Apply the retention rules to one volume's archives.
+    """Apply the retention rules to the archives in one volume's directory (<dest>/<volume>: its name is the
+    volume's, as the manifests inside must say).
 
     `written`: the archive this run just published (never deleted by this call, trusted from its own hash);
     `hashes`: remembered content hashes (saved back at the end). Never raises for a file it cannot read or delete:
     that is a warning or an error in the result, and a manifest whose archive could not be deleted stays.
     """
+    volume = volume_dir.name
     hashes = hashes if hashes is not None else ArchiveHashes(None)
     found = find_archives(volume_dir, now, hashes, written)
     plan = plan_retention(found.archives, rules, now)
@@ -464,7 +507,7 @@ def prune_all(
     for plan in plan_volumes(policies, volume_directories(dest), policy_names or None):
         rules = plan.policy.policy.retention
         if plan.error is None and rules is not None:
-            results.append(prune_volume(plan.volume, dest / plan.volume, rules, now, dry_run, hashes=hashes))
+            results.append(prune_volume(dest / plan.volume, rules, now, dry_run, hashes=hashes))
     return results
 
 

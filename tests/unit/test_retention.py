@@ -104,12 +104,12 @@ def test_prune_deletes_archive_and_manifest_together_and_leaves_strangers_alone(
     orphan.write_text(json.dumps({"archive": "gone.tar.zst", "started_at": "2020-01-01T00:00:00+00:00"}))
     (directory / "broken.tar.zst.manifest.json").write_text("{not json")
 
-    dry = prune_volume("v", directory, RetentionSettings(keep_last=2), NOW, dry_run=True)
+    dry = prune_volume(directory, RetentionSettings(keep_last=2), NOW, dry_run=True)
     assert [Path(p).name for p, _ in dry.deleted] == [archives[2].name, archives[3].name]
     assert all(path.exists() for path in archives)
 
-    result = prune_volume("v", directory, RetentionSettings(keep_last=2), NOW)
-    assert result.errors == []
+    result = prune_volume(directory, RetentionSettings(keep_last=2), NOW)
+    assert result.errors == [] and result.volume == dry.volume == "v"  # the directory's name is the volume's
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [
             archives[0].name,
@@ -133,7 +133,7 @@ def test_a_file_that_cannot_be_deleted_is_an_error_and_keeps_its_manifest(tmp_pa
     old = write_archive(directory, NOW - timedelta(days=9))
     subprocess.run(["chattr", "+i", str(old)], check=True)  # immutable: even root cannot delete it
     try:
-        result = prune_volume("v", directory, RetentionSettings(keep_last=1), NOW)
+        result = prune_volume(directory, RetentionSettings(keep_last=1), NOW)
     finally:
         subprocess.run(["chattr", "-i", str(old)], check=True)
     assert result.deleted == []
@@ -237,7 +237,7 @@ def test_finding_3_a_future_dated_archive_neither_displaces_the_new_one_nor_the_
     previous = write_archive(directory, NOW - timedelta(days=1))
     future = write_archive(directory, NOW + timedelta(days=30))  # a matching archive, from a clock 30 days ahead
     new = write_archive(directory, NOW)
-    result = prune_volume("v", directory, RetentionSettings(keep_last=keep_last), NOW, written=written_from(new))
+    result = prune_volume(directory, RetentionSettings(keep_last=keep_last), NOW, written=written_from(new))
     assert result.errors == []
     assert new.exists() and manifest_of(new).exists()
     assert future.exists() and manifest_of(future).exists()
@@ -255,7 +255,7 @@ def test_finding_4_a_copied_manifest_never_gets_the_only_archive_deleted(tmp_pat
     only = write_archive(directory, NOW - timedelta(days=2))
     copy = directory / "v-20260101T000000Z.tar.zst.manifest.json"
     copy.write_bytes(manifest_of(only).read_bytes())
-    result = prune_volume("v", directory, RetentionSettings(keep_last=1), NOW)
+    result = prune_volume(directory, RetentionSettings(keep_last=1), NOW)
     assert result.errors == [] and result.deleted == []
     assert names(result.kept) == [only.name]  # once: never both kept and deleted
     assert "claimed twice, never deleted" in result.kept[0][1]
@@ -274,7 +274,7 @@ def test_a_copied_manifest_under_the_right_name_of_another_file_is_not_counted(t
     copied = directory / "v-20260601T110000Z.tar.zst"
     copied.write_bytes(original.read_bytes())
     manifest_of(copied).write_bytes(manifest_of(original).read_bytes())
-    result = prune_volume("v", directory, RetentionSettings(keep_last=1), NOW)
+    result = prune_volume(directory, RetentionSettings(keep_last=1), NOW)
     assert result.deleted == [] and result.errors == []
     assert names(result.kept) == [original.name, older.name]
     assert "newest verified archive" in result.kept[1][1]
@@ -305,7 +305,7 @@ def test_an_archive_that_does_not_match_its_manifest_is_left_alone_and_not_count
         rewrite_manifest(bad, volume="other")
     else:
         rewrite_manifest(bad, sha256=None)
-    result = prune_volume("v", directory, RetentionSettings(keep_last=1), NOW)
+    result = prune_volume(directory, RetentionSettings(keep_last=1), NOW)
     assert bad.exists() and manifest_of(bad).exists()
     assert names(result.kept) == [good.name]  # the bad one neither takes the place nor is the newest verified
     assert names(result.deleted) == [old.name]
@@ -320,7 +320,7 @@ def test_a_linked_archive_is_not_followed_or_counted(tmp_path: Path) -> None:
     outside = tmp_path / "outside.tar.zst"
     linked.rename(outside)
     linked.symlink_to(outside)
-    result = prune_volume("v", directory, RetentionSettings(keep_last=1), NOW)
+    result = prune_volume(directory, RetentionSettings(keep_last=1), NOW)
     assert names(result.kept) == [good.name] and result.deleted == []
     assert result.warnings == [f"{linked}: not a regular file; not counted, left alone"]
 
@@ -363,10 +363,10 @@ def test_each_archive_is_hashed_once_while_unchanged(tmp_path: Path, monkeypatch
     total = sum(archive.stat().st_size for archive in archives)
     rules = RetentionSettings(keep_last=2)
 
-    first = prune_volume("v", directory, rules, NOW, hashes=ArchiveHashes(state))
+    first = prune_volume(directory, rules, NOW, hashes=ArchiveHashes(state))
     assert counting.bytes_hashed == total and names(first.kept) == [a.name for a in archives]
     assert (state / "archive-hashes.json").is_file()
-    second = prune_volume("v", directory, rules, NOW, hashes=ArchiveHashes(state))
+    second = prune_volume(directory, rules, NOW, hashes=ArchiveHashes(state))
     assert counting.bytes_hashed == total and second.kept == first.kept  # nothing read again
 
     # Rewritten in place with the same size and the old mtime put back: the ctime moved, so it is read again.
@@ -374,7 +374,7 @@ def test_each_archive_is_hashed_once_while_unchanged(tmp_path: Path, monkeypatch
     times = newest.stat()
     newest.write_bytes(bytes(times.st_size))
     os.utime(newest, ns=(times.st_atime_ns, times.st_mtime_ns))
-    third = prune_volume("v", directory, rules, NOW, hashes=ArchiveHashes(state))
+    third = prune_volume(directory, rules, NOW, hashes=ArchiveHashes(state))
     assert counting.bytes_hashed == total + times.st_size
     assert names(third.kept) == [archives[1].name] and "has sha256" in third.warnings[0]
 
@@ -384,10 +384,10 @@ def test_the_archive_a_run_wrote_is_trusted_from_its_own_hash(tmp_path: Path, mo
     directory, state = tmp_path / "v", tmp_path / "state"
     new = write_archive(directory, NOW)
     result = prune_volume(
-        "v", directory, RetentionSettings(keep_last=1), NOW, written=written_from(new), hashes=ArchiveHashes(state)
+        directory, RetentionSettings(keep_last=1), NOW, written=written_from(new), hashes=ArchiveHashes(state)
     )
     assert counting.bytes_hashed == 0 and names(result.kept) == [new.name]
-    prune_volume("v", directory, RetentionSettings(keep_last=1), NOW, hashes=ArchiveHashes(state))
+    prune_volume(directory, RetentionSettings(keep_last=1), NOW, hashes=ArchiveHashes(state))
     assert counting.bytes_hashed == 0  # remembered for the next prune too
 
 

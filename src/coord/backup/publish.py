@@ -158,8 +158,7 @@ def _apply_retention(job: Job, written: Written, read: ReadBack, ctx: RunContext
     outcome = written.outcome
     this_one = WrittenArchive(written.final, read.size if read.sha256 else outcome.size, read.sha256 or outcome.sha256)
     pruned = prune_volume(
-        job.volume,
-        written.final.parent,
+        written.final.parent,  # <dest>/<volume>
         retention,
         datetime.now(UTC),
         written=this_one,
