@@ -14,10 +14,11 @@ import typer
 
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
+from coord.grammar import plural
 from coord.notify import Notifier
 from coord.policy import load_policies, render_json_schema
-from coord.render import human_size, plural, volumes_line
-from coord.results import RunResult, VolumeStatus
+from coord.render import human_size, run_summary
+from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
 from coord.sources import VolumeSources, own_container_id
@@ -291,54 +292,9 @@ def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-_STATUS_LABEL = {
-    VolumeStatus.OK: "OK  ",
-    VolumeStatus.WARNING: "WARN",
-    VolumeStatus.FAILED: "FAIL",
-    VolumeStatus.EXCLUDED: "SKIP",
-}
-
-
 def print_run_summary(result: RunResult) -> None:
-    """One short block per volume: status, what was written, what went wrong."""
-    for volume in result.volumes:
-        head = f"{_STATUS_LABEL[volume.status]} {volume.volume} (policy {volume.policy}, {volume.strategy})"
-        if volume.status is VolumeStatus.EXCLUDED:
-            print(f"{head}: excluded by policy")
-            continue
-        if volume.archive:
-            counts = ", ".join(f"{n} {kind}" for kind, n in volume.warnings.items() if n)
-            print(
-                f"{head}: {volume.entries:,} entries, {human_size(volume.size)}, verdict {volume.verdict}"
-                + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
-                + (f", warnings: {counts}" if counts else "")
-                + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
-            )
-            print(f"     -> {volume.archive}")
-            for pruned in volume.pruned:
-                print(f"     pruned {pruned} (retention)")
-            for reason in volume.verdict_reasons:
-                print(f"     {reason}")
-        else:
-            print(head)
-        for container in volume.containers:
-            if container.action in ("paused", "stopped"):
-                back = "back" if container.restored else "NOT BACK"
-                print(f"     {container.action} {container.container} for {container.seconds:.2f}s, {back}")
-            if container.error:
-                print(f"     container {container.container}: {container.error}")
-        for error in volume.errors:
-            print(f"     error: {error}")
-        for error in volume.retention_errors:
-            print(f"     retention error: {error}")
-        for warning in volume.retention_warnings:
-            print(f"     retention warning: {warning}")
-    for line in result.recovered:
-        print(f"recovered from an earlier run: {line}")
-    for error in result.errors:
-        print(f"error: {error}")
-    failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
-    print(volumes_line(len(result.volumes), failed) if result.volumes else "no volume selected")
+    """One short block per volume: status, what was written, what went wrong (render.run_summary)."""
+    print("\n".join(run_summary(result)))
 
 
 @app.command()

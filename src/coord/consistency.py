@@ -49,9 +49,9 @@ from typing import IO
 
 from coord.clickhouse import FORMAT_VERSION_FILE, TableJudgement, judge_table_directory, parse_format_version
 from coord.excludes import ExcludeMatcher
+from coord.grammar import plural
 from coord.policy import ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, member_to_path
-from coord.render import plural
 
 SAMPLE_SIZE = 20
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

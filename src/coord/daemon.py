@@ -30,7 +30,7 @@ from coord.lock import run_lock
 from coord.notify import Delivery, Notifier
 from coord.recording import SCHEDULE, RecordedRun, Watch, run_and_record
 from coord.recovery import recover
-from coord.render import archived_line, volumes_line
+from coord.render import archived_line, run_line
 from coord.results import RunResult, VolumeResult, VolumeStatus
 from coord.runner import BackupRequest
 from coord.schedule import Schedule
@@ -244,11 +244,9 @@ def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> No
     for line in result.recovered:
         events.emit("recovered", line, run=record.run_id)
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
-    problems = "; ".join(result.errors)
     events.emit(
         "run-finished",
-        f"run {record.run_id} {record.status}: {volumes_line(len(result.volumes), failed)}"
-        + (f"; {problems}" if problems else ""),
+        run_line(record.run_id, record.status, result),
         run=record.run_id,
         status=record.status,
         volumes=len(result.volumes),

@@ -25,8 +25,8 @@ from coord.docker_ops import Engine
 from coord.errors import CoordError, HistoryError, PolicyError
 from coord.history import FAILED, INTERRUPTED, OK, History
 from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
-from coord.render import volumes_line
-from coord.results import RunResult, VolumeStatus
+from coord.render import run_line
+from coord.results import RunResult
 from coord.signals import Interrupted, deferred, termination_raises
 from coord.timestamps import utc_iso
 
@@ -138,13 +138,7 @@ def notification_body(
     if event is NotifyEvent.START:
         text = f"coord on {socket.gethostname()}: backup run {record.run_id} started"
     elif result is not None:
-        failed = [v.volume for v in result.volumes if v.status is VolumeStatus.FAILED]
-        text = (
-            f"coord on {socket.gethostname()}: backup run {record.run_id} {record.status}: "
-            f"{volumes_line(len(result.volumes), len(failed))}"
-            + (f" ({', '.join(failed)})" if failed else "")
-            + (f"; {'; '.join(result.errors)}" if result.errors else "")
-        )
+        text = f"coord on {socket.gethostname()}: backup {run_line(record.run_id, record.status, result)}"
     else:
         text = f"coord on {socket.gethostname()}: backup run {record.run_id} could not be done: {record.error}"
     return {

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-
-def plural(count: int, singular: str, plural_form: str | None = None) -> str:
-    """`1 volume`, `2 volumes`, `0 policies` (give `plural_form` where adding an s is wrong)."""
-    word = singular if count == 1 else (plural_form or singular + "s")
-    return f"{count:,} {word}"
+from coord.grammar import plural
+from coord.results import RunResult, VolumeStatus
 
 
 def volumes_line(total: int, failed: int) -> str:
@@ -35,3 +32,62 @@ def archived_line(size: int, verdict: str | None, downtime_s: float, archive: st
     -> /backups/v/v-....tar.zst` (no downtime part when nothing was paused or stopped)."""
     downtime = f", downtime {downtime_s:.2f}s" if downtime_s else ""
     return f"{human_size(size)}, verdict {verdict}{downtime} -> {archive}"
+
+
+STATUS_LABEL = {"ok": "OK  ", "warning": "WARN", "failed": "FAIL", "excluded": "SKIP"}
+
+
+def run_line(run_id: int, status: str, result: RunResult) -> str:
+    """A finished run in one line, for the daemon's log and notifications: `run 3 failed: 2 volumes, 1 failed (pg);
+    <the run's own problems>`."""
+    failed = [volume.volume for volume in result.volumes if volume.status is VolumeStatus.FAILED]
+    return (
+        f"run {run_id} {status}: {volumes_line(len(result.volumes), len(failed))}"
+        + (f" ({', '.join(failed)})" if failed else "")
+        + (f"; {'; '.join(result.errors)}" if result.errors else "")
+    )
+
+
+def run_summary(result: RunResult) -> list[str]:
+    """`coord backup`'s summary: one short block per volume (status, what was written, what went wrong), then
+    the run's own problems and its tally."""
+    lines: list[str] = []
+    for volume in result.volumes:
+        head = f"{STATUS_LABEL[volume.status]} {volume.volume} (policy {volume.policy}, {volume.strategy})"
+        if volume.status is VolumeStatus.EXCLUDED:
+            lines.append(f"{head}: excluded by policy")
+            continue
+        if volume.archive:
+            counts = ", ".join(f"{n} {kind}" for kind, n in volume.warnings.items() if n)
+            lines.append(
+                f"{head}: {volume.entries:,} entries, {human_size(volume.size)}, verdict {volume.verdict}"
+                + (f", downtime {volume.downtime_s:.2f}s" if volume.containers else "")
+                + (f", warnings: {counts}" if counts else "")
+                + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
+            )
+            lines.append(f"     -> {volume.archive}")
+            for pruned in volume.pruned:
+                lines.append(f"     pruned {pruned} (retention)")
+            for reason in volume.verdict_reasons:
+                lines.append(f"     {reason}")
+        else:
+            lines.append(head)
+        for container in volume.containers:
+            if container.action in ("paused", "stopped"):
+                back = "back" if container.restored else "NOT BACK"
+                lines.append(f"     {container.action} {container.container} for {container.seconds:.2f}s, {back}")
+            if container.error:
+                lines.append(f"     container {container.container}: {container.error}")
+        for error in volume.errors:
+            lines.append(f"     error: {error}")
+        for error in volume.retention_errors:
+            lines.append(f"     retention error: {error}")
+        for warning in volume.retention_warnings:
+            lines.append(f"     retention warning: {warning}")
+    for line in result.recovered:
+        lines.append(f"recovered from an earlier run: {line}")
+    for error in result.errors:
+        lines.append(f"error: {error}")
+    failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
+    lines.append(volumes_line(len(result.volumes), failed) if result.volumes else "no volume selected")
+    return lines

@@ -18,7 +18,7 @@ from typing import Any
 
 from coord.errors import UsageError
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, RunRow, VolumeRow
-from coord.render import archived_line, short_time
+from coord.render import STATUS_LABEL, archived_line, short_time
 from coord.timestamps import utc_iso_or_none
 
 SUCCESS_STATUSES = ("ok", "warning")
@@ -222,9 +222,6 @@ def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[
         "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
         for row in rows
     ]
-
-
-STATUS_LABEL = {"ok": "OK  ", "warning": "WARN", "failed": "FAIL", "excluded": "SKIP"}
 
 
 def render_status(

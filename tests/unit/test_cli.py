@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from coord.cli import app, global_flags_first
-from coord.render import plural, volumes_line
+from coord.grammar import plural
+from coord.render import volumes_line
 
 
 @pytest.mark.parametrize(
