@@ -43,7 +43,7 @@ from coord.backup.quiesce import quiesced
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, Decryption
 from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
-from coord.journal import EXTRACTING, SWAPPING, Journal
+from coord.journal import EXTRACTING, SWAPPING, Journal, JournalEntry
 from coord.lock import run_lock
 from coord.manifest import manifest_path_for, read_manifest
 from coord.plan import QuiesceGroup, plan_volumes
@@ -619,14 +619,18 @@ def _entries(root: Path, swap: RestoreSwap | None = None) -> list[str]:
     return sorted(name for name in os.listdir(root) if swap is None or name not in swap.own_names)
 
 
+@dataclass(frozen=True)
+class ArchiveSource:
+    """The archive to restore and how it is read: its compression and decryption, from its name and manifest."""
+
+    archive: Path
+    compression: Compression
+    decryption: Decryption | None
+    manifest: dict[str, Any] | None  # None: no manifest beside the archive
+
+
 def restore_into_directory(
-    archive: Path,
-    compression: Compression,
-    decryption: Decryption | None,
-    content: ArchiveContent,
-    root: Path,
-    force: bool,
-    journal: Journal,
+    source: ArchiveSource, content: ArchiveContent, root: Path, force: bool, journal: Journal
 ) -> list[str]:
     """Extract the checked archive into `root` (which exists), replacing its content when `force`, as journaled
     steps (restore_swap.py). Returns warnings (attributes the file system refused).
@@ -639,38 +643,69 @@ def restore_into_directory(
     if top_level & swap.own_names:  # pragma: no cover - 48 random bits
         raise RestoreError(f"the archive holds {swap.staging.name}; try again")
     root_before = os.stat(root)
+    entry = _begin_staging(swap, journal)
+    try:
+        warnings = _fill_staging(source, content, swap, root_before, force)
+        crash_point("extracted")
+    except BaseException:
+        _abandon_staging(swap, root_before, journal, entry)
+        raise
+    _swap_staging_in(swap, journal, entry)
+    return warnings
+
+
+def _begin_staging(swap: RestoreSwap, journal: Journal) -> JournalEntry:
+    """Journal the extraction (EXTRACTING), then create the empty staging directory. Returns the journal entry.
+    Raises RestoreError (the entry cleared again) when the root cannot be written."""
     entry = swap.record(journal, EXTRACTING)
     try:
         os.mkdir(swap.staging, 0o700)
     except OSError as error:
         journal.clear(entry)
         hint = " (is it mounted read-only? a restore needs it read-write)" if error.errno == errno.EROFS else ""
-        raise RestoreError(f"cannot write into {root}: {error.strerror}{hint}") from None
+        raise RestoreError(f"cannot write into {swap.root}: {error.strerror}{hint}") from None
+    return entry
+
+
+def _fill_staging(
+    source: ArchiveSource, content: ArchiveContent, swap: RestoreSwap, root_before: os.stat_result, force: bool
+) -> list[str]:
+    """Extract the archive into the staging directory, make sure it is still the archive checked and the root
+    still may be filled, and give the staging directory the root's attributes and times to come (the archive's
+    root member, or the root's own). Returns warnings (attributes the file system refused). Raises RestoreError."""
+    root = swap.root
+    read, warnings = extract_members(
+        source.archive, source.compression, source.decryption, content.members, swap.staging
+    )
+    if read.sha256 != content.stream.sha256:
+        raise RestoreError(f"{source.archive} changed between the check and the extraction (sha256 differs)")
+    present = _entries(root, swap)
+    if present and not force:
+        raise RestoreError(f"{root} is no longer empty ({', '.join(present[:5])}); nothing was replaced")
+    root_member = next((member for member in content.members if member.name == "."), None)
+    if root_member is None:  # the root keeps its own attributes
+        with opened_directory(root) as source_directory, opened_directory(swap.staging) as target_directory:
+            copy_directory_attributes(source_directory, target_directory)
+    keep_root_times(swap, root_member.times_ns if root_member else (root_before.st_atime_ns, root_before.st_mtime_ns))
+    return warnings
+
+
+def _abandon_staging(swap: RestoreSwap, root_before: os.stat_result, journal: Journal, entry: JournalEntry) -> None:
+    """Remove what the extraction made and clear its journal entry, so the root is as it was; when the removal
+    fails, the entry stays for `coord recover` (logged, never raised: the caller re-raises the first error)."""
     try:
-        read, warnings = extract_members(archive, compression, decryption, content.members, swap.staging)
-        if read.sha256 != content.stream.sha256:
-            raise RestoreError(f"{archive} changed between the check and the extraction (sha256 differs)")
-        present = _entries(root, swap)
-        if present and not force:
-            raise RestoreError(f"{root} is no longer empty ({', '.join(present[:5])}); nothing was replaced")
-        root_member = next((member for member in content.members if member.name == "."), None)
-        if root_member is None:  # the root keeps its own attributes
-            with opened_directory(root) as source, opened_directory(swap.staging) as target:
-                copy_directory_attributes(source, target)
-        keep_root_times(
-            swap, root_member.times_ns if root_member else (root_before.st_atime_ns, root_before.st_mtime_ns)
-        )
-        crash_point("extracted")
-    except BaseException:
-        try:
-            roll_back_extraction(swap)
-            # The staging directory came and went: give the root its times back, so it is as it was.
-            os.utime(root, ns=(root_before.st_atime_ns, root_before.st_mtime_ns))
-        except OSError as cleanup:
-            log.error("could not remove %s (%s): `coord recover` removes it", swap.staging, cleanup)
-        else:
-            journal.clear(entry)
-        raise
+        roll_back_extraction(swap)
+        # The staging directory came and went: give the root its times back, so it is as it was.
+        os.utime(swap.root, ns=(root_before.st_atime_ns, root_before.st_mtime_ns))
+    except OSError as cleanup:
+        log.error("could not remove %s (%s): `coord recover` removes it", swap.staging, cleanup)
+    else:
+        journal.clear(entry)
+
+
+def _swap_staging_in(swap: RestoreSwap, journal: Journal, entry: JournalEntry) -> None:
+    """Journal the swap (SWAPPING) and replace the root's content with the staging directory's, signals held.
+    Raises ContainersMustStayDown when it fails halfway (the entry stays for `coord recover`)."""
     with deferred():  # a SIGTERM waits for the swap rather than leaving it to `coord recover`
         swap.record(journal, SWAPPING)
         crash_point("swap-out-begun")
@@ -679,12 +714,11 @@ def restore_into_directory(
         except (OSError, RestoreError) as error:
             message = error.message if isinstance(error, RestoreError) else str(error)
             raise ContainersMustStayDown(
-                f"replacing the content of {root} failed halfway ({message}); its containers stay stopped, as no "
-                "workload should start on half of each tree: fix the cause, then run `coord recover`, which "
+                f"replacing the content of {swap.root} failed halfway ({message}); its containers stay stopped, "
+                "as no workload should start on half of each tree: fix the cause, then run `coord recover`, which "
                 "completes the replacement and starts them"
             ) from None
         journal.clear(entry)
-    return warnings
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -766,7 +800,34 @@ def restore(
     EncryptionError, DockerError, RestoreContainersError.
     """
     clock = time.monotonic()
-    archive = request.archive
+    source = _archive_source(request.archive, decryption_for_archive)
+    target = request.volume if request.volume is not None else str(request.target_dir)
+    result = RestoreResult(archive=str(source.archive), target=target, dry_run=request.dry_run)
+    if os.geteuid() != 0:
+        result.warnings.append("not running as root: owners will not be restored")
+    root, exists = _locate_target(request, docker)
+    if exists:
+        _note_content_replaced(request, root, result)
+    content = _checked_content(source, request.allowed, result)
+    result.entries = len(content.members)
+    result.created = not exists
+    if request.dry_run:
+        result.members = content.members
+        if docker is not None and request.volume is not None and exists:
+            result.containers = _containers_a_restore_would_stop(request.volume, docker)
+    else:
+        if not exists:
+            root = _create_target(request, docker)
+        with termination_raises():
+            _write_files(request, docker, result, source, content, root)
+    result.duration_s = time.monotonic() - clock
+    return result
+
+
+def _archive_source(archive: Path, decryption_for_archive: Callable[[], Decryption] | None) -> ArchiveSource:
+    """The archive, its manifest (if any), and how to read it; asks `decryption_for_archive` only when the archive
+    is encrypted. Raises UsageError (no such file; encrypted and no way to decrypt), RestoreError (unreadable
+    manifest, unknown compression), EncryptionError."""
     if not archive.is_file():
         raise UsageError(f"archive {archive} does not exist or is not a file")
     manifest = _load_manifest(archive)
@@ -780,65 +841,66 @@ def restore(
         if decryption_for_archive is None:
             raise UsageError(f"{archive} is encrypted: pass --gpg-home DIR or --passphrase-file FILE")
         decryption = decryption_for_archive()
+    return ArchiveSource(archive, compression, decryption, manifest)
 
-    target = request.volume if request.volume is not None else str(request.target_dir)
-    result = RestoreResult(archive=str(archive), target=target, dry_run=request.dry_run)
-    if os.geteuid() != 0:
-        result.warnings.append("not running as root: owners will not be restored")
-    root, exists = _locate_target(request, docker)
-    if exists:
-        result.replaced = _entries(root)
-        if result.replaced and not request.force:
-            refusal = (
-                f"{_describe_target(request)} is not empty ({len(result.replaced)} entries, e.g. "
-                f"{', '.join(result.replaced[:3])}); pass --force to replace its content"
-            )
-            if not request.dry_run:
-                raise UsageError(refusal)
-            result.warnings.append(refusal)  # the dry run still says what a forced restore would do
 
-    content = read_members(archive, compression, decryption, request.allowed)
+def _note_content_replaced(request: RestoreRequest, root: Path, result: RestoreResult) -> None:
+    """Record the existing target's top-level entries in `result.replaced`. Raises UsageError when it holds any and
+    --force is missing (a dry run only warns: it still says what a forced restore would do)."""
+    result.replaced = _entries(root)
+    if result.replaced and not request.force:
+        refusal = (
+            f"{_describe_target(request)} is not empty ({len(result.replaced)} entries, e.g. "
+            f"{', '.join(result.replaced[:3])}); pass --force to replace its content"
+        )
+        if not request.dry_run:
+            raise UsageError(refusal)
+        result.warnings.append(refusal)
+
+
+def _checked_content(source: ArchiveSource, allowed: RestoreSettings, result: RestoreResult) -> ArchiveContent:
+    """Read the archive once and check every member and, when there is one, the manifest's sha256 and count
+    (a warning in `result` when there is none). Raises ArchiveRejected, RestoreError."""
+    content = read_members(source.archive, source.compression, source.decryption, allowed)
     if content.problems:
-        raise ArchiveRejected(str(archive), content.problems)
-    _check_manifest(archive, content, manifest)
-    if manifest is None:
-        result.warnings.append(f"no manifest beside {archive.name}: its sha256 was not checked against a record")
-    result.entries = len(content.members)
-    result.created = not exists
-    if request.dry_run:
-        result.members = content.members
-        if docker is not None and request.volume is not None and exists:
-            result.containers = [
-                ContainerAction(
-                    c.name, c.id, "would stop" if c.state in ("running", "paused") else "left-alone", c.state
-                )
-                for c in _containers_using(request.volume, docker)
-            ]
-        result.duration_s = time.monotonic() - clock
-        return result
+        raise ArchiveRejected(str(source.archive), content.problems)
+    _check_manifest(source.archive, content, source.manifest)
+    if source.manifest is None:
+        result.warnings.append(f"no manifest beside {source.archive.name}: its sha256 was not checked against a record")
+    return content
 
-    if not exists:
-        root = _create_target(request, docker)
-    with termination_raises():
-        if docker is not None and request.volume is not None:
-            _restore_with_containers_stopped(request, docker, result, archive, compression, decryption, content, root)
-        else:
-            journal = Journal(request.state_dir)
-            with run_lock(request.state_dir, request.lock_timeout_s):  # `coord recover` must not take our entry
-                result.warnings += restore_into_directory(
-                    archive, compression, decryption, content, root, request.force, journal
-                )
-    result.duration_s = time.monotonic() - clock
-    return result
+
+def _containers_a_restore_would_stop(volume: str, docker: DockerControl) -> list[ContainerAction]:
+    """What a dry run reports for the containers using `volume`: running and paused ones would be stopped."""
+    return [
+        ContainerAction(c.name, c.id, "would stop" if c.state in ("running", "paused") else "left-alone", c.state)
+        for c in _containers_using(volume, docker)
+    ]
+
+
+def _write_files(
+    request: RestoreRequest,
+    docker: DockerControl | None,
+    result: RestoreResult,
+    source: ArchiveSource,
+    content: ArchiveContent,
+    root: Path,
+) -> None:
+    """Write the checked archive into `root`: for a volume with its containers stopped, for a directory under
+    the run lock alone (`coord recover` must not take our journal entry). Warnings go into `result`."""
+    if docker is not None and request.volume is not None:
+        _restore_with_containers_stopped(request, docker, result, source, content, root)
+    else:
+        journal = Journal(request.state_dir)
+        with run_lock(request.state_dir, request.lock_timeout_s):  # `coord recover` must not take our entry
+            result.warnings += restore_into_directory(source, content, root, request.force, journal)
 
 
 def _restore_with_containers_stopped(
     request: RestoreRequest,
     docker: DockerControl,
     result: RestoreResult,
-    archive: Path,
-    compression: Compression,
-    decryption: Decryption | None,
+    source: ArchiveSource,
     content: ArchiveContent,
     root: Path,
 ) -> None:
@@ -858,9 +920,7 @@ def _restore_with_containers_stopped(
         recovered = recover(journal, docker)
         result.warnings += [f"recovered from an earlier run: {line}" for line in recovered.restored]
         with quiesced(group, docker, journal, result.containers, Strategy.STOP, stop_paused=True):
-            result.warnings += restore_into_directory(
-                archive, compression, decryption, content, root, request.force, journal
-            )
+            result.warnings += restore_into_directory(source, content, root, request.force, journal)
     failures = [f"{a.container}: {a.error}" for a in result.containers if not a.restored]
     if failures:
         raise RestoreContainersError(
