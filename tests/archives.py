@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from coord.archive import archive_suffix, create_archive
+from coord.archive import ArchiveSettings, StreamWriter, archive_suffix, compressor_command, create_archive, write_file
 from coord.encrypt import Encryption, encrypt_to_file, prepare_encryption
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression, EncryptSettings
@@ -22,12 +22,18 @@ def encryption_of(kind: str, key: ThrowawayKey, passphrase_file: Path, state: Pa
     return prepare_encryption(EncryptSettings(recipient_key_file=key.public_key_file), state)
 
 
+def plain_settings(compression: Compression, **options: Any) -> ArchiveSettings:
+    """create_archive's settings as a policy that sets only `compression` gives them: nothing excluded, the
+    compression's default command; `options` set ArchiveSettings' other fields (write, on_progress, ...)."""
+    return ArchiveSettings(ExcludeMatcher.of([]), compressor_command(compression), **options)
+
+
 def make_archive(source: Path, directory: Path, compression: Compression, encryption: Encryption | None) -> Path:
     """An archive made exactly as `coord backup` makes it (the runner's archiving step), published by rename."""
     name = "volume" + archive_suffix(compression) + (".gpg" if encryption else "")
     partial = directory / (name + ".partial")
-    write = functools.partial(encrypt_to_file, encryption=encryption) if encryption else None
-    outcome = create_archive(source, partial, ExcludeMatcher.of([]), compression, write=write)
+    write: StreamWriter = functools.partial(encrypt_to_file, encryption=encryption) if encryption else write_file
+    outcome = create_archive(source, partial, plain_settings(compression, write=write))
     assert not outcome.critical, outcome.critical
     partial.rename(directory / name)
     return directory / name

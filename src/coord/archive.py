@@ -187,30 +187,53 @@ def _check_source(source: Path) -> EntryProblem | None:
     return None
 
 
-def create_archive(
-    source: Path,
-    partial_path: Path,
-    matcher: ExcludeMatcher,
-    compression: Compression,
-    on_progress: ProgressCallback | None = None,
-    compressor: list[str] | None = None,
-    write: StreamWriter | None = None,
-    *,
-    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
-    content_unchanged: Callable[[str], bool] | None = None,
-) -> ArchiveOutcome:
-    """Archive the directory `source` into `partial_path` (created; must not exist) through `write`
-    (default `write_file`); `consistency` is the rule of the verdict (consistency.py). For a snapshot read,
-    `content_unchanged(path)` tells whether a file tar called changed is still as it was at the snapshot
-    (Snapshot.content_unchanged): such files go to `relinked`, not to the problems. Without it the read is live
-    (or quiesced), and every archived file's ctime is checked once tar is done (consistency.py): one modified after
-    the read began makes the verdict fuzzy at best.
+def write_file(stream: ByteStream, path: Path) -> None:
+    """The default StreamWriter: copy the stream into a new file at `path`, then fsync it."""
+    try:
+        # Unbuffered: a full disk must surface at the write that failed, not later in close().
+        output = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by the with below
+    except OSError as error:
+        raise DestinationError(path, error) from None
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    with output:
+        try:
+            while count := stream.readinto(buffer):
+                chunk = view[:count]
+                while chunk:
+                    chunk = chunk[output.write(chunk) :]
+            os.fsync(output.fileno())
+        except OSError as error:
+            raise DestinationError(path, error) from None
 
-    Returns the outcome with every problem
-    classified; problems with the source or the destination are CRITICAL problems in the outcome, not
-    exceptions. `sha256`/`size` in the outcome are those of the compressed stream. On an exception
-    (KeyboardInterrupt, SystemExit from a signal) the child processes are killed and `partial_path` removed
-    before it propagates.
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """How create_archive reads a source and stores it.
+
+    `matcher`: what tar leaves out. `compressor`: the command reading tar's stream (compressor_command).
+    `write`: where the compressed stream goes (a new file by default). `consistency`: the rule of the verdict
+    (consistency.py). `content_unchanged(path)`, for a snapshot read only: whether a file tar called changed is
+    still as it was at the snapshot (Snapshot.content_unchanged); such files go to `relinked`, not to the problems.
+    Without it the read is live (or quiesced), and every archived file's ctime is checked once tar is done: one
+    modified after the read began makes the verdict fuzzy at best. `on_progress`: told of the progress.
+    """
+
+    matcher: ExcludeMatcher
+    compressor: list[str]
+    write: StreamWriter = write_file
+    consistency: ConsistencyRule = ConsistencyRule.GENERIC
+    content_unchanged: Callable[[str], bool] | None = None
+    on_progress: ProgressCallback | None = None
+
+
+def create_archive(source: Path, partial_path: Path, settings: ArchiveSettings) -> ArchiveOutcome:
+    """Archive the directory `source` into `partial_path` (created; must not exist) as `settings` say.
+
+    Returns the outcome with every problem classified; problems with the source or the destination are CRITICAL
+    problems in the outcome, not exceptions. `sha256`/`size` in the outcome are those of the compressed stream.
+    On an exception (KeyboardInterrupt, SystemExit from a signal) the child processes are killed and
+    `partial_path` removed before it propagates.
     """
     outcome = ArchiveOutcome(partial_path=partial_path, started_at=time.time())
     source_problem = _check_source(source)
@@ -226,18 +249,7 @@ def create_archive(
         return outcome
     try:
         with ArchivedTree() as tree:
-            _run_pipeline(
-                tree,
-                source,
-                partial_path,
-                write or write_file,
-                matcher,
-                compressor or compressor_command(compression),
-                outcome,
-                on_progress,
-                consistency,
-                content_unchanged,
-            )
+            _run_pipeline(tree, source, settings, outcome)
     except BaseException:
         remove_partial(partial_path)
         raise
@@ -245,84 +257,139 @@ def create_archive(
     return outcome
 
 
-def _run_pipeline(
-    tree: ArchivedTree,
-    source: Path,
-    partial_path: Path,
-    write: StreamWriter,
-    matcher: ExcludeMatcher,
-    compressor_argv: list[str],
-    outcome: ArchiveOutcome,
-    on_progress: ProgressCallback | None,
-    consistency: ConsistencyRule = ConsistencyRule.GENERIC,
-    content_unchanged: Callable[[str], bool] | None = None,
-) -> None:
+def _run_pipeline(tree: ArchivedTree, source: Path, settings: ArchiveSettings, outcome: ArchiveOutcome) -> None:
+    """tar | compressor | settings.write into outcome.partial_path, to the end; then tar's messages classified and
+    the verdict given, all into `outcome`. The members tar archived go to `tree`."""
     digest = hashlib.sha256()
-    tar_messages: list[str] = []
-    compressor_messages: list[str] = []
-    index_read, index_write = os.pipe()
-    tar = compressor = None
-    collectors: list[threading.Thread] = []
     read_started_ns = time.time_ns()
-    try:
+    with _Children() as children:
+        tar, compressor = children.start(source, settings, tree, digest)
+        written_ok = _store_stream(tar, compressor, tree, settings, outcome)
+        tar_status = tar.wait()
+        compressor_status = compressor.wait()
+        children.join()
+    outcome.entries = tree.count
+    outcome.entries_digest = digest.hexdigest()
+    _classify_tar_messages(children.tar_messages, settings.content_unchanged, outcome)
+    if written_ok:
+        outcome.problems.extend(
+            _exit_status_problems(tar_status, compressor_status, outcome, children.compressor_messages)
+        )
+    outcome.consistency = assess_consistency(
+        str(source),
+        tree,
+        outcome.problems,
+        settings.matcher,
+        settings.consistency,
+        # A snapshot read is judged by Snapshot.modified_since_unpause, which tells a removed hard link from a write.
+        read_started_ns=read_started_ns if settings.content_unchanged is None else None,
+    )
+
+
+class _Children:
+    """tar and the compressor with the threads reading their side outputs (tar's index, both stderrs).
+
+    Leaving the with block (an exception included) kills a child still running and closes the ends of the index
+    pipe not handed on to tar or to the index reader.
+    """
+
+    def __init__(self) -> None:
+        self._index_read, self._index_write = os.pipe()
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._collectors: list[threading.Thread] = []
+        self.tar_messages: list[str] = []
+        self.compressor_messages: list[str] = []
+
+    def start(
+        self, source: Path, settings: ArchiveSettings, tree: ArchivedTree, digest: hashlib._Hash
+    ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+        """Start tar (reading `source`) | the compressor, and the collectors: tar's index into `tree`, hashed into
+        `digest`. tar's stdout belongs to the compressor, so tar gets SIGPIPE if the compressor dies."""
         tar = subprocess.Popen(
-            tar_create_command(source, matcher, index_write),
+            tar_create_command(source, settings.matcher, self._index_write),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            pass_fds=(index_write,),
+            pass_fds=(self._index_write,),
             env=TAR_ENVIRONMENT,
         )
-        os.close(index_write)
-        index_write = -1
+        self._processes.append(tar)
+        os.close(self._index_write)
+        self._index_write = -1
         compressor = subprocess.Popen(
-            compressor_argv,
+            settings.compressor,
             stdin=tar.stdout,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=TAR_ENVIRONMENT,
         )
+        self._processes.append(compressor)
         assert tar.stdout is not None and tar.stderr is not None
         assert compressor.stdout is not None and compressor.stderr is not None
-        tar.stdout.close()  # the compressor owns it now; tar gets SIGPIPE if the compressor dies
-        collectors = [
-            threading.Thread(target=_collect_index, args=(os.fdopen(index_read, "rb"), tree, digest), daemon=True),
-            _LineCollector(tar.stderr, tar_messages.append),
-            _LineCollector(compressor.stderr, compressor_messages.append),
+        tar.stdout.close()  # the compressor owns it now
+        index = os.fdopen(self._index_read, "rb")
+        self._index_read = -1  # the index reader owns it now
+        self._collectors = [
+            threading.Thread(target=_collect_index, args=(index, tree, digest), daemon=True),
+            _LineCollector(tar.stderr, self.tar_messages.append),
+            _LineCollector(compressor.stderr, self.compressor_messages.append),
         ]
-        index_read = -1
-        for collector in collectors:
+        for collector in self._collectors:
             collector.start()
-        reporter = _ProgressReporter(on_progress, lambda: tree.count) if on_progress is not None else None
-        stream = HashingReader(buffered_pipe(compressor.stdout), reporter)
-        try:
-            write(stream, partial_path)
-            written_ok = True
-        except CoordError as error:
-            outcome.problems.append(EntryProblem(ProblemKind.CRITICAL, "", error.message))
-            written_ok = False
-            tar.kill()
-            compressor.kill()
-        compressor.stdout.close()  # after the kill: a reader thread may still be blocked on it
-        outcome.size, outcome.sha256 = stream.size, stream.digest.hexdigest()
-        if on_progress is not None:
-            on_progress(tree.count, stream.size)
-        tar_status = tar.wait()
-        compressor_status = compressor.wait()
-        for collector in collectors:
+        return tar, compressor
+
+    def join(self) -> None:
+        """Wait until the collectors read their pipes to the end (the children have ended)."""
+        for collector in self._collectors:
             collector.join()
-    finally:
-        for process in (tar, compressor):
-            if process is not None and process.poll() is None:
+
+    def __enter__(self) -> _Children:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in self._processes:
+            if process.poll() is None:
                 process.kill()
                 process.wait()
-        for descriptor in (index_read, index_write):
+        for descriptor in (self._index_read, self._index_write):
             if descriptor >= 0:
                 os.close(descriptor)
 
-    outcome.entries = tree.count
-    outcome.entries_digest = digest.hexdigest()
-    for line in tar_messages:
+
+def _store_stream(
+    tar: subprocess.Popen[bytes],
+    compressor: subprocess.Popen[bytes],
+    tree: ArchivedTree,
+    settings: ArchiveSettings,
+    outcome: ArchiveOutcome,
+) -> bool:
+    """Hand the compressor's output to settings.write, recording its size and sha256 in `outcome`. Returns whether
+    the writer stored it all; when it could not, its error is a CRITICAL problem and both children are killed."""
+    assert compressor.stdout is not None
+    on_progress = settings.on_progress
+    reporter = _ProgressReporter(on_progress, lambda: tree.count) if on_progress is not None else None
+    stream = HashingReader(buffered_pipe(compressor.stdout), reporter)
+    try:
+        settings.write(stream, outcome.partial_path)
+        written_ok = True
+    except CoordError as error:
+        outcome.problems.append(EntryProblem(ProblemKind.CRITICAL, "", error.message))
+        written_ok = False
+        tar.kill()
+        compressor.kill()
+    compressor.stdout.close()  # after the kill: a reader thread may still be blocked on it
+    outcome.size, outcome.sha256 = stream.size, stream.digest.hexdigest()
+    if on_progress is not None:
+        on_progress(tree.count, stream.size)
+    return written_ok
+
+
+def _classify_tar_messages(
+    messages: list[str], content_unchanged: Callable[[str], bool] | None, outcome: ArchiveOutcome
+) -> None:
+    """Every tar message classified into outcome.problems; a file a snapshot read saw changing whose content is
+    still the snapshot's goes to outcome.relinked instead."""
+    for line in messages:
         problem = classify_tar_line(line)
         if problem is None:
             continue
@@ -330,17 +397,6 @@ def _run_pipeline(
             outcome.relinked.append(problem.path)
         else:
             outcome.problems.append(problem)
-    if written_ok:
-        outcome.problems.extend(_exit_status_problems(tar_status, compressor_status, outcome, compressor_messages))
-    outcome.consistency = assess_consistency(
-        str(source),
-        tree,
-        outcome.problems,
-        matcher,
-        consistency,
-        # A snapshot read is judged by Snapshot.modified_since_unpause, which tells a removed hard link from a write.
-        read_started_ns=read_started_ns if content_unchanged is None else None,
-    )
 
 
 def _exit_status_problems(
@@ -383,23 +439,3 @@ class _ProgressReporter:
         if time.monotonic() - self._last_report > 0.2:
             self._last_report = time.monotonic()
             self.on_progress(self.entries_so_far(), size)
-
-
-def write_file(stream: ByteStream, path: Path) -> None:
-    """The default StreamWriter: copy the stream into a new file at `path`, then fsync it."""
-    try:
-        # Unbuffered: a full disk must surface at the write that failed, not later in close().
-        output = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by the with below
-    except OSError as error:
-        raise DestinationError(path, error) from None
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    with output:
-        try:
-            while count := stream.readinto(buffer):
-                chunk = view[:count]
-                while chunk:
-                    chunk = chunk[output.write(chunk) :]
-            os.fsync(output.fileno())
-        except OSError as error:
-            raise DestinationError(path, error) from None

@@ -326,106 +326,174 @@ def assess_consistency(
     archived non-directory whose ctime is later makes the verdict fuzzy at best. Raises OSError only when the
     root itself cannot be opened.
     """
-    reported: dict[str, set[str]] = defaultdict(set)
-    vanished: dict[str, set[str]] = defaultdict(set)
-    for problem in problems:
-        if not problem.path or problem.path == ".":
-            continue
-        parent, name = _split(problem.path)
-        reported[parent].add(name)
-        if problem.kind is ProblemKind.VANISHED:
-            vanished[parent].add(name)
-    damaged = _damaged_children(problems) if rule is ConsistencyRule.CLICKHOUSE else {}
-
-    changes: list[DirectoryChange] = []
-    cleared: list[DirectoryChange] = []
-    judged: list[tuple[str, TableJudgement]] = []
-    excluded: list[str] = []
-    total_gained = total_lost = 0
-    modified = _ModifiedFiles(read_started_ns)
+    reported = _ReportedNames.of(problems, rule)
+    comparison = _Comparison(root, matcher, rule, reported, _ModifiedFiles(read_started_ns))
     opener = _DirectoryOpener(root)
     try:
         for directory, archived in tree.directories():
-            try:
-                with os.scandir(opener.open(directory)) as entries:
-                    listing = list(entries)
-            except FileNotFoundError:
-                continue  # the directory itself went away: its parent records it as lost
-            except NotADirectoryError:
-                listing = []  # replaced by a file or a link: what tar archived in it is gone
-            present = {entry.name for entry in listing}
-            modified.check(directory, listing, archived)
-            seen = archived | reported.get(directory, set())
-            # Only names tar did not see can be excluded ones (tar never touches those): match just these.
-            excluded_here = {name for name in present - seen if matcher.excludes(_join(directory, name))}
-            excluded.extend(_join(directory, name) for name in excluded_here)
-            kept = present - excluded_here
-            gained = sorted(kept - seen)
-            lost = sorted((seen - kept) | vanished.get(directory, set()))
-            total_gained += len(gained)
-            total_lost += len(lost)
-            format_version = _table_format_version(root, directory) if rule is ConsistencyRule.CLICKHOUSE else None
-            if format_version is not None:
-                judgement = judge_table_directory(
-                    archived=archived,
-                    vanished=vanished.get(directory, set()),
-                    damaged=damaged.get(directory, set()),
-                    after=kept,
-                    format_version=format_version,
-                    reported=reported.get(directory, set()),
-                )
-                judged.append((directory, judgement))
-                if judgement.at_risk:
-                    missing = [part.name for part in judgement.missing] or judgement.other_lost
-                    changes.append(DirectoryChange(directory, missing, gained))
-                elif gained and lost:
-                    cleared.append(DirectoryChange(directory, lost, gained))
-            elif gained and lost:
-                changes.append(DirectoryChange(directory, lost, gained))
+            listing = _listing_now(opener, directory)
+            if listing is not None:
+                comparison.add(directory, archived, listing)
     finally:
         opener.close()
+    return comparison.consistency(problems)
 
-    for found in (changes, cleared):
-        found.sort(key=lambda change: change.directory)
-    judged.sort(key=lambda item: item[0])
-    kinds = {kind: sum(1 for p in problems if p.kind is kind) for kind in ProblemKind}
-    reasons = _clickhouse_reasons(judged, cleared) if rule is ConsistencyRule.CLICKHOUSE else []
-    generic_changes = [c for c in changes if all(c.directory != d for d, _ in judged)]
-    if generic_changes:
-        reasons.insert(
-            0,
-            f"{len(generic_changes)} director{'y' if len(generic_changes) == 1 else 'ies'} lost entries and gained "
-            f"new ones during the read (e.g. {generic_changes[0].directory}): data may be in neither copy",
+
+@dataclass(frozen=True)
+class _ReportedNames:
+    """What tar's messages say about entries, by directory: every name a message is about, the names that
+    vanished, and (consistency: clickhouse only) the children with a member at or below them that vanished or
+    shrank."""
+
+    names: dict[str, set[str]]
+    vanished: dict[str, set[str]]
+    damaged: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, problems: list[EntryProblem], rule: ConsistencyRule) -> _ReportedNames:
+        names: dict[str, set[str]] = defaultdict(set)
+        vanished: dict[str, set[str]] = defaultdict(set)
+        for problem in problems:
+            if not problem.path or problem.path == ".":
+                continue
+            parent, name = _split(problem.path)
+            names[parent].add(name)
+            if problem.kind is ProblemKind.VANISHED:
+                vanished[parent].add(name)
+        damaged = _damaged_children(problems) if rule is ConsistencyRule.CLICKHOUSE else {}
+        return cls(names, vanished, damaged)
+
+
+def _listing_now(opener: _DirectoryOpener, directory: str) -> list[os.DirEntry[str]] | None:
+    """The entries of `directory` now: None when the directory itself went away (its parent records it as lost),
+    none when it was replaced by a file or a link (what tar archived in it is gone)."""
+    try:
+        with os.scandir(opener.open(directory)) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return []
+
+
+class _Comparison:
+    """The archived directories compared with their listings now, one at a time (`add`), then the verdict."""
+
+    def __init__(
+        self,
+        root: str,
+        matcher: ExcludeMatcher,
+        rule: ConsistencyRule,
+        reported: _ReportedNames,
+        modified: _ModifiedFiles,
+    ) -> None:
+        self.root = root
+        self.matcher = matcher
+        self.rule = rule
+        self.reported = reported
+        self.modified = modified
+        self.changes: list[DirectoryChange] = []  # at-risk directories
+        self.cleared: list[DirectoryChange] = []  # table directories the part rule cleared
+        self.judged: list[tuple[str, TableJudgement]] = []
+        self.excluded: list[str] = []
+        self.gained = 0
+        self.lost = 0
+
+    def add(self, directory: str, archived: set[str], listing: list[os.DirEntry[str]]) -> None:
+        """Compare the names tar archived in `directory` with its `listing` now."""
+        present = {entry.name for entry in listing}
+        self.modified.check(directory, listing, archived)
+        seen = archived | self.reported.names.get(directory, set())
+        # Only names tar did not see can be excluded ones (tar never touches those): match just these.
+        excluded_here = {name for name in present - seen if self.matcher.excludes(_join(directory, name))}
+        self.excluded.extend(_join(directory, name) for name in excluded_here)
+        kept = present - excluded_here
+        change = DirectoryChange(
+            directory,
+            lost=sorted((seen - kept) | self.reported.vanished.get(directory, set())),
+            gained=sorted(kept - seen),
         )
-    if kinds[ProblemKind.SHRANK]:
-        reasons.append(f"{kinds[ProblemKind.SHRANK]} file(s) shrank while read and were padded with zeros")
-    modified_reason = modified.reason()
-    if changes or kinds[ProblemKind.SHRANK]:
-        verdict = Verdict.AT_RISK
+        self.gained += len(change.gained)
+        self.lost += len(change.lost)
+        clickhouse = self.rule is ConsistencyRule.CLICKHOUSE
+        format_version = _table_format_version(self.root, directory) if clickhouse else None
+        if format_version is not None:
+            self._judge_table(change, archived, kept, format_version)
+        elif change.gained and change.lost:
+            self.changes.append(change)
+
+    def _judge_table(self, change: DirectoryChange, archived: set[str], kept: set[str], format_version: int) -> None:
+        """Judge a MergeTree table directory by its part names (clickhouse.py) instead of the generic rule."""
+        directory = change.directory
+        judgement = judge_table_directory(
+            archived=archived,
+            vanished=self.reported.vanished.get(directory, set()),
+            damaged=self.reported.damaged.get(directory, set()),
+            after=kept,
+            format_version=format_version,
+            reported=self.reported.names.get(directory, set()),
+        )
+        self.judged.append((directory, judgement))
+        if judgement.at_risk:
+            missing = [part.name for part in judgement.missing] or judgement.other_lost
+            self.changes.append(DirectoryChange(directory, missing, change.gained))
+        elif change.gained and change.lost:
+            self.cleared.append(change)
+
+    def consistency(self, problems: list[EntryProblem]) -> Consistency:
+        """The verdict and its reasons, once every archived directory was added; `problems` are tar's messages."""
+        for found in (self.changes, self.cleared):
+            found.sort(key=lambda change: change.directory)
+        self.judged.sort(key=lambda item: item[0])
+        shrank = sum(1 for p in problems if p.kind is ProblemKind.SHRANK)
+        reasons = self._at_risk_reasons(shrank)
+        at_risk = bool(self.changes or shrank)
+        if not at_risk:
+            reasons.extend(self._fuzzy_reasons(problems))
+        modified_reason = self.modified.reason()
         if modified_reason:
             reasons.append(modified_reason)
-    else:
+        verdict = Verdict.AT_RISK if at_risk else Verdict.FUZZY if reasons else Verdict.CONSISTENT
+        return Consistency(
+            verdict=verdict,
+            reasons=reasons,
+            at_risk_directories=self.changes,
+            gained=self.gained,
+            lost=self.lost,
+            excluded=sorted(self.excluded),
+            cleared_directories=self.cleared,
+            modified_count=self.modified.count,
+            modified_sample=sorted(self.modified.sample),
+        )
+
+    def _at_risk_reasons(self, shrank: int) -> list[str]:
+        """Directories that lost and gained entries (the part rule's findings first), members that shrank; and
+        under consistency: clickhouse why the directories it cleared are harmless."""
+        reasons = _clickhouse_reasons(self.judged, self.cleared) if self.rule is ConsistencyRule.CLICKHOUSE else []
+        generic_changes = [c for c in self.changes if all(c.directory != d for d, _ in self.judged)]
+        if generic_changes:
+            reasons.insert(
+                0,
+                f"{len(generic_changes)} director{'y' if len(generic_changes) == 1 else 'ies'} lost entries and "
+                f"gained new ones during the read (e.g. {generic_changes[0].directory}): data may be in neither copy",
+            )
+        if shrank:
+            reasons.append(f"{shrank} file(s) shrank while read and were padded with zeros")
+        return reasons
+
+    def _fuzzy_reasons(self, problems: list[EntryProblem]) -> list[str]:
+        """What makes a read that is not at-risk fuzzy, the ctime check aside: entries vanished, changed,
+        appeared or deleted during the read."""
+        reasons = []
         for kind in (ProblemKind.VANISHED, ProblemKind.CHANGED):
-            if kinds[kind]:
-                reasons.append(f"{kinds[kind]} entries {kind.value} during the read")
-        if total_gained:
-            reasons.append(f"{total_gained} entries appeared during the read")
-        if total_lost:
-            reasons.append(f"{total_lost} archived entries were deleted during the read")
-        if modified_reason:
-            reasons.append(modified_reason)
-        verdict = Verdict.FUZZY if reasons else Verdict.CONSISTENT
-    return Consistency(
-        verdict=verdict,
-        reasons=reasons,
-        at_risk_directories=changes,
-        gained=total_gained,
-        lost=total_lost,
-        excluded=sorted(excluded),
-        cleared_directories=cleared,
-        modified_count=modified.count,
-        modified_sample=sorted(modified.sample),
-    )
+            count = sum(1 for p in problems if p.kind is kind)
+            if count:
+                reasons.append(f"{count} entries {kind.value} during the read")
+        if self.gained:
+            reasons.append(f"{self.gained} entries appeared during the read")
+        if self.lost:
+            reasons.append(f"{self.lost} archived entries were deleted during the read")
+        return reasons
 
 
 def _clickhouse_reasons(judged: list[tuple[str, TableJudgement]], cleared: list[DirectoryChange]) -> list[str]:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import docker.errors
 import pytest
 
+from archives import plain_settings
 from conftest import REPO, container_state, run_coord, volume_path, wait_for, write_policy
 from coord.archive import create_archive
-from coord.excludes import ExcludeMatcher
 from coord.policy import Compression
 from trees import differences, populate_tree, snapshot_tree
 
@@ -371,7 +371,7 @@ def test_sigterm_during_restore_keeps_the_old_content_and_restarts_containers(
     for index in range(8):
         (big / f"part-{index}").write_bytes(os.urandom(16_000_000))
     archive = tmp_path / "big.tar.zst"
-    outcome = create_archive(big, archive, ExcludeMatcher.of([]), Compression.ZSTD)
+    outcome = create_archive(big, archive, plain_settings(Compression.ZSTD))
     assert not outcome.critical
     volume = make_volume("term")
     root = volume_path(docker_client, volume)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import archive_listing
 
-from coord.archive import create_archive
+from archives import plain_settings
+from coord.archive import ArchiveSettings, compressor_command, create_archive
 from coord.consistency import ArchivedTree, Verdict, assess_consistency
 from coord.excludes import ExcludeMatcher
 from coord.fsutil import identity_of, open_directory
@@ -45,7 +46,7 @@ def test_quiet_tree_is_consistent_and_reads_back_identically(tmp_path: Path, com
     source.mkdir()
     make_tree(source)
     partial = tmp_path / "out" / "a.tar.partial"
-    outcome = create_archive(source, partial, ExcludeMatcher.of([]), compression)
+    outcome = create_archive(source, partial, plain_settings(compression))
     assert outcome.problems == []
     assert outcome.consistency is not None and outcome.consistency.verdict is Verdict.CONSISTENT
     names = listing(partial, compression)
@@ -64,7 +65,11 @@ def test_socket_is_skipped_and_excluded_paths_are_recorded(tmp_path: Path) -> No
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(source / "server.sock"))
     try:
-        outcome = create_archive(source, tmp_path / "a.partial", ExcludeMatcher.of(["/tmp"]), Compression.ZSTD)
+        outcome = create_archive(
+            source,
+            tmp_path / "a.partial",
+            ArchiveSettings(ExcludeMatcher.of(["/tmp"]), compressor_command(Compression.ZSTD)),
+        )
     finally:
         server.close()
     assert [(p.kind, p.path) for p in outcome.problems] == [(ProblemKind.SKIPPED, "server.sock")]
@@ -75,7 +80,7 @@ def test_socket_is_skipped_and_excluded_paths_are_recorded(tmp_path: Path) -> No
 
 def test_missing_volume_root_is_critical_and_writes_nothing(tmp_path: Path) -> None:
     partial = tmp_path / "out" / "a.partial"
-    outcome = create_archive(tmp_path / "nope", partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    outcome = create_archive(tmp_path / "nope", partial, plain_settings(Compression.ZSTD))
     assert [p.kind for p in outcome.problems] == [ProblemKind.CRITICAL]
     assert "missing or not a directory" in outcome.problems[0].detail
     assert not partial.exists()
@@ -86,7 +91,7 @@ def test_unwritable_destination_is_critical(tmp_path: Path) -> None:
     make_tree(source)
     blocker = tmp_path / "dest"
     blocker.write_text("a file where the destination directory should be")
-    outcome = create_archive(source, blocker / "vol" / "a.partial", ExcludeMatcher.of([]), Compression.ZSTD)
+    outcome = create_archive(source, blocker / "vol" / "a.partial", plain_settings(Compression.ZSTD))
     assert [p.kind for p in outcome.critical] == [ProblemKind.CRITICAL]
     assert "cannot write to destination" in outcome.critical[0].detail
 
@@ -105,7 +110,7 @@ def test_full_destination_fails_and_leaves_no_partial(tmp_path: Path, small_file
     source.mkdir()
     (source / "big.bin").write_bytes(os.urandom(2_000_000))  # incompressible: cannot fit in 256 KiB
     partial = small_filesystem / "vol" / "a.tar.zst.partial"
-    outcome = create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    outcome = create_archive(source, partial, plain_settings(Compression.ZSTD))
     assert any("No space left on device" in p.detail for p in outcome.critical), outcome.problems
     # The runner removes the partial of a failed volume; the archiver leaves it to be removed, never renamed.
     assert not partial.with_name("a.tar.zst").exists()
@@ -116,7 +121,7 @@ def test_read_back_catches_a_corrupted_byte(tmp_path: Path, compression: Compres
     source = tmp_path / "src"
     make_tree(source)
     partial = tmp_path / "a.partial"
-    outcome = create_archive(source, partial, ExcludeMatcher.of([]), compression)
+    outcome = create_archive(source, partial, plain_settings(compression))
     data = bytearray(partial.read_bytes())
     data[len(data) // 2] ^= 0xFF
     partial.write_bytes(bytes(data))
@@ -131,7 +136,7 @@ def test_truncated_archive_fails_read_back(tmp_path: Path) -> None:
     source = tmp_path / "src"
     make_tree(source)
     partial = tmp_path / "a.partial"
-    outcome = create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD)
+    outcome = create_archive(source, partial, plain_settings(Compression.ZSTD))
     with open(partial, "r+b") as handle:
         handle.truncate(outcome.size // 2)
     problems = compare(read_back(partial, Compression.ZSTD), Expected(outcome.sha256, outcome.entries))
@@ -147,7 +152,7 @@ def test_interrupted_archive_leaves_no_partial(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        create_archive(source, partial, ExcludeMatcher.of([]), Compression.ZSTD, on_progress=interrupt)
+        create_archive(source, partial, plain_settings(Compression.ZSTD, on_progress=interrupt))
     assert not partial.exists()
 
 
@@ -213,7 +218,7 @@ def test_a_link_removed_while_a_snapshot_file_is_read_is_relinked_not_changed(tm
     threading.Timer(0.3, (volume / "part/data.bin").unlink).start()
     slow = ["sh", "-c", "sleep 0.8; exec gzip -1 -c"]
 
-    plain = create_archive(snapshot, tmp_path / "a.tar.partial", ExcludeMatcher.of([]), Compression.GZIP, None, slow)
+    plain = create_archive(snapshot, tmp_path / "a.tar.partial", ArchiveSettings(ExcludeMatcher.of([]), slow))
     assert [(p.kind, p.path) for p in plain.problems] == [(ProblemKind.CHANGED, "part/data.bin")]
     assert plain.consistency.verdict is Verdict.FUZZY
 
@@ -222,11 +227,7 @@ def test_a_link_removed_while_a_snapshot_file_is_read_is_relinked_not_changed(tm
     outcome = create_archive(
         snapshot,
         tmp_path / "b.tar.partial",
-        ExcludeMatcher.of([]),
-        Compression.GZIP,
-        None,
-        slow,
-        content_unchanged=view.content_unchanged,
+        ArchiveSettings(ExcludeMatcher.of([]), slow, content_unchanged=view.content_unchanged),
     )
     assert (outcome.problems, outcome.relinked) == ([], ["part/data.bin"])
     assert outcome.consistency.verdict is Verdict.CONSISTENT
@@ -266,7 +267,7 @@ def test_a_file_rewritten_in_place_after_tar_read_it_makes_a_live_read_fuzzy(tmp
     # The compressor drains only after the rewrite, so tar is blocked in m.bin when it happens.
     threading.Timer(0.3, rewrite_in_place, (source / "a.dat", b"00000002")).start()
     slow = ["sh", "-c", "sleep 0.8; exec gzip -1 -c"]
-    outcome = create_archive(source, tmp_path / "a.tar.partial", ExcludeMatcher.of([]), Compression.GZIP, None, slow)
+    outcome = create_archive(source, tmp_path / "a.tar.partial", ArchiveSettings(ExcludeMatcher.of([]), slow))
     assert outcome.problems == []
     consistency = outcome.consistency
     assert consistency is not None and consistency.verdict is Verdict.FUZZY
@@ -455,7 +456,7 @@ def test_xattrs_capabilities_acls_holes_and_nanosecond_times_survive_the_documen
     }
     archive = tmp_path / "a.tar.zst"
     try:
-        outcome = create_archive(source, archive, ExcludeMatcher.of([]), Compression.ZSTD)
+        outcome = create_archive(source, archive, plain_settings(Compression.ZSTD))
     finally:
         sock.close()
     assert [(p.kind, p.path, p.detail) for p in outcome.problems] == [

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import pytest
 
-from coord.archive import ArchiveOutcome, compressor_command, create_archive, write_file
+from coord.archive import ArchiveOutcome, ArchiveSettings, compressor_command, create_archive, write_file
 from coord.encrypt import Encryption, EncryptionMethod
 from coord.excludes import ExcludeMatcher
 from coord.policy import Compression
@@ -35,11 +35,9 @@ def make_tree(root: Path) -> None:
     (root / "weird name\nwith newline").write_text("x")
 
 
-def archive_through(
-    check: WrittenArchiveCheck, source: Path, partial: Path, compression: Compression, compressor: list[str]
-) -> ArchiveOutcome:
+def archive_through(check: WrittenArchiveCheck, source: Path, partial: Path, compressor: list[str]) -> ArchiveOutcome:
     try:
-        return create_archive(source, partial, ExcludeMatcher.of([]), compression, None, compressor, check.write)
+        return create_archive(source, partial, ArchiveSettings(ExcludeMatcher.of([]), compressor, check.write))
     finally:
         check.end_writing()
 
@@ -50,7 +48,7 @@ def test_a_good_archive_is_listed_while_written_and_passes(tmp_path: Path, compr
     partial = tmp_path / "a.partial"
     check = WrittenArchiveCheck(compression, None)
     assert check.lists_while_writing
-    outcome = archive_through(check, tmp_path / "src", partial, compression, compressor_command(compression))
+    outcome = archive_through(check, tmp_path / "src", partial, compressor_command(compression))
     assert outcome.problems == []
     read, mismatches = check.read_back(partial, outcome)
     assert mismatches == []
@@ -63,7 +61,7 @@ def test_a_stream_damaged_before_coord_fails_though_the_file_matches_it(tmp_path
     partial = tmp_path / "a.partial"
     check = WrittenArchiveCheck(Compression.ZSTD, None)
     damaging = ["sh", "-c", f'zstd -q -c -3 | {sys.executable} -c "{FLIP_MIDDLE_BYTE}"']
-    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, damaging)
+    outcome = archive_through(check, tmp_path / "src", partial, damaging)
     assert outcome.problems == []  # tar and the "compressor" both succeeded: nothing on the write side shows it
     _, mismatches = check.read_back(partial, outcome)
     assert hashlib.sha256(partial.read_bytes()).hexdigest() == outcome.sha256  # the file holds the damaged stream
@@ -81,7 +79,7 @@ def test_a_file_shorter_than_the_stream_fails(tmp_path: Path) -> None:
     make_tree(tmp_path / "src")
     partial = tmp_path / "a.partial"
     check = WrittenArchiveCheck(Compression.ZSTD, None, store=lossy_store)
-    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    outcome = archive_through(check, tmp_path / "src", partial, compressor_command(Compression.ZSTD))
     read, mismatches = check.read_back(partial, outcome)
     assert read.entries == outcome.entries  # the stream itself was fine
     assert [problem for problem in mismatches if problem.startswith("size mismatch")], mismatches
@@ -91,7 +89,7 @@ def test_a_missing_file_fails(tmp_path: Path) -> None:
     make_tree(tmp_path / "src")
     partial = tmp_path / "a.partial"
     check = WrittenArchiveCheck(Compression.ZSTD, None)
-    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    outcome = archive_through(check, tmp_path / "src", partial, compressor_command(Compression.ZSTD))
     partial.unlink()
     _, mismatches = check.read_back(partial, outcome)
     assert any("cannot read" in problem for problem in mismatches), mismatches
@@ -110,7 +108,7 @@ def test_a_pax_archive_with_xattrs_acls_and_holes_lists_cleanly(tmp_path: Path) 
         handle.write(b"end")
     partial = tmp_path / "a.partial"
     check = WrittenArchiveCheck(Compression.ZSTD, None)
-    outcome = archive_through(check, source, partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    outcome = archive_through(check, source, partial, compressor_command(Compression.ZSTD))
     assert outcome.problems == []
     read, mismatches = check.read_back(partial, outcome)
     assert mismatches == []
@@ -138,7 +136,7 @@ def test_a_given_store_is_used_when_encrypting_too(tmp_path: Path) -> None:
     partial = tmp_path / "a.partial"
     to_keys = Encryption(EncryptionMethod.PUBLIC_KEY, tmp_path / "no-gpg-home", ("0" * 40,))
     check = WrittenArchiveCheck(Compression.ZSTD, to_keys, store=recording_store)
-    outcome = archive_through(check, tmp_path / "src", partial, Compression.ZSTD, compressor_command(Compression.ZSTD))
+    outcome = archive_through(check, tmp_path / "src", partial, compressor_command(Compression.ZSTD))
     assert stored == [partial] and not outcome.critical
     read, mismatches = check.read_back(partial, outcome)
     assert read.entries == outcome.entries and mismatches == []

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coord.archive import archive_suffix, compressor_command, create_archive
+from coord.archive import ArchiveSettings, archive_suffix, compressor_command, create_archive
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.encrypt import GPG_SUFFIX
@@ -69,17 +69,15 @@ def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | No
         log.info("%s: archiving %s (policy %s)", job.volume, job.source, job.plan.policy.name)
         if ctx.progress:
             ctx.progress.begin(job.volume)
-        outcome = create_archive(
-            source or job.source,
-            partial,
+        settings = ArchiveSettings(
             matcher_of(job),
-            policy.compression,
-            ctx.progress.update if ctx.progress else None,
             compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
             check.write,
-            consistency=policy.consistency,
+            policy.consistency,
             content_unchanged=snapshot.content_unchanged if snapshot else None,
+            on_progress=ctx.progress.update if ctx.progress else None,
         )
+        outcome = create_archive(source or job.source, partial, settings)
     except BaseException:
         clear_entry(ctx, entry, job.result)  # never in place of the error being raised
         raise
