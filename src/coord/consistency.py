@@ -1,7 +1,7 @@
 """The consistency verdict of a live read: what tar saw, compared with the tree once tar is done.
 
 tar lists a directory once, when it enters it. If a ClickHouse merge writes part C after that listing and then
-deletes its sources A and B, the archive can hold neither A, B nor C (docs/platform-facts.md: the silent-loss race).
+deletes its sources A and B, the archive can hold neither A, B nor C (docs/platform.md: the silent-loss race).
 So after the read coord lists every archived directory again and compares:
 
 - seen(D)   = names tar archived in D, plus names it reported about (vanished, skipped, unreadable);

@@ -2,7 +2,7 @@
 
 Retry policy (tenacity): 5xx answers, connection errors and timeouts are transient and retried with exponential
 backoff; 4xx answers are not (409 "is paused" will not change by asking again), nor is the engine's 500 for
-unpausing a container that is not paused (docs/platform-facts.md). Putting containers back (unpause/start) retries
+unpausing a container that is not paused (docs/platform.md). Putting containers back (unpause/start) retries
 harder than quiescing them: giving up there leaves a stack down.
 
 Downtime is bounded: the calls that change or read a container's state (pause, unpause, stop, start, inspect)
@@ -126,7 +126,7 @@ class ContainerInfo:
 def _state_of(attributes: dict[str, Any]) -> str:
     state = attributes.get("State") or {}
     if isinstance(state, dict):
-        # A paused container also reports Running == True (docs/platform-facts.md): Paused decides.
+        # A paused container also reports Running == True (docs/platform.md): Paused decides.
         if state.get("Paused"):
             return "paused"
         return str(state.get("Status") or "unknown")

@@ -12,7 +12,7 @@ What the manifest records, and why both: `sha256`/`size` are those of the file o
 checks it without any key); `stream_sha256`/`stream_size` are those of the compressed tar stream inside it (what
 `gpg -d X.tar.zst.gpg | sha256sum` prints), so a decrypting check proves gpg gave back exactly what was written.
 
-Pitfalls handled here (docs/platform-facts.md, python-gnupg): secrets go to gpg on stdin, never argv; an empty
+Pitfalls handled here (docs/platform.md, python-gnupg): secrets go to gpg on stdin, never argv; an empty
 passphrase is refused (gpg would take the first line of the data as the passphrase); imported recipient keys are
 used with `always_trust` (an untrusted recipient makes gpg exit 2 mid-stream); gpg's exit status is checked, never
 only its status text (a full disk gives "encryption ok" with exit 2); compression is off (`--compress-algo none`:
@@ -160,7 +160,7 @@ def _stop_agent_at_exit(home: Path) -> None:
 
 def _gpg(home: Path | None) -> gnupg.GPG:
     try:
-        # utf-8: python-gnupg's default latin-1 breaks non-ASCII passphrases (docs/platform-facts.md).
+        # utf-8: python-gnupg's default latin-1 breaks non-ASCII passphrases (docs/platform.md).
         gpg = gnupg.GPG(gnupghome=str(home) if home else None, encoding="utf-8")
     except (OSError, ValueError) as error:
         raise EncryptionError(f"cannot run gpg ({error}); install GnuPG (Debian: apt-get install gnupg)") from None

@@ -6,7 +6,7 @@ Semantics (also in the policy schema and README):
   the entry it names and everything below it; a leading '/' only anchors ('/tmp' is the root's tmp);
 - a pattern without '/' matches an entry of that name at any depth.
 
-GNU tar's own default lets '*' match '/' (docs/platform-facts.md: the incident's 'store/*/*_*_*_*' swallowed every
+GNU tar's own default lets '*' match '/' (docs/platform.md: the incident's 'store/*/*_*_*_*' swallowed every
 data part), so coord always passes --no-wildcards-match-slash and chooses --anchored per pattern.
 """
 

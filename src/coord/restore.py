@@ -10,7 +10,7 @@ absolute name, a '..' component, a duplicate name, a member below a symlink or b
 whose target is absolute or resolves outside the volume (followed through the archive's other symlinks), a hardlink
 to anything but an earlier file inside the archive, a device node or FIFO unless the policy's `restore:` allows it,
 and every other member type. Python's `filter='data'` is not used: it would drop ownership and silently strip a
-leading '/' (docs/platform-facts.md); the checks here are coord's own, and tarfile only carries out what they accepted.
+leading '/' (docs/platform.md); the checks here are coord's own, and tarfile only carries out what they accepted.
 
 The second read is compared member by member with the first (the file could change in between) and extracted into
 `<root>/.coord-restore-<random>`; only when all of it is there, and the file's sha256 is still the one checked, does

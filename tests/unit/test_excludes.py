@@ -1,6 +1,6 @@
 """Exclude patterns: the Python matcher and GNU tar agree, and the shipped ClickHouse policy keeps every part.
 
-docs/platform-facts.md: with tar's default rules the incident's `store/*/*_*_*_*` matched every data part; an
+docs/platform.md: with tar's default rules the incident's `store/*/*_*_*_*` matched every data part; an
 exclude that removes data parts must fail a test. These tests run the real GNU tar over a real ClickHouse-like
 layout.
 """
