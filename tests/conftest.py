@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -205,3 +207,18 @@ def archive_listing(archive: Path, decompressor: str = "zstd") -> list[str]:
         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
     )
     return completed.stdout.decode().splitlines()
+
+
+@pytest.fixture
+def sigterm_guard() -> Iterator[None]:
+    """SIGTERM before and after the run raises an AssertionError instead of killing pytest: only coord's own
+    handler, installed for the run, turns it into Interrupted."""
+
+    def not_coords(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("SIGTERM arrived while coord's handler was not installed")
+
+    previous = signal.signal(signal.SIGTERM, not_coords)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

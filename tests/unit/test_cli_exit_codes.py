@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -169,20 +167,6 @@ def test_no_destination_exits_2(tmp_path: Path, engine: FakeEngine, monkeypatch:
     assert result.exit_code == 2
     assert json.loads(result.stdout)["errors"] == ["no destination: pass --dest DIR or set COORD_DEST"]
     assert engine.calls == []
-
-
-@pytest.fixture
-def sigterm_guard() -> Iterator[None]:
-    """SIGTERM outside coord's own handler fails the test instead of killing pytest."""
-
-    def not_coords(signum: int, frame: FrameType | None) -> None:
-        raise AssertionError("SIGTERM arrived while coord's handler was not installed")
-
-    previous = signal.signal(signal.SIGTERM, not_coords)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.usefixtures("sigterm_guard")

@@ -12,10 +12,9 @@ import inspect
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -113,21 +112,6 @@ def vanish_entry(root: Path, problems: list[EntryProblem]) -> None:
 @pytest.fixture
 def read_changes(monkeypatch: pytest.MonkeyPatch) -> ReadChanges:
     return ReadChanges(monkeypatch)
-
-
-@pytest.fixture
-def sigterm_guard() -> Iterator[None]:
-    """SIGTERM before and after the run raises an AssertionError instead of killing pytest: only coord's own
-    handler, installed for the run, turns it into Interrupted."""
-
-    def not_coords(signum: int, frame: FrameType | None) -> None:
-        raise AssertionError("SIGTERM arrived while coord's handler was not installed")
-
-    previous = signal.signal(signal.SIGTERM, not_coords)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def send_sigterm() -> None:
