@@ -37,8 +37,13 @@ class Receiver:
                 parts = urlsplit(self.path)
                 with lock:
                     receiver.received.append(
-                        Received(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
-                                 self.headers.get("Content-Type"), body)
+                        Received(
+                            self.command,
+                            parts.path,
+                            parse_qs(parts.query, keep_blank_values=True),
+                            self.headers.get("Content-Type"),
+                            body,
+                        )
                     )
                     queued = receiver.answers.get(parts.path)
                     status = queued.pop(0) if queued else 200

@@ -232,9 +232,10 @@ def write_metrics_file(path: Path, history: History, policies_dir: Path | None =
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (every IPv4 interface) -> (host, port). Raises UsageError."""
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (every IPv4 interface) -> (host, port); port 0 takes a free one.
+    Raises UsageError."""
     host, colon, port_text = text.rpartition(":")
-    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not colon or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--metrics-addr '{text}': expected HOST:PORT, e.g. 127.0.0.1:9847 or [::1]:9847")
     host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
     return host, int(port_text)
@@ -256,7 +257,8 @@ class MetricsServer:
             server, thread = start_http_server(port, host, registry_of(history, policies_dir))
         except OSError as error:  # address in use, not ours, or a host name that does not resolve
             raise UsageError(f"--metrics-addr {text}: cannot listen there: {error.strerror or error}") from None
-        return cls(f"{host}:{server.server_port}", server, thread)
+        shown_host = f"[{host}]" if ":" in host else host
+        return cls(f"{shown_host}:{server.server_port}", server, thread)
 
     def close(self) -> None:
         if self._server is not None:
