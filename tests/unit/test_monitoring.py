@@ -325,3 +325,12 @@ def test_metrics_addresses() -> None:
     for wrong in ("9847", "host:", "host:http", "host:70000"):
         with pytest.raises(UsageError, match="expected HOST:PORT"):
             parse_listen_address(wrong)
+
+
+def test_an_address_in_use_is_an_error_that_names_it(stack: Stack) -> None:
+    first = MetricsServer.start("127.0.0.1:0", History(stack.root / "s"))
+    try:
+        with pytest.raises(UsageError, match=rf"--metrics-addr {first.address}: cannot listen there: .*in use"):
+            MetricsServer.start(first.address, History(stack.root / "s"))
+    finally:
+        first.close()
