@@ -334,3 +334,16 @@ def test_an_address_in_use_is_an_error_that_names_it(stack: Stack) -> None:
             MetricsServer.start(first.address, History(stack.root / "s"))
     finally:
         first.close()
+
+
+def test_a_metrics_file_that_cannot_be_written_never_fails_the_backup(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack.policy("_defaults", "metrics: {file: no-such-directory/coord.prom}\n")
+    with caplog.at_level(logging.WARNING):
+        result, record = stack.run()
+    assert result.ok and record.status == "ok"
+    [written] = [d for d in record.deliveries if d.kind == "metrics"]
+    assert written.error is not None and "No such file or directory" in written.error
+    assert "metrics file not written" in caplog.text
+    assert not list((stack.root / "p").glob("**/.coord.prom.tmp*"))
