@@ -8,20 +8,22 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.grammar import plural
-from coord.notify import Notifier
 from coord.policy import load_policies, render_json_schema
 from coord.render import human_size, run_summary
 from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
 from coord.sources import VolumeSources, own_container_id
+
+if TYPE_CHECKING:
+    from coord.monitoring import Monitoring
 
 T = TypeVar("T")
 
@@ -111,6 +113,15 @@ Jitter = Annotated[
     float,
     typer.Option(
         "--jitter", envvar="COORD_JITTER", help="Delay each scheduled run by a random 0..N seconds. Env: COORD_JITTER."
+    ),
+]
+MetricsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        envvar="COORD_METRICS_FILE",
+        help="Write Prometheus metrics to this file after each run, for node_exporter's textfile collector (a name "
+        "ending in .prom; replaced atomically). Overrides metrics.file of _defaults.yaml. Env: COORD_METRICS_FILE.",
     ),
 ]
 PolicyNames = Annotated[
@@ -314,11 +325,13 @@ def backup(
             "file's first line. Env: COORD_PASSPHRASE_FILE.",
         ),
     ] = None,
+    metrics_file: MetricsFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
-    validate, write a manifest beside each archive. Runs `coord recover` first; records the run in the history
-    and calls the webhooks of <policies dir>/_defaults.yaml."""
+    validate, write a manifest beside each archive. Runs `coord recover` first; records the run in the history,
+    sends the notifications and dead-man pings of <policies dir>/_defaults.yaml and of the policies, and writes
+    the metrics file."""
     from coord.docker_ops import DockerControl
     from coord.history import History
     from coord.recording import MANUAL, Watch, run_and_record
@@ -333,13 +346,13 @@ def backup(
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        notifier = _checked_notifier(request)
+        monitoring = _checked_monitoring(request, metrics_file)
         history = History(state_dir)
         if not sys.stderr.isatty() or as_json:
-            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
+            result, _ = run_and_record(request, DockerControl.connect, history, monitoring, MANUAL)
             return result
         with _ConsoleProgress(history.last_archive_size) as progress:
-            result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL, Watch(progress))
+            result, _ = run_and_record(request, DockerControl.connect, history, monitoring, MANUAL, Watch(progress))
         return result
 
     result = _run(as_json, work)
@@ -357,13 +370,16 @@ def _required_dest(dest: Path | None) -> Path:
     return dest
 
 
-def _checked_notifier(request: BackupRequest) -> Notifier:
-    """The notifier of <policies dir>/_defaults.yaml, after checking the request's policies and the defaults
-    (before Docker is contacted). Raises PolicyError/UsageError."""
+def _checked_monitoring(request: BackupRequest, metrics_file: Path | None) -> Monitoring:
+    """Notifications, pings and the metrics file of <policies dir>/_defaults.yaml (`metrics_file` overrides its
+    metrics.file), after checking the request's policies and the defaults (before Docker is contacted). Raises
+    PolicyError/UsageError."""
     from coord.defaults import load_defaults
+    from coord.monitoring import Monitoring
 
     load_policies(request.policies_dir, request.policy_names or None)
-    return Notifier(load_defaults(request.policies_dir).notify)
+    defaults = load_defaults(request.policies_dir)
+    return Monitoring(defaults.notify, defaults.ping, metrics_file or defaults.metrics.file)
 
 
 @app.command()
@@ -855,6 +871,17 @@ def daemon(
     lock_timeout: LockTimeout = 3600.0,
     volumes_root: VolumesRoot = None,
     passphrase_file: PassphraseFile = None,
+    metrics_file: MetricsFile = None,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-addr",
+            envvar="COORD_METRICS_ADDR",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9847; :9847 for every IPv4 "
+            "interface). Off by default. Env: COORD_METRICS_ADDR.",
+        ),
+    ] = None,
 ) -> None:
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
@@ -877,8 +904,9 @@ def daemon(
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        notifier = _checked_notifier(request)
-        return run_daemon(request, parsed, DockerControl.connect, notifier, EventLog(sys.stdout, log_format))
+        monitoring = _checked_monitoring(request, metrics_file)
+        events = EventLog(sys.stdout, log_format)
+        return run_daemon(request, parsed, DockerControl.connect, monitoring, events, metrics_addr)
 
     raise typer.Exit(_run(False, work))
 

@@ -7,7 +7,8 @@ SIGTERM/SIGINT while waiting end the daemon at once; during a run they interrupt
 `coord backup` (every container coord changed is put back first, the run is recorded `interrupted`), then the
 daemon ends. Either way it exits 0: it stopped cleanly, as asked. Fire times missed while a long run was still
 going are skipped (and logged), never caught up in a burst. Policies are re-read for every run; the defaults
-file (notifications) is read when the daemon starts.
+file (notifications, pings, metrics) is read when the daemon starts. With `--metrics-addr`, a background thread
+serves the metrics (coord.metrics, read from the history at each scrape) until the daemon stops.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from coord.delivery import Delivery
 from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.history import History
 from coord.journal import Journal
 from coord.lock import run_lock
-from coord.notify import Delivery, Notifier
+from coord.metrics import MetricsServer
+from coord.monitoring import Monitoring
 from coord.recording import SCHEDULE, RecordedRun, Watch, run_and_record
 from coord.recovery import recover
 from coord.render import archived_line, run_line
@@ -116,13 +119,32 @@ def run_daemon(
     request: BackupRequest,
     schedule: Schedule,
     connect: Callable[[], Engine],
-    notifier: Notifier | None,
+    monitoring: Monitoring | None,
     events: EventLog,
+    metrics_addr: str | None = None,
 ) -> int:
-    """Run backups on `schedule` until SIGTERM/SIGINT; returns the exit code (0)."""
+    """Run backups on `schedule` until SIGTERM/SIGINT, serving the metrics on `metrics_addr` (HOST:PORT) when
+    given; returns the exit code (0). Raises UsageError when the metrics address cannot be listened on."""
     history = History(request.state_dir)
-    if notifier is not None:
-        notifier.on_delivery = lambda delivery: _emit_delivery(events, delivery)
+    monitoring = monitoring or Monitoring()
+    monitoring.on_delivery(lambda delivery: _emit_delivery(events, delivery))
+    server = MetricsServer.start(metrics_addr, history, request.policies_dir) if metrics_addr else None
+    try:
+        return _run_schedule(request, schedule, connect, monitoring, events, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run_schedule(
+    request: BackupRequest,
+    schedule: Schedule,
+    connect: Callable[[], Engine],
+    monitoring: Monitoring,
+    events: EventLog,
+    server: MetricsServer | None,
+) -> int:
+    history = History(request.state_dir)
     with stop_on_signals() as stop:
         history.daemon_started(schedule.expression, schedule.jitter_s)
         events.emit(
@@ -134,6 +156,8 @@ def run_daemon(
             policies=list(request.policy_names),
             dest=str(request.dest),
         )
+        if server is not None:
+            events.emit("metrics-serving", f"metrics on http://{server.address}/metrics", address=server.address)
         try:
             _recover_at_start(request, connect, events)
             previous_due: datetime | None = None
@@ -152,7 +176,7 @@ def run_daemon(
                 if sleep_until(start_at, stop.event):
                     break
                 previous_due = due
-                _scheduled_run(request, connect, history, notifier, events)
+                _scheduled_run(request, connect, history, monitoring, events)
         except Interrupted as interruption:
             stop.signal_name = str(interruption)
         finally:
@@ -185,7 +209,7 @@ def _scheduled_run(
     request: BackupRequest,
     connect: Callable[[], Engine],
     history: History,
-    notifier: Notifier | None,
+    monitoring: Monitoring,
     events: EventLog,
 ) -> None:
     """One scheduled run and its events. Interrupted propagates (the daemon stops); other errors are logged."""
@@ -197,7 +221,7 @@ def _scheduled_run(
         events.emit("run-started", f"run {run}", run=run)
 
     try:
-        result, record = run_and_record(request, connect, history, notifier, SCHEDULE, Watch(on_start=on_start))
+        result, record = run_and_record(request, connect, history, monitoring, SCHEDULE, Watch(on_start=on_start))
         _emit_result(events, result, record)
     except Interrupted as interruption:
         events.emit(
@@ -219,14 +243,24 @@ def _scheduled_run(
         )
 
 
+DELIVERY_EVENTS = {  # kind -> (event when delivered, event when it failed)
+    "notify": ("notified", "notify-failed"),
+    "ping": ("pinged", "ping-failed"),
+    "metrics": ("metrics-written", "metrics-failed"),
+}
+
+
 def _emit_delivery(events: EventLog, delivery: Delivery) -> None:
+    done, failed = DELIVERY_EVENTS.get(delivery.kind, DELIVERY_EVENTS["notify"])
     fields = {"target": delivery.target, "notification": delivery.event}
-    if delivery.error:
-        events.emit(
-            "notify-failed", f"{delivery.event} to {delivery.target}: {delivery.error}", **fields, error=delivery.error
-        )
+    if delivery.kind == "metrics":
+        message = f"{delivery.target}: {delivery.error}" if delivery.error else delivery.target
     else:
-        events.emit("notified", f"{delivery.event} to {delivery.target}", **fields)
+        message = f"{delivery.event} to {delivery.target}" + (f": {delivery.error}" if delivery.error else "")
+    if delivery.error:
+        events.emit(failed, message, **fields, error=delivery.error)
+    else:
+        events.emit(done, message, **fields)
 
 
 def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> None:

@@ -1,16 +1,23 @@
-"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): today, notifications.
+"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): notifications, dead-man pings, metrics.
 
 The file sits beside the policies so one directory configures coord, but it is not a policy (the loader skips
 it). It is validated like a policy file: unknown keys, duplicate keys and wrong types are errors with file,
-line and key. A missing or empty file means the defaults: no notifications.
+line and key. A missing or empty file means the defaults: no notifications, no pings, no metrics file.
 
 ```yaml
 notify:
+  urls: [ntfy://ntfy.example.com/backups]   # Apprise URLs; a plain http(s):// URL is coord's JSON webhook
+  on: [failure, warning]                    # the default; also success
   webhooks:
     - url: https://hooks.example.com/services/T000/B000/XXXX
       events: [failure, success]      # default [failure]; also start
       timeout_s: 10
-  log_lines: 50                       # the run's last log lines sent along
+  log_lines: 50                       # the run's last log lines sent along (JSON webhooks)
+ping:
+  healthchecks: [https://hc-ping.com/<uuid>]       # <url>/start, then <url> or <url>/fail
+  uptime_kuma: [https://kuma.example.com/api/push/<token>]
+metrics:
+  file: /var/lib/node_exporter/textfile/coord.prom  # written after each run
 ```
 """
 
@@ -22,7 +29,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coord.errors import PolicyError
 from coord.notify import Notify
+from coord.pings import Pings
 from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document, read_policy_text
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics written after each run (docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="metrics")
+
+    file: Path | None = Field(
+        default=None,
+        description=(
+            "Textfile-collector file to write after each run (node_exporter's --collector.textfile.directory, "
+            "name ending in .prom); replaced atomically. Relative to this file's directory. `--metrics-file` "
+            "overrides it."
+        ),
+        examples=["/var/lib/node_exporter/textfile/coord.prom"],
+    )
 
 
 class Defaults(BaseModel):
@@ -30,7 +54,15 @@ class Defaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="coord defaults")
 
-    notify: Notify = Field(default_factory=Notify, description="Webhooks called when a run starts, fails or succeeds.")
+    notify: Notify = Field(
+        default_factory=Notify,
+        description="Notifications about the whole run: Apprise URLs and JSON webhooks (policies can add their own).",
+    )
+    ping: Pings = Field(
+        default_factory=Pings,
+        description="Dead-man pings for the whole run: Healthchecks and Uptime Kuma push URLs.",
+    )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics.")
 
 
 def defaults_path(directory: Path) -> Path | None:
@@ -50,7 +82,11 @@ def load_defaults(directory: Path) -> Defaults:
     text, problems = read_policy_text(path)
     defaults = None
     if text is not None:
-        defaults, problems = parse_document(path, text, Defaults, "notify")
+        defaults, problems = parse_document(path, text, Defaults, "notify, ping, metrics")
     if problems or defaults is None:
         raise PolicyError(problems)
+    metrics_file = defaults.metrics.file
+    if metrics_file is not None and not metrics_file.is_absolute():
+        absolute = path.parent.absolute() / metrics_file
+        defaults = defaults.model_copy(update={"metrics": MetricsSettings(file=absolute)})
     return defaults

@@ -91,6 +91,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             stopped_at TEXT
         )""",
     ),
+    # 2: the archive's entry count, for the metrics (coord_volume_archive_entries).
+    ("ALTER TABLE volume_runs ADD COLUMN entries INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -179,6 +181,7 @@ class VolumeRow:
     duration_s: float = 0.0
     archive: str | None = None
     error: str | None = None
+    entries: int = 0  # entries in the archive (0 when none was kept, and in rows written before schema 2)
 
     @property
     def warning_count(self) -> int:
@@ -199,6 +202,7 @@ class VolumeRow:
             "duration_s": round(self.duration_s, 3),
             "archive": self.archive,
             "error": self.error,
+            "entries": self.entries,
         }
 
 
@@ -232,6 +236,7 @@ def volume_row_of(run_id: int, started_at: datetime, result: VolumeResult) -> Vo
         duration_s=result.duration_s,
         archive=result.archive,
         error="; ".join(result.errors) or None,
+        entries=result.entries if result.archive else 0,
     )
 
 
@@ -387,6 +392,15 @@ class History:
         )
         return [_from_row(VolumeRow, row) for row in rows]
 
+    def last_kept_per_volume(self) -> dict[str, VolumeRow]:
+        """Each volume's latest outcome that kept an archive (ok or warning), by volume name."""
+        rows = self._read(
+            "SELECT * FROM volume_runs WHERE id IN (SELECT MAX(id) FROM volume_runs "
+            "WHERE status IN ('ok', 'warning') AND archive IS NOT NULL GROUP BY volume)",
+            [],
+        )
+        return {row["volume"]: _from_row(VolumeRow, row) for row in rows}
+
     def last_archive_size(self, volume: str) -> int | None:
         """The size of the volume's latest archive that was kept (ok or warning), or None: what the next one
         will likely be, for a progress bar's total."""
@@ -407,7 +421,8 @@ class History:
     def _insert_volume(connection: sqlite3.Connection, row: VolumeRow) -> None:
         connection.execute(
             "INSERT INTO volume_runs (run_id, started_at, volume, policy, strategy, status, verdict, warnings, "
-            "warning_count, downtime_s, size, duration_s, archive, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "warning_count, downtime_s, size, duration_s, archive, error, entries) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 row.run_id,
                 format_time(row.started_at),
@@ -423,6 +438,7 @@ class History:
                 row.duration_s,
                 row.archive,
                 row.error,
+                row.entries,
             ),
         )
 

@@ -22,6 +22,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import ErrorDetails
 
 from coord.errors import PolicyError, UsageError
+from coord.notify import PolicyNotify
+from coord.pings import Pings
 
 DocumentModel = TypeVar("DocumentModel", bound=BaseModel)
 
@@ -412,6 +414,22 @@ class Policy(BaseModel):
         default_factory=RestoreSettings,
         description="What a restore into this policy's volumes may create besides files, directories and links.",
         examples=[{"allow_devices": False, "allow_fifos": False}],
+    )
+    notify: PolicyNotify | None = Field(
+        default=None,
+        description=(
+            "Notifications about this policy's volumes after each run that backs them up (besides those of "
+            "_defaults.yaml about the whole run): Apprise URLs, or http(s):// for coord's JSON webhook."
+        ),
+        examples=[{"urls": ["ntfy://ntfy.example.com/clickhouse-backups"], "on": ["failure", "warning"]}],
+    )
+    ping: Pings | None = Field(
+        default=None,
+        description=(
+            "Dead-man pings for this policy's volumes: Healthchecks URLs get /start when a run that backs them up "
+            "starts, then success or /fail; Uptime Kuma push URLs get status=up or down when it ends."
+        ),
+        examples=[{"healthchecks": ["https://hc-ping.com/0f1e2d3c-0000-4000-8000-000000000000"]}],
     )
 
     @field_validator("volumes")

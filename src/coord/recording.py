@@ -1,34 +1,34 @@
-"""A backup run with its record and its notifications around it: what `coord backup` and the daemon call.
+"""A backup run with its record, its notifications, pings and metrics around it: what `coord backup` and the
+daemon call.
 
-    mark crashed runs -> history row `running` -> notify start -> connect to Docker -> run_backup
-        -> history row finalized (ok / failed / interrupted, one row per volume) -> notify success or failure
+    mark crashed runs -> history row `running` -> start pings, notify start -> connect to Docker -> run_backup
+        -> history row finalized (ok / failed / interrupted, one row per volume)
+        -> metrics file, end pings, notify success, warning or failure (coord.monitoring)
 
 The runner knows nothing of history or webhooks. The row is finalized whatever happens: a result, a CoordError
 (lock held, Docker unreachable, a policy broken since the daemon started), SIGTERM/SIGINT (`interrupted`), or an
 unexpected exception (`failed`); only a killed process leaves it `running`, which readers show as `crashed`.
-Interrupted runs send no notification: the operator (or the container runtime) asked for the stop.
+Interrupted runs send no notification: the operator (or the container runtime) asked for the stop; their
+dead-man pings say fail, since the backup did not happen.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from coord import __version__
 from coord.backup.context import BackupRequest, Progress
 from coord.backup.run import run_backup
+from coord.delivery import Delivery
 from coord.docker_ops import Engine
 from coord.errors import CoordError, HistoryError, PolicyError
 from coord.history import FAILED, INTERRUPTED, OK, History
-from coord.notify import Delivery, LogTail, Notifier, NotifyEvent
-from coord.render import run_line
+from coord.monitoring import Ending, Monitoring, notification_body
+from coord.notify import LogTail, NotifyEvent
 from coord.results import RunResult
 from coord.signals import Interrupted, deferred, termination_raises
-from coord.timestamps import utc_iso
 
 log = logging.getLogger("coord.recording")
 
@@ -38,7 +38,8 @@ SCHEDULE = "schedule"
 
 @dataclass
 class RecordedRun:
-    """What `run_and_record` did: the run's id in the history, its status, and how the notifications went."""
+    """What `run_and_record` did: the run's id in the history, its status, and how the notifications, pings and
+    the metrics file went."""
 
     run_id: int
     status: str = FAILED
@@ -60,7 +61,7 @@ def run_and_record(
     request: BackupRequest,
     connect: Callable[[], Engine],
     history: History,
-    notifier: Notifier | None = None,
+    monitoring: Monitoring | None = None,
     trigger: str = MANUAL,
     watch: Watch = Watch(),
 ) -> tuple[RunResult, RecordedRun]:
@@ -75,13 +76,16 @@ def run_and_record(
         log.warning("earlier run(s) %s ended without being recorded as finished: shown as crashed", crashed)
     started = datetime.now(UTC)
     record = RecordedRun(history.start_run(trigger, request.policy_names, started))
-    tail = LogTail(notifier.settings.log_lines if notifier else 0)
+    monitoring = monitoring or Monitoring()
+    tail = LogTail(monitoring.notifier.settings.log_lines)
+    scopes = monitoring.scopes(request)
     try:
         with tail.capturing(), termination_raises():
             try:
                 if watch.on_start:
                     watch.on_start(record)
-                _notify(notifier, NotifyEvent.START, record, started, tail, request)
+                record.deliveries += monitoring.started(scopes)
+                _notify(monitoring, NotifyEvent.START, record, _ending(record, started, tail), request)
                 record.result = run_backup(request, connect(), watch.progress)
                 record.status = OK if record.result.ok else FAILED
             except Interrupted as interruption:
@@ -100,9 +104,11 @@ def run_and_record(
                 with deferred():  # a second signal must not cut the record short
                     _finish(history, record)
     finally:  # outside the signal handling: a SIGTERM now does not turn a recorded success into an interruption
+        ending = _ending(record, started, tail)
+        record.deliveries += monitoring.finished(scopes, ending, request, history)
         if record.status != INTERRUPTED:
             event = NotifyEvent.SUCCESS if record.status == OK else NotifyEvent.FAILURE
-            _notify(notifier, event, record, started, tail, request)
+            _notify(monitoring, event, record, ending, request)
     assert record.result is not None
     return record.result, record
 
@@ -117,42 +123,14 @@ def _finish(history: History, record: RecordedRun) -> None:
             record.status = FAILED
 
 
+def _ending(record: RecordedRun, started: datetime, tail: LogTail) -> Ending:
+    return Ending(record.run_id, record.status, record.result, record.error, started, list(tail.lines))
+
+
 def _notify(
-    notifier: Notifier | None,
-    event: NotifyEvent,
-    record: RecordedRun,
-    started: datetime,
-    tail: LogTail,
-    request: BackupRequest,
+    monitoring: Monitoring, event: NotifyEvent, record: RecordedRun, ending: Ending, request: BackupRequest
 ) -> None:
-    if notifier is None or not notifier.wants(event):
-        return
-    record.deliveries += notifier.send(event, notification_body(event, record, started, list(tail.lines), request))
-
-
-def notification_body(
-    event: NotifyEvent, record: RecordedRun, started: datetime, log_tail: list[str], request: BackupRequest
-) -> dict[str, Any]:
-    """The JSON a webhook receives (besides `event`): a one-line `text` for chat tools, the run, its result."""
-    result = record.result
-    if event is NotifyEvent.START:
-        text = f"coord on {socket.gethostname()}: backup run {record.run_id} started"
-    elif result is not None:
-        text = f"coord on {socket.gethostname()}: backup {run_line(record.run_id, record.status, result)}"
-    else:
-        text = f"coord on {socket.gethostname()}: backup run {record.run_id} could not be done: {record.error}"
-    return {
-        "text": text,
-        "tool": "coord",
-        "tool_version": __version__,
-        "host": socket.gethostname(),
-        "run": {
-            "id": record.run_id,
-            "status": "running" if event is NotifyEvent.START else record.status,
-            "started_at": utc_iso(started),
-            "policies": list(request.policy_names),
-            "error": record.error,
-        },
-        "result": result.to_json() if result is not None else None,
-        "log_tail": log_tail,
-    }
+    """The `webhooks:` of the defaults that want `event`."""
+    notifier = monitoring.notifier
+    if notifier.wants(event):
+        record.deliveries += notifier.send(event, notification_body(event, ending, ending.result, request))

@@ -91,3 +91,32 @@ def run_summary(result: RunResult) -> list[str]:
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
     lines.append(volumes_line(len(result.volumes), failed) if result.volumes else "no volume selected")
     return lines
+
+
+OUTCOME_WORDS = {"failure": "FAILED", "warning": "finished with warnings", "success": "succeeded"}
+
+
+def notification_title(host: str, outcome: str, scope: str, result: RunResult | None) -> str:
+    """A notification's title: `coord on db1: backup FAILED (policy pg): 2 volumes, 1 failed (pg-data)`.
+    `outcome` is failure, warning or success; `scope` what the notification is about (`all policies`, `policy
+    pg`); `result` None when the run could not be done."""
+    head = f"coord on {host}: backup {OUTCOME_WORDS[outcome]} ({scope})"
+    if result is None:
+        return f"{head}: the run could not be done"
+    failed = [volume.volume for volume in result.volumes if volume.status is VolumeStatus.FAILED]
+    return f"{head}: {volumes_line(len(result.volumes), len(failed))}" + (f" ({', '.join(failed)})" if failed else "")
+
+
+def notification_text(host: str, run_id: int, result: RunResult | None, error: str | None) -> str:
+    """A notification's body: `coord backup`'s summary of `result` (what failed, where, and the errors that say
+    what to do), then where to look further; or, when the run could not be done, why."""
+    if result is None:
+        lines = [
+            f"backup run {run_id} could not be done: {error}",
+            "Nothing was backed up by this run: fix the problem above, then run `coord backup` or wait for the "
+            "next scheduled run.",
+        ]
+    else:
+        lines = run_summary(result)
+    lines.append(f"(run {run_id} on {host}; `coord status` there shows each volume's last backup)")
+    return "\n".join(lines)

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REPO, container_state, run_coord, volume_path, wait_for, write_policy
+from tests.receiver import receiving
 
 pytestmark = pytest.mark.docker
 
@@ -248,7 +251,8 @@ def test_a_failing_webhook_never_fails_the_backup(make_volume, tmp_path) -> None
     write_policy(
         tmp_path / "p",
         "_defaults",
-        f"notify:\n  webhooks:\n    - {{url: 'http://127.0.0.1:{port}/s3cr3t', events: [start, success, failure]}}\n",
+        f"notify:\n  webhooks:\n    - {{url: 'http://127.0.0.1:{port}/s3cr3t', events: [start, success, failure]}}\n"
+        "  attempts: 1\n",  # no retries: this test is about what a failed call does, not about the backoff
     )
     run = backup(tmp_path / "p", tmp_path / "b")
     assert run.returncode == 0, run.stderr
@@ -257,3 +261,50 @@ def test_a_failing_webhook_never_fails_the_backup(make_volume, tmp_path) -> None
         assert f"notification of {event} to http://127.0.0.1:{port} failed: Connection refused" in run.stderr
     assert "s3cr3t" not in run.stderr
     assert run_coord("status", "--json").json["last_run"]["status"] == "ok"
+
+
+def test_daemon_serves_metrics_pings_and_notifies_around_its_runs(
+    docker_client, make_volume, make_container, tmp_path
+) -> None:
+    volume, container = database(docker_client, make_volume, make_container, tmp_path / "p", 4096)
+    with receiving() as receiver:
+        write_policy(
+            tmp_path / "p",
+            "_defaults",
+            f"notify: {{urls: ['json://{receiver.base}/notify'], on: [success]}}\n"
+            f"ping: {{healthchecks: ['http://{receiver.base}/hc/0f1e']}}\n",
+        )
+        daemon = Daemon(
+            "--schedule", "*/2 * * * * *", "--policies-dir", str(tmp_path / "p"), "--dest", str(tmp_path / "b"),
+            "--metrics-addr", "127.0.0.1:0", "--metrics-file", str(tmp_path / "coord.prom"),
+        )  # fmt: skip
+        try:
+            [serving] = daemon.wait_for("metrics-serving", timeout=30)
+            daemon.wait_for("run-finished", count=2, timeout=60)
+            daemon.wait_for("notified", count=2, timeout=30)
+            with urllib.request.urlopen(f"http://{serving['address']}/metrics", timeout=10) as response:
+                scrape = response.read().decode()
+            code = daemon.stop()
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+        pings = [path for path in receiver.paths() if "/hc/" in path]
+        notified = [r for r in receiver.received if r.path == "/notify"]
+    assert code == 0
+    print(scrape)  # shown with -s: what Prometheus scrapes
+    runs = [e for e in daemon.events if e["event"] == "run-finished"]
+    labels = f'policy="db",volume="{volume}"'
+    assert f'coord_volume_last_run_status{{policy="db",status="ok",volume="{volume}"}} 1.0' in scrape
+    assert f"coord_volume_last_run_downtime_seconds{{{labels}}}" in scrape
+    assert 'coord_last_run_status{status="ok"} 1.0' in scrape
+    assert "coord_daemon_next_run_timestamp_seconds " in scrape
+    families = {family.name for family in text_string_to_metric_families(scrape)}
+    assert {"coord_volume_archive_size_bytes", "coord_volume_last_success_timestamp_seconds"} <= families
+    textfile = {family.name for family in text_string_to_metric_families((tmp_path / "coord.prom").read_text())}
+    assert families == textfile
+    # each run pinged /start then success, in order; the runs' own notifications arrived
+    assert pings[: 2 * len(runs)] == ["POST /hc/0f1e/start", "POST /hc/0f1e"] * len(runs)
+    assert json.loads(notified[0].body)["title"].endswith("backup succeeded (all policies): 1 volume, 0 failed")
+    kinds = [e["event"] for e in daemon.events]
+    assert {"pinged", "notified", "metrics-written"} <= set(kinds)
+    assert container_state(docker_client, container) == "running"

@@ -31,8 +31,8 @@ def test_defaults_problems_name_file_line_and_key(tmp_path: Path) -> None:
         f"{path}:4: notify.webhooks[0].events[1]: 'sucess' is not one of start, success, failure",
         f"{path}:5: notify.webhooks[0].urll: unknown key 'urll' (did you mean 'url'?); allowed keys: url, events, "
         "timeout_s",
-        f"{path}:6: notify.log_line: unknown key 'log_line' (did you mean 'log_lines'?); allowed keys: webhooks, "
-        "log_lines",
+        f"{path}:6: notify.log_line: unknown key 'log_line' (did you mean 'log_lines'?); allowed keys: urls, on, "
+        "webhooks, log_lines, attempts",
     ]
     assert "s3cr3t" not in str(raised.value.problems)
 
@@ -61,7 +61,7 @@ def test_only_scheme_and_host_are_shown() -> None:
     )
 
 
-def test_a_failing_webhook_is_reported_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_webhook_is_retried_then_reported_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     calls = []
 
     def post(url, body, timeout):
@@ -76,16 +76,18 @@ def test_a_failing_webhook_is_reported_never_raised(caplog: pytest.LogCaptureFix
         ]
     )
     seen = []
-    notifier = Notifier(settings, post, on_delivery=seen.append)
+    waits: list[float] = []
+    notifier = Notifier(settings, post, on_delivery=seen.append, sleep=waits.append)
     assert notifier.wants(NotifyEvent.START) and not Notifier(Notify(), post).wants(NotifyEvent.FAILURE)
     with caplog.at_level(logging.WARNING, "coord.notify"):
         deliveries = notifier.send(NotifyEvent.FAILURE, {"text": "x"})
     assert [(d.target, d.error) for d in deliveries] == [
-        ("http://bad.example", "Connection refused"),
+        ("http://bad.example", "Connection refused (after 3 attempts)"),
         ("http://good.example", None),
     ]
     assert seen == deliveries
-    assert [c[1:] for c in calls] == [("failure", 10), ("failure", 2)]
+    assert [c[1:] for c in calls] == [("failure", 10)] * 3 + [("failure", 2)]
+    assert waits == [2, 4]  # the backoff between the three attempts
     assert "s3cr3t" not in caplog.text and "http://bad.example failed: Connection refused" in caplog.text
 
 
