@@ -687,6 +687,59 @@ def restore(
 
 
 @app.command()
+def drill(
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume under --dest."
+        ),
+    ] = None,
+    dest: DestOption = None,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
+    volumes_root: VolumesRoot = None,
+    lock_timeout: LockTimeout = 0.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore each volume's latest verified archive into a scratch volume, compare it with the manifest and the
+    archive (entries, each file's content), remove the scratch volume, and record the drill in the history.
+
+    One line per volume, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See docs/drills.md.
+    """
+    from coord.drill import DrillRequest, DrillResult, drill_volumes
+
+    def work() -> list[DrillResult]:
+        sources = VolumeSources.detect(volumes_root)
+        request = DrillRequest(
+            dest=_required_dest(dest),
+            volumes=tuple(volume or ()),
+            state_dir=state_dir,
+            policies_dir=policies_dir,
+            sources=sources,
+            lock_timeout_s=lock_timeout,
+        )
+        docker = None
+        if sources.volumes_root is None:
+            from coord.docker_ops import DockerControl
+
+            docker = DockerControl.connect()
+        return drill_volumes(request, docker, _decryption(gpg_home, passphrase_file, state_dir))
+
+    results = _run(as_json, work)
+    ok = all(result.ok for result in results)
+    if as_json:
+        print(json.dumps({"ok": ok, "drills": [result.to_json() for result in results]}))
+    else:
+        for result in results:
+            print(result.line())
+            for problem in result.problems[1:]:
+                print(f"     {problem}")
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@app.command()
 def prune(
     policy: Annotated[
         list[str] | None,
