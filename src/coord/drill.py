@@ -96,16 +96,16 @@ class DrillResult:
 
     def line(self) -> str:
         """One line: OK or FAIL, the volume and archive, and what was compared or what went wrong."""
-        archive = Path(self.archive).name if self.archive else "no archive"
+        archive = f"{Path(self.archive).name}: " if self.archive else ""
         if self.ok:
             return (
-                f"OK   drill {self.volume}: {archive} restored into {self.scratch} and compared: "
+                f"OK   drill {self.volume}: {archive.removesuffix(': ')} restored into {self.scratch} and compared: "
                 f"{plural(self.entries, 'entry', 'entries')} match the manifest, "
                 f"{plural(self.files_hashed, 'file')} ({human_size(self.bytes_hashed)}) match the archive's content "
                 f"({self.duration_s:.1f}s; scratch removed)"
             )
         more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
-        return f"FAIL drill {self.volume}: {archive}: {self.problems[0]}{more}"
+        return f"FAIL drill {self.volume}: {archive}{self.problems[0]}{more}"
 
     def row(self, trigger: str) -> DrillRow:
         return DrillRow(
@@ -426,7 +426,7 @@ def drill_volume(
     result = DrillResult(volume, started_at=datetime.now(UTC))
     clock = time.monotonic()
     chosen = choose_latest(request.dest / volume, result.started_at, request.state_dir)
-    result.problems += [f"{line} (a newer archive that no longer matches its manifest)" for line in chosen.mismatched]
+    result.problems += [_corrupt(line) for line in chosen.mismatched]
     if chosen.archive is None:
         result.problems.append(f"no verified archive of volume {volume} in {request.dest}")
     else:
@@ -436,6 +436,12 @@ def drill_volume(
     result.finished_at = datetime.now(UTC)
     log.info("%s", result.line())
     return result
+
+
+def _corrupt(mismatch: str) -> str:
+    """retention's line about an archive that differs from its manifest, said for a drill."""
+    what = mismatch.removesuffix("; does not match its manifest, not counted, left alone")
+    return f"{what}: the archive no longer matches its manifest (corrupt or replaced); restore from another copy"
 
 
 def _drill_archive(

@@ -96,7 +96,10 @@ def test_a_corrupted_archive_fails_the_drill_and_names_it(tmp_path: Path) -> Non
     archive.write_bytes(bytes(data))
     (result,) = drill_volumes(request, engine)
     assert not result.ok and result.archive is None
-    assert result.problems[0].startswith(f"{archive}: ") and "no longer matches its manifest" in result.problems[0]
+    assert (
+        result.problems[0].startswith(f"{archive}: ")
+        and "the archive no longer matches its manifest" in result.problems[0]
+    )
     assert result.problems[-1] == f"no verified archive of volume v in {request.dest}"
     assert scratch_volumes(engine) == []
 
