@@ -908,11 +908,22 @@ def daemon(
     lock_timeout: LockTimeout = 3600.0,
     volumes_root: VolumesRoot = None,
     passphrase_file: PassphraseFile = None,
+    drill_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--drill-schedule",
+            envvar="COORD_DRILL_SCHEDULE",
+            help="Cron expression for restore drills of every volume under --dest (see `coord drill`); default: "
+            "no drills. Env: COORD_DRILL_SCHEDULE.",
+        ),
+    ] = None,
+    gpg_home: GpgHome = None,
 ) -> None:
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
-    from coord.daemon import LOG_FORMATS, EventLog, run_daemon
+    from coord.daemon import LOG_FORMATS, EventLog, ScheduledDrills, run_daemon
     from coord.docker_ops import DockerControl
+    from coord.drill import DrillRequest
     from coord.schedule import parse_schedule
 
     def work() -> int:
@@ -931,7 +942,19 @@ def daemon(
             passphrase_file=passphrase_file,
         )
         notifier = _checked_notifier(request)
-        return run_daemon(request, parsed, DockerControl.connect, notifier, EventLog(sys.stdout, log_format))
+        drills = None
+        if drill_schedule:
+            drill_request = DrillRequest(
+                dest=request.dest,
+                state_dir=state_dir,
+                policies_dir=policies_dir,
+                sources=request.sources,
+                lock_timeout_s=lock_timeout,
+            )
+            decryption = _decryption(gpg_home, passphrase_file, state_dir)
+            drills = ScheduledDrills(parse_schedule(drill_schedule), drill_request, decryption)
+        events = EventLog(sys.stdout, log_format)
+        return run_daemon(request, parsed, DockerControl.connect, notifier, events, drills)
 
     raise typer.Exit(_run(False, work))
 

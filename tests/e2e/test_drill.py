@@ -94,3 +94,27 @@ def test_a_corruption_the_manifest_does_not_show_is_caught_by_the_restore(docker
     assert done.stdout.startswith(f"FAIL drill {volume}: {archive.name}: cannot read {archive}: ")
     assert "decompression failed" in done.stdout or "not a readable tar stream" in done.stdout
     assert scratch_volumes_of(docker_client, volume) == []
+
+
+def test_the_daemon_drills_on_its_own_schedule(docker_client, drilled_volume, tmp_path: Path) -> None:
+    from tests.e2e.test_daemon import Daemon
+
+    volume, policies, dest = drilled_volume
+    daemon = Daemon(
+        "--schedule", "0 3 1 1 *", "--drill-schedule", "*/2 * * * * *",
+        "--policies-dir", str(policies), "--dest", str(dest),
+    )  # fmt: skip
+    try:
+        (drilled,) = daemon.wait_for("drill", count=1, timeout=60)
+        code = daemon.stop()
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    assert code == 0
+    assert drilled["ok"] is True and drilled["volume"] == volume and drilled["message"].startswith("OK   drill")
+    kinds = [event["event"] for event in daemon.events]
+    assert kinds[:4] == ["daemon-started", "recovered", "next-run", "next-drill"]
+    assert "run-started" not in kinds  # the backup's fire time is next January
+    assert scratch_volumes_of(docker_client, volume) == []
+    (row,) = json.loads(run_coord("report", "--json").stdout)["volumes"]
+    assert row["last_drill"]["trigger"] == "schedule" and row["last_drill"]["status"] == "ok"
