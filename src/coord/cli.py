@@ -802,21 +802,36 @@ def report(
     ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     policies_dir: CurrentPoliciesDir = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="Also write the report as one self-contained HTML page (timelines and charts per volume, last "
+            "drill; no network requests) to FILE.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
-    downtime, last success; and how many runs ended ok, failed, interrupted or crashed."""
+    downtime, last success, last restore drill; and how many runs ended ok, failed, interrupted or crashed."""
     from datetime import UTC, datetime
 
     from coord.history import History
     from coord.report import Report, parse_since, parse_week, render_report, report_for, week_of
+    from coord.report_html import html_report_for, write_html
 
     def work() -> Report:
         if week and since:
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        return report_for(History(state_dir), period, _current_policy_names(policies_dir))
+        policies = _current_policy_names(policies_dir)
+        history = History(state_dir)
+        if html is not None:
+            write_html(html, html_report_for(history, period, policies, now))
+            print(f"wrote {html}", file=sys.stderr)  # stderr: --json keeps stdout one document
+        return report_for(history, period, policies)
 
     result = _run(as_json, work)
     if as_json:
