@@ -96,16 +96,17 @@ class DrillResult:
 
     def line(self) -> str:
         """One line: OK or FAIL, the volume and archive, and what was compared or what went wrong."""
-        archive = f"{Path(self.archive).name}: " if self.archive else ""
+        archive = Path(self.archive).name if self.archive else ""
         if self.ok:
             return (
-                f"OK   drill {self.volume}: {archive.removesuffix(': ')} restored into {self.scratch} and compared: "
+                f"OK   drill {self.volume}: {archive} restored into {self.scratch} and compared: "
                 f"{plural(self.entries, 'entry', 'entries')} match the manifest, "
                 f"{plural(self.files_hashed, 'file')} ({human_size(self.bytes_hashed)}) match the archive's content "
                 f"({self.duration_s:.1f}s; scratch removed)"
             )
         more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
-        return f"FAIL drill {self.volume}: {archive}{self.problems[0]}{more}"
+        drilled = f" (drilled {archive})" if archive else ""
+        return f"FAIL drill {self.volume}{drilled}: {self.problems[0]}{more}"
 
     def row(self, trigger: str) -> DrillRow:
         return DrillRow(
@@ -440,8 +441,11 @@ def drill_volume(
 
 def _corrupt(mismatch: str) -> str:
     """retention's line about an archive that differs from its manifest, said for a drill."""
-    what = mismatch.removesuffix("; does not match its manifest, not counted, left alone")
-    return f"{what}: the archive no longer matches its manifest (corrupt or replaced); restore from another copy"
+    path, _, what = mismatch.removesuffix("; does not match its manifest, not counted, left alone").partition(": ")
+    return (
+        f"{Path(path).name} {what}: it no longer matches its manifest (corrupt or replaced; that backup is lost, "
+        "older ones are drilled)"
+    )
 
 
 def _drill_archive(

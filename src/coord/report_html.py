@@ -2,9 +2,10 @@
 
 Per volume: its figures (runs, successes, warnings, failures, success rate, last success), a timeline of its
 runs coloured by status, its archive size and its downtime over the period as charts, and its last restore
-drill. Everything is inline (CSS in a <style>, charts as <svg>, no script): the page makes no network request,
-so it opens from a mail attachment or an air-gapped host. A pure function of the report and the history rows;
-every text from the history is HTML-escaped (volume names and errors come from outside).
+drill. The time axis, shared by every volume, spans the period's runs. Everything is inline (CSS in a <style>,
+charts as <svg>, no script): the page makes no network request, so it opens from a mail attachment or an
+air-gapped host. A pure function of the report and the history rows; every text from the history is
+HTML-escaped (volume names and errors come from outside).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def volume_html(
         + "</tr></table>"
     )
     last_error = f'<div class="error">last error: {escape(summary.last_error)}</div>' if summary.last_error else ""
-    written = [row for row in rows if row.size > 0]
+    written = [row for row in rows if row.archive]  # a failed run's size is of an archive that was removed
     return (
         f'<section class="volume" data-volume="{escape(summary.volume)}"><h2>{escape(summary.volume)}</h2>'
         f"{table}{last_error}"
@@ -166,10 +167,22 @@ def volume_html(
     )
 
 
+def time_range(rows: Sequence[VolumeRow], period: Period) -> tuple[datetime, datetime]:
+    """The charts' time axis: from the first to the last run of the period, with a margin (runs minutes apart
+    would otherwise share one pixel of a week); the whole period when there are not two distinct times."""
+    times = [row.started_at for row in rows]
+    if len(set(times)) < 2:
+        return period.start, period.end
+    first, last = min(times), max(times)
+    margin = (last - first) * 0.04
+    return first - margin, last + margin
+
+
 def render_html(report: Report, rows: Sequence[VolumeRow], generated: datetime) -> str:
     """The whole page: the report of a period and the volume rows of that period (oldest first)."""
     period = report.period
-    axis = _Axis(period.start, period.end)
+    start, end = time_range(rows, period)
+    axis = _Axis(start, end)
     counts = ", ".join(f"{n} {status}" for status, n in report.runs.by_status.items() if n) or "none"
     legend = "".join(
         f'<span><i style="background:{colour}"></i>{status}</span>' for status, colour in STATUS_COLOURS.items()
@@ -179,7 +192,7 @@ def render_html(report: Report, rows: Sequence[VolumeRow], generated: datetime) 
             summary,
             [row for row in rows if (row.policy, row.volume) == (summary.policy, summary.volume)],
             axis,
-            (period.start, period.end),
+            (start, end),
         )
         for summary in report.volumes
     ]

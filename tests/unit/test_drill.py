@@ -73,7 +73,7 @@ def test_a_restore_that_does_not_reproduce_the_archive_fails_the_drill(
         f"{result_sha('beta')} in the archive, {result_sha('BETA')} restored; mtime_ns "
         f"{mtime_of(tmp_path, 'sub/b.txt')} in the archive, 0 restored)"
     ]
-    assert result.line().startswith("FAIL drill v: v-")
+    assert result.line().startswith("FAIL drill v (drilled v-")
     assert scratch_volumes(engine) == []  # removed on failure too
     assert History(request.state_dir).last_drills()["v"].status == "failed"
 
@@ -97,8 +97,8 @@ def test_a_corrupted_archive_fails_the_drill_and_names_it(tmp_path: Path) -> Non
     (result,) = drill_volumes(request, engine)
     assert not result.ok and result.archive is None
     assert (
-        result.problems[0].startswith(f"{archive}: ")
-        and "the archive no longer matches its manifest" in result.problems[0]
+        result.problems[0].startswith(f"{archive.name} has sha256 ")
+        and "it no longer matches its manifest" in result.problems[0]
     )
     assert result.problems[-1] == f"no verified archive of volume v in {request.dest}"
     assert scratch_volumes(engine) == []
