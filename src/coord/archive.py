@@ -219,6 +219,7 @@ class ArchiveSettings:
     still as it was at the snapshot (Snapshot.content_unchanged); such files go to `relinked`, not to the problems.
     Without it the read is live (or quiesced), and every archived file's ctime is checked once tar is done: one
     modified after the read began makes the verdict fuzzy at best. `on_progress`: told of the progress.
+    `expect`: the policy's `expect:` patterns; how many archived entries each matches goes to outcome.expected.
     """
 
     matcher: ExcludeMatcher

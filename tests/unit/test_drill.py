@@ -4,6 +4,7 @@ the fake engine's scratch volume (a real directory). The real engine's scratch v
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from coord.history import History
 from coord.recording import run_and_record
 from coord.report import render_report, report_for, week_of
 from coord.runner import BackupRequest
+from coord.signals import Interrupted
 
 FILES = {"a.txt": "alpha\n", "sub/b.txt": "beta\n", "sub/deeper/c.bin": "gamma" * 1000}
 
@@ -146,3 +148,23 @@ def test_compare_entries_names_what_differs() -> None:
     assert compare_entries(archived, restored, owners=False)[2] == (
         "1 restored entry differs from the archive: . (mode 0755 in the archive, 0700 restored)"
     )
+
+
+@pytest.mark.usefixtures("sigterm_guard")
+def test_sigterm_during_a_drill_still_removes_the_scratch_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, request = backed_up(tmp_path)
+    real_restore = coord.drill.restore_into_directory
+
+    def restore_then_sigterm(*arguments: object) -> list[str]:
+        warnings = real_restore(*arguments)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)  # coord's handler raises Interrupted here
+        return warnings
+
+    monkeypatch.setattr(coord.drill, "restore_into_directory", restore_then_sigterm)
+    with pytest.raises(Interrupted):
+        drill_volumes(request, engine)
+    assert [call.method for call in engine.calls][-1] == "remove_volume"
+    assert scratch_volumes(engine) == []
+    assert History(request.state_dir).last_drills() == {}  # an interrupted drill proves nothing: not recorded
