@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from coord.recording import run_and_record
 from coord.report import render_report, report_for, week_of
 from coord.runner import BackupRequest
 from coord.signals import Interrupted
+from coord.sources import VolumeSources
 
 FILES = {"a.txt": "alpha\n", "sub/b.txt": "beta\n", "sub/deeper/c.bin": "gamma" * 1000}
 
@@ -168,3 +170,18 @@ def test_sigterm_during_a_drill_still_removes_the_scratch_volume(
     assert [call.method for call in engine.calls][-1] == "remove_volume"
     assert scratch_volumes(engine) == []
     assert History(request.state_dir).last_drills() == {}  # an interrupted drill proves nothing: not recorded
+
+
+def test_in_a_sidecar_the_scratch_space_is_a_directory_in_the_state_directory(tmp_path: Path) -> None:
+    """A sidecar could not see a new volume: it restores into <state dir>/coord-drill-..., needs no engine, and
+    removes the directory (and one a killed drill left) afterwards."""
+    engine, request = backed_up(tmp_path)
+    leftover = request.state_dir / f"{SCRATCH_PREFIX}dead-v"
+    (leftover / "data").mkdir(parents=True)
+    sidecar = replace(request, sources=VolumeSources(tmp_path / "volumes"))
+    calls_before = len(engine.calls)
+    (result,) = drill_volumes(sidecar, None)
+    assert result.problems == [] and result.entries == 8
+    assert result.scratch is not None and result.scratch.startswith(f"scratch directory {request.state_dir}/")
+    assert not any(path.name.startswith(SCRATCH_PREFIX) for path in request.state_dir.iterdir())
+    assert len(engine.calls) == calls_before  # the engine was not used
