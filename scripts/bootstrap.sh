@@ -17,6 +17,7 @@ command -v docker-compose >/dev/null || need_packages+=(docker-compose)   # the 
 command -v debootstrap >/dev/null || need_packages+=(debootstrap)         # offline base image (docs/images.md)
 command -v setfacl >/dev/null || need_packages+=(acl)                     # restore tests: ACLs round trip
 command -v setcap >/dev/null || need_packages+=(libcap2-bin)              # restore tests: file capabilities
+command -v chromium >/dev/null || need_packages+=(chromium)                # report tests: renders the HTML report
 [ -x /usr/bin/python3 ] || need_packages+=(python3)                       # restore tests run on Debian's python3 too
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)

@@ -19,6 +19,7 @@ Failures are DockerError with the same shape of message as DockerControl's ("pau
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class FakeEngine:
     volumes_root: Path
     calls: list[Call] = field(default_factory=list)
     volumes: dict[str, Path] = field(default_factory=dict)
+    volume_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # by volume name
     containers: dict[str, FakeContainer] = field(default_factory=dict)  # by id
     exec_behaviour: dict[str, ExecBehaviour] = field(default_factory=dict)  # by container name
     _failures: list[_Failure] = field(default_factory=list)
@@ -161,11 +163,24 @@ class FakeEngine:
             raise DockerError(f"inspect volume {name}: not found (get {name}: no such volume)")
         return str(self.volumes[name])
 
-    def create_volume(self, name: str) -> str:
+    def create_volume(self, name: str, labels: dict[str, str] | None = None) -> str:
         self._enter("create_volume", name, f"create volume {name}")
         if name not in self.volumes:
             self.add_volume(name)
+            self.volume_labels[name] = dict(labels or {})
         return str(self.volumes[name])
+
+    def volumes_labelled(self, label: str) -> dict[str, dict[str, str]]:
+        self._enter("volumes_labelled", None, f"list volumes labelled {label}")
+        return {name: dict(labels) for name, labels in self.volume_labels.items() if label in labels}
+
+    def remove_volume(self, name: str) -> None:
+        self._enter("remove_volume", name, f"remove volume {name}")
+        if any(name in container.volumes for container in self.containers.values()):
+            raise DockerError(f"remove volume {name}: the engine answered 409: volume is in use")
+        path = self.volumes.pop(name)
+        self.volume_labels.pop(name, None)
+        shutil.rmtree(path)
 
     def containers_using(self, volume: str) -> list[ContainerInfo]:
         self._enter("containers_using", volume, f"list containers using {volume}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from coord.anomaly import count_expected
 from coord.consistency import ArchivedTree, Consistency, assess_consistency
 from coord.errors import CoordError
 from coord.excludes import ExcludeMatcher
@@ -92,6 +93,7 @@ class ArchiveOutcome:
     # snapshot reads: files tar called changed whose content provably is the snapshot's (a hard link removed)
     relinked: list[str] = field(default_factory=list)
     consistency: Consistency | None = None
+    expected: dict[str, int] = field(default_factory=dict)  # each `expect:` pattern: archived entries it matches
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -217,6 +219,7 @@ class ArchiveSettings:
     still as it was at the snapshot (Snapshot.content_unchanged); such files go to `relinked`, not to the problems.
     Without it the read is live (or quiesced), and every archived file's ctime is checked once tar is done: one
     modified after the read began makes the verdict fuzzy at best. `on_progress`: told of the progress.
+    `expect`: the policy's `expect:` patterns; how many archived entries each matches goes to outcome.expected.
     """
 
     matcher: ExcludeMatcher
@@ -225,6 +228,7 @@ class ArchiveSettings:
     consistency: ConsistencyRule = ConsistencyRule.GENERIC
     content_unchanged: Callable[[str], bool] | None = None
     on_progress: ProgressCallback | None = None
+    expect: tuple[str, ...] = ()  # the policy's `expect:` patterns, counted in outcome.expected (anomaly.py)
 
 
 def create_archive(source: Path, partial_path: Path, settings: ArchiveSettings) -> ArchiveOutcome:
@@ -284,6 +288,8 @@ def _run_pipeline(tree: ArchivedTree, source: Path, settings: ArchiveSettings, o
         # A snapshot read is judged by Snapshot.modified_since_unpause, which tells a removed hard link from a write.
         read_started_ns=read_started_ns if settings.content_unchanged is None else None,
     )
+    if settings.expect:
+        outcome.expected = count_expected(tree, settings.expect)
 
 
 class _Children:

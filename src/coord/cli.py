@@ -703,6 +703,59 @@ def restore(
 
 
 @app.command()
+def drill(
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume under --dest."
+        ),
+    ] = None,
+    dest: DestOption = None,
+    gpg_home: GpgHome = None,
+    passphrase_file: PassphraseFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    policies_dir: PoliciesDir = Path("policies"),
+    volumes_root: VolumesRoot = None,
+    lock_timeout: LockTimeout = 0.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore each volume's latest verified archive into a scratch volume, compare it with the manifest and the
+    archive (entries, each file's content), remove the scratch volume, and record the drill in the history.
+
+    One line per volume, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See docs/drills.md.
+    """
+    from coord.drill import DrillRequest, DrillResult, drill_volumes
+
+    def work() -> list[DrillResult]:
+        sources = VolumeSources.detect(volumes_root)
+        request = DrillRequest(
+            dest=_required_dest(dest),
+            volumes=tuple(volume or ()),
+            state_dir=state_dir,
+            policies_dir=policies_dir,
+            sources=sources,
+            lock_timeout_s=lock_timeout,
+        )
+        docker = None
+        if sources.volumes_root is None:
+            from coord.docker_ops import DockerControl
+
+            docker = DockerControl.connect()
+        return drill_volumes(request, docker, _decryption(gpg_home, passphrase_file, state_dir))
+
+    results = _run(as_json, work)
+    ok = all(result.ok for result in results)
+    if as_json:
+        print(json.dumps({"ok": ok, "drills": [result.to_json() for result in results]}))
+    else:
+        for result in results:
+            print(result.line())
+            for problem in result.problems[1:]:
+                print(f"     {problem}")
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@app.command()
 def prune(
     policy: Annotated[
         list[str] | None,
@@ -765,21 +818,36 @@ def report(
     ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     policies_dir: CurrentPoliciesDir = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="Also write the report as one self-contained HTML page (timelines and charts per volume, last "
+            "drill; no network requests) to FILE.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
-    downtime, last success; and how many runs ended ok, failed, interrupted or crashed."""
+    downtime, last success, last restore drill; and how many runs ended ok, failed, interrupted or crashed."""
     from datetime import UTC, datetime
 
     from coord.history import History
     from coord.report import Report, parse_since, parse_week, render_report, report_for, week_of
+    from coord.report_html import html_report_for, write_html
 
     def work() -> Report:
         if week and since:
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        return report_for(History(state_dir), period, _current_policy_names(policies_dir))
+        policies = _current_policy_names(policies_dir)
+        history = History(state_dir)
+        if html is not None:
+            write_html(html, html_report_for(history, period, policies, now))
+            print(f"wrote {html}", file=sys.stderr)  # stderr: --json keeps stdout one document
+        return report_for(history, period, policies)
 
     result = _run(as_json, work)
     if as_json:
@@ -882,11 +950,22 @@ def daemon(
             "interface). Off by default. Env: COORD_METRICS_ADDR.",
         ),
     ] = None,
+    drill_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--drill-schedule",
+            envvar="COORD_DRILL_SCHEDULE",
+            help="Cron expression for restore drills of every volume under --dest (see `coord drill`); default: "
+            "no drills. Env: COORD_DRILL_SCHEDULE.",
+        ),
+    ] = None,
+    gpg_home: GpgHome = None,
 ) -> None:
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
-    from coord.daemon import LOG_FORMATS, EventLog, run_daemon
+    from coord.daemon import LOG_FORMATS, DaemonExtras, EventLog, ScheduledDrills, run_daemon
     from coord.docker_ops import DockerControl
+    from coord.drill import DrillRequest
     from coord.schedule import parse_schedule
 
     def work() -> int:
@@ -905,8 +984,20 @@ def daemon(
             passphrase_file=passphrase_file,
         )
         monitoring = _checked_monitoring(request, metrics_file)
+        drills = None
+        if drill_schedule:
+            drill_request = DrillRequest(
+                dest=request.dest,
+                state_dir=state_dir,
+                policies_dir=policies_dir,
+                sources=request.sources,
+                lock_timeout_s=lock_timeout,
+            )
+            decryption = _decryption(gpg_home, passphrase_file, state_dir)
+            drills = ScheduledDrills(parse_schedule(drill_schedule), drill_request, decryption)
         events = EventLog(sys.stdout, log_format)
-        return run_daemon(request, parsed, DockerControl.connect, monitoring, events, metrics_addr)
+        extras = DaemonExtras(metrics_addr=metrics_addr, drills=drills)
+        return run_daemon(request, parsed, DockerControl.connect, monitoring, events, extras)
 
     raise typer.Exit(_run(False, work))
 

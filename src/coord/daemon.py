@@ -3,6 +3,10 @@
     record the daemon -> recover what a dead run left -> loop: wait for the next fire time (+ jitter)
         -> run_and_record (one run at a time: this loop is sequential, and the run lock keeps manual runs apart)
 
+With `--drill-schedule`, restore drills (drill.py) run in the same loop on their own schedule: whichever is due
+first runs first, so a drill never overlaps a backup. A backup whose time passed while a drill was going runs as
+soon as the drill ends (it is not skipped); a drill's fire times that pass during a backup give one late drill.
+
 SIGTERM/SIGINT while waiting end the daemon at once; during a run they interrupt it the way they interrupt
 `coord backup` (every container coord changed is put back first, the run is recorded `interrupted`), then the
 daemon ends. Either way it exits 0: it stopped cleanly, as asked. Fire times missed while a long run was still
@@ -19,12 +23,14 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from coord.delivery import Delivery
 from coord.docker_ops import Engine
+from coord.drill import DrillRequest, drill_volumes
+from coord.encrypt import Decryption
 from coord.errors import CoordError
 from coord.history import History
 from coord.journal import Journal
@@ -115,25 +121,59 @@ def missed_fire_times(schedule: Schedule, due: datetime, now: datetime, limit: i
     return count
 
 
+@dataclass(frozen=True)
+class ScheduledDrills:
+    """`coord daemon --drill-schedule`: restore drills of `request`'s volumes on their own schedule."""
+
+    schedule: Schedule
+    request: DrillRequest
+    decryption: Callable[[], Decryption] | None = None
+
+
+@dataclass
+class _Upcoming:
+    """What the daemon waits for: the next backup (its fire time, and its start with the jitter) and the next
+    drill, each announced once and kept until it ran."""
+
+    backup: tuple[datetime, datetime] | None = None
+    drill: datetime | None = None
+
+
 def run_daemon(
     request: BackupRequest,
     schedule: Schedule,
     connect: Callable[[], Engine],
     monitoring: Monitoring | None,
     events: EventLog,
-    metrics_addr: str | None = None,
+    extras: DaemonExtras | None = None,
 ) -> int:
-    """Run backups on `schedule` until SIGTERM/SIGINT, serving the metrics on `metrics_addr` (HOST:PORT) when
-    given; returns the exit code (0). Raises UsageError when the metrics address cannot be listened on."""
+    """Run backups on `schedule` (and drills on theirs, `extras.drills`) until SIGTERM/SIGINT, serving the
+    metrics on `extras.metrics_addr` (HOST:PORT) when given; returns the exit code (0). Raises UsageError when
+    the metrics address cannot be listened on."""
+    extras = extras or DaemonExtras()
     history = History(request.state_dir)
     monitoring = monitoring or Monitoring()
     monitoring.on_delivery(lambda delivery: _emit_delivery(events, delivery))
-    server = MetricsServer.start(metrics_addr, history, request.policies_dir) if metrics_addr else None
+    server = MetricsServer.start(extras.metrics_addr, history, request.policies_dir) if extras.metrics_addr else None
     try:
-        return _run_schedule(request, schedule, connect, monitoring, events, server)
+        return _run_schedule(request, schedule, connect, monitoring, events, _Alongside(server, extras.drills))
     finally:
         if server is not None:
             server.close()
+
+
+@dataclass(frozen=True)
+class DaemonExtras:
+    """What the daemon may do besides backups: serve metrics (HOST:PORT), run restore drills on their schedule."""
+
+    metrics_addr: str | None = None
+    drills: ScheduledDrills | None = None
+
+
+@dataclass(frozen=True)
+class _Alongside:
+    server: MetricsServer | None
+    drills: ScheduledDrills | None
 
 
 def _run_schedule(
@@ -142,40 +182,35 @@ def _run_schedule(
     connect: Callable[[], Engine],
     monitoring: Monitoring,
     events: EventLog,
-    server: MetricsServer | None,
+    alongside: _Alongside,
 ) -> int:
+    drills, server = alongside.drills, alongside.server
     history = History(request.state_dir)
     with stop_on_signals() as stop:
         history.daemon_started(schedule.expression, schedule.jitter_s)
-        events.emit(
-            "daemon-started",
-            f"schedule {schedule.describe()}, policies {', '.join(request.policy_names) or 'all'}, "
-            f"destination {request.dest}",
-            schedule=schedule.expression,
-            jitter_s=schedule.jitter_s,
-            policies=list(request.policy_names),
-            dest=str(request.dest),
-        )
+        _announce_start(request, schedule, drills, events)
         if server is not None:
             events.emit("metrics-serving", f"metrics on http://{server.address}/metrics", address=server.address)
         try:
             _recover_at_start(request, connect, events)
             previous_due: datetime | None = None
+            upcoming = _Upcoming()
             while not stop.event.is_set():
                 now = datetime.now(UTC)
-                if previous_due is not None and (missed := missed_fire_times(schedule, previous_due, now)):
-                    events.emit(
-                        "missed",
-                        f"{missed} scheduled run(s) passed while the previous run was going: skipped",
-                        missed=missed,
-                    )
-                due = schedule.next_after(now)
-                start_at = due + timedelta(seconds=schedule.delay())
-                history.daemon_next_run(start_at)
-                events.emit("next-run", f"next run at {_time(start_at)}", at=_time(start_at), due=_time(due))
+                if upcoming.backup is None:
+                    upcoming.backup = _announce_backup(schedule, previous_due, now, history, events)
+                due, start_at = upcoming.backup
+                if drills is not None:
+                    upcoming.drill = upcoming.drill or _announce_drill(drills.schedule, now, events)
+                    if upcoming.drill < start_at:
+                        if sleep_until(upcoming.drill, stop.event):
+                            break
+                        upcoming.drill = None
+                        _scheduled_drills(drills, connect, events)
+                        continue
                 if sleep_until(start_at, stop.event):
                     break
-                previous_due = due
+                previous_due, upcoming.backup = due, None
                 _scheduled_run(request, connect, history, monitoring, events)
         except Interrupted as interruption:
             stop.signal_name = str(interruption)
@@ -183,6 +218,58 @@ def _run_schedule(
             history.daemon_stopped()
             events.emit("daemon-stopped", f"stopped by {stop.signal_name or 'request'}", signal=stop.signal_name)
     return 0
+
+
+def _announce_start(
+    request: BackupRequest, schedule: Schedule, drills: ScheduledDrills | None, events: EventLog
+) -> None:
+    drilling = f", drills {drills.schedule.describe()}" if drills else ""
+    events.emit(
+        "daemon-started",
+        f"schedule {schedule.describe()}, policies {', '.join(request.policy_names) or 'all'}, "
+        f"destination {request.dest}{drilling}",
+        schedule=schedule.expression,
+        jitter_s=schedule.jitter_s,
+        policies=list(request.policy_names),
+        dest=str(request.dest),
+        drill_schedule=drills.schedule.expression if drills else None,
+    )
+
+
+def _announce_backup(
+    schedule: Schedule, previous_due: datetime | None, now: datetime, history: History, events: EventLog
+) -> tuple[datetime, datetime]:
+    """The next backup's fire time and start (with its jitter), recorded and logged; fire times that passed
+    while the previous run was going are logged as missed."""
+    if previous_due is not None and (missed := missed_fire_times(schedule, previous_due, now)):
+        events.emit(
+            "missed", f"{missed} scheduled run(s) passed while the previous run was going: skipped", missed=missed
+        )
+    due = schedule.next_after(now)
+    start_at = due + timedelta(seconds=schedule.delay())
+    history.daemon_next_run(start_at)
+    events.emit("next-run", f"next run at {_time(start_at)}", at=_time(start_at), due=_time(due))
+    return due, start_at
+
+
+def _announce_drill(schedule: Schedule, now: datetime, events: EventLog) -> datetime:
+    start_at = schedule.next_after(now) + timedelta(seconds=schedule.delay())
+    events.emit("next-drill", f"next drill at {_time(start_at)}", at=_time(start_at))
+    return start_at
+
+
+def _scheduled_drills(drills: ScheduledDrills, connect: Callable[[], Engine], events: EventLog) -> None:
+    """One scheduled round of drills and its events. Interrupted propagates (the daemon stops, the scratch
+    volume was removed); other errors are logged and the schedule goes on."""
+    events.emit("drill-started", "restore drills")
+    try:
+        docker = connect() if drills.request.sources.volumes_root is None else None
+        results = drill_volumes(replace(drills.request, trigger=SCHEDULE), docker, drills.decryption)
+    except CoordError as error:
+        events.emit("drill-failed", f"drills could not be done: {error.message}", error=error.message)
+        return
+    for result in results:
+        events.emit("drill", result.line(), **result.to_json())
 
 
 def _recover_at_start(request: BackupRequest, connect: Callable[[], Engine], events: EventLog) -> None:

@@ -148,8 +148,16 @@ class Engine(Protocol):
         """Where the volume's files are on the host."""
         ...
 
-    def create_volume(self, name: str) -> str:
-        """Create a volume (local driver); returns its mountpoint on the host."""
+    def create_volume(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """Create a volume (local driver) with `labels`; returns its mountpoint on the host."""
+        ...
+
+    def volumes_labelled(self, label: str) -> dict[str, dict[str, str]]:
+        """The volumes carrying the label key `label`: name -> all their labels."""
+        ...
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume (it must not be in use)."""
         ...
 
     def containers_using(self, volume: str) -> list[ContainerInfo]:
@@ -244,10 +252,19 @@ class DockerControl:
         volume = self._call(f"inspect volume {name}", lambda: self.client.volumes.get(name))
         return str(volume.attrs["Mountpoint"])
 
-    def create_volume(self, name: str) -> str:
-        """Create a volume (local driver) named `name`; returns its mountpoint on the host."""
-        volume = self._call(f"create volume {name}", lambda: self.client.volumes.create(name))
+    def create_volume(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """Create a volume (local driver) named `name` with `labels`; returns its mountpoint on the host."""
+        volume = self._call(f"create volume {name}", lambda: self.client.volumes.create(name, labels=labels or {}))
         return str(volume.attrs["Mountpoint"])
+
+    def volumes_labelled(self, label: str) -> dict[str, dict[str, str]]:
+        volumes = self._call(
+            f"list volumes labelled {label}", lambda: self.client.volumes.list(filters={"label": label})
+        )
+        return {volume.name: dict(volume.attrs.get("Labels") or {}) for volume in volumes}
+
+    def remove_volume(self, name: str) -> None:
+        self._call(f"remove volume {name}", lambda: self.client.volumes.get(name).remove())
 
     # Containers ------------------------------------------------------------------------------------------------
 

@@ -91,8 +91,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             stopped_at TEXT
         )""",
     ),
-    # 2: the archive's entry count, for the metrics (coord_volume_archive_entries).
-    ("ALTER TABLE volume_runs ADD COLUMN entries INTEGER NOT NULL DEFAULT 0",),
+    (
+        # The entry count of each archive: the anomaly rule compares it with the next one (anomaly.py).
+        "ALTER TABLE volume_runs ADD COLUMN entries INTEGER",
+        """CREATE TABLE drills (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            volume TEXT NOT NULL,
+            archive TEXT,                   -- NULL when no archive could be chosen
+            status TEXT NOT NULL,           -- ok | failed
+            trigger TEXT NOT NULL,          -- manual | schedule
+            entries INTEGER NOT NULL,       -- entries restored and compared
+            files_hashed INTEGER NOT NULL,  -- regular files whose content was hashed on both sides
+            bytes_hashed INTEGER NOT NULL,
+            duration_s REAL NOT NULL,
+            problems TEXT NOT NULL          -- JSON list: what did not match, or why the drill could not be done
+        )""",
+        "CREATE INDEX drills_volume ON drills (volume, started_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -181,7 +198,7 @@ class VolumeRow:
     duration_s: float = 0.0
     archive: str | None = None
     error: str | None = None
-    entries: int = 0  # entries in the archive (0 when none was kept, and in rows written before schema 2)
+    entries: int | None = None  # None in rows written before schema version 2
 
     @property
     def warning_count(self) -> int:
@@ -203,6 +220,40 @@ class VolumeRow:
             "archive": self.archive,
             "error": self.error,
             "entries": self.entries,
+        }
+
+
+@dataclass(frozen=True)
+class DrillRow:
+    """One restore drill (drill.py): which archive of which volume, how it went, and what did not match."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime
+    volume: str
+    archive: str | None
+    status: str  # ok | failed
+    trigger: str
+    entries: int
+    files_hashed: int
+    bytes_hashed: int
+    duration_s: float
+    problems: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "started_at": utc_iso_or_none(self.started_at),
+            "finished_at": utc_iso_or_none(self.finished_at),
+            "volume": self.volume,
+            "archive": self.archive,
+            "status": self.status,
+            "trigger": self.trigger,
+            "entries": self.entries,
+            "files_hashed": self.files_hashed,
+            "bytes_hashed": self.bytes_hashed,
+            "duration_s": round(self.duration_s, 3),
+            "problems": list(self.problems),
         }
 
 
@@ -236,7 +287,7 @@ def volume_row_of(run_id: int, started_at: datetime, result: VolumeResult) -> Vo
         duration_s=result.duration_s,
         archive=result.archive,
         error="; ".join(result.errors) or None,
-        entries=result.entries if result.archive else 0,
+        entries=result.entries,
     )
 
 
@@ -411,6 +462,43 @@ class History:
         )
         return int(rows[0]["size"]) if rows else None
 
+    def last_success_of(self, volume: str) -> VolumeRow | None:
+        """The volume's latest outcome whose archive was kept (ok or warning), or None."""
+        rows = self._read(
+            "SELECT * FROM volume_runs WHERE volume = ? AND status IN ('ok', 'warning') AND archive IS NOT NULL "
+            "ORDER BY started_at DESC, id DESC LIMIT 1",
+            [volume],
+        )
+        return _from_row(VolumeRow, rows[0]) if rows else None
+
+    def record_drill(self, drill: DrillRow) -> int:
+        """Store a finished drill (its `id` is ignored); returns its id. Raises HistoryError."""
+        with self._write() as connection:
+            cursor = connection.execute(
+                "INSERT INTO drills (started_at, finished_at, volume, archive, status, trigger, entries, "
+                "files_hashed, bytes_hashed, duration_s, problems) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    format_time(drill.started_at),
+                    format_time(drill.finished_at),
+                    drill.volume,
+                    drill.archive,
+                    drill.status,
+                    drill.trigger,
+                    drill.entries,
+                    drill.files_hashed,
+                    drill.bytes_hashed,
+                    drill.duration_s,
+                    json.dumps(drill.problems),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def last_drills(self) -> dict[str, DrillRow]:
+        """volume -> its latest drill."""
+        rows = self._read("SELECT * FROM drills WHERE id IN (SELECT MAX(id) FROM drills GROUP BY volume)", [])
+        return {row["volume"]: _from_row(DrillRow, row) for row in rows}
+
     def daemon(self) -> DaemonRow | None:
         rows = self._read("SELECT * FROM daemon WHERE id = 1", [])
         return _from_row(DaemonRow, rows[0]) if rows else None
@@ -525,8 +613,8 @@ def _required_time(text: str) -> datetime:
 
 
 _TIME_COLUMNS = ("started_at", "finished_at", "next_run_at", "stopped_at")
-_JSON_COLUMNS = ("policies", "errors", "warnings")
-Row = TypeVar("Row", RunRow, VolumeRow, DaemonRow)
+_JSON_COLUMNS = ("policies", "errors", "warnings", "problems")
+Row = TypeVar("Row", RunRow, VolumeRow, DaemonRow, DrillRow)
 
 
 def _from_row(kind: type[Row], row: sqlite3.Row) -> Row:

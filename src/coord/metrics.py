@@ -151,7 +151,8 @@ def volume_families(volumes: Sequence[VolumeState]) -> list[Metric]:
         if volume.kept is not None:
             success.add_metric(labels, volume.kept.started_at.timestamp())
             size.add_metric(labels, float(volume.kept.size))
-            entries.add_metric(labels, float(volume.kept.entries))
+            if volume.kept.entries is not None:  # None: recorded before the history kept entry counts
+                entries.add_metric(labels, float(volume.kept.entries))
         for outcome in volume.targets:
             _one_hot(targets, [*labels, outcome.target], TARGET_STATUSES, outcome.status)
     return [run_time, status, duration, downtime, verdict, warnings, success, size, entries, targets]

@@ -246,6 +246,24 @@ class RestoreSettings(BaseModel):
     )
 
 
+class AnomalySettings(BaseModel):
+    """When an archive that holds much less than the volume's last successful one is worth a warning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="anomaly")
+
+    max_drop: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "The largest fall, as a fraction, of the archive's size or entry count from the last successful archive "
+            "of the same volume (in the history) that is still normal; a larger fall makes the volume 'warning' "
+            "with both figures. 0.5 (default) = 50%; 1 turns the check off."
+        ),
+        examples=[0.5, 0.9],
+    )
+
+
 class Policy(BaseModel):
     """One workload's backup policy: which Docker volumes, and how to keep them consistent while archived."""
 
@@ -430,6 +448,24 @@ class Policy(BaseModel):
             "starts, then success or /fail; Uptime Kuma push URLs get status=up or down when it ends."
         ),
         examples=[{"healthchecks": ["https://hc-ping.com/0f1e2d3c-0000-4000-8000-000000000000"]}],
+    )
+
+    expect: list[ExcludePattern] = Field(
+        default_factory=list,
+        description=(
+            "Entries the volume must hold, in the language of exclude (relative to the volume root; an entry below "
+            "a matching directory matches too). A pattern that no archived entry matches fails the volume and its "
+            "archive is not kept: an exclude that silently dropped every ClickHouse part cannot pass as a backup."
+        ),
+        examples=[["store/*/*/*_*_*_*", "metadata/*.sql"]],
+    )
+    anomaly: AnomalySettings = Field(
+        default_factory=AnomalySettings,
+        description=(
+            "An archive whose size or entry count fell by more than max_drop from the volume's last successful one "
+            "makes the volume 'warning', with the figures."
+        ),
+        examples=[{"max_drop": 0.5}],
     )
 
     @field_validator("volumes")

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from coord.errors import UsageError
-from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, RunRow, VolumeRow
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, DrillRow, History, RunRow, VolumeRow
 from coord.render import STATUS_LABEL, archived_line, short_time
 from coord.timestamps import utc_iso_or_none
 
@@ -88,6 +88,7 @@ class VolumeSummary:
     last_status: str | None = None
     last_error: str | None = None
     gone: str | None = None  # why this volume is no longer backed up (see gone_reasons), None while it is
+    last_drill: DrillRow | None = None  # the volume's latest restore drill (drill.py), whenever it was
 
     @property
     def success_rate(self) -> float | None:
@@ -113,6 +114,7 @@ class VolumeSummary:
             "last_status": self.last_status,
             "last_error": self.last_error,
             "gone": self.gone,
+            "last_drill": self.last_drill.to_json() if self.last_drill else None,
         }
 
 
@@ -195,7 +197,9 @@ def render_report(report: Report) -> list[str]:
     if not report.volumes:
         lines.append("no volume outcomes recorded in this period")
         return lines
-    header = ("policy", "volume", "runs", "ok", "warn", "fail", "rate", "downtime mean", "max", "last success")
+    header = (
+        "policy", "volume", "runs", "ok", "warn", "fail", "rate", "downtime mean", "max", "last success", "last drill"
+    )  # fmt: skip
     rows = [header] + [
         (
             v.policy,
@@ -208,11 +212,19 @@ def render_report(report: Report) -> list[str]:
             "-" if v.downtime_mean_s is None else f"{v.downtime_mean_s:.2f}s",
             f"{v.downtime_max_s:.2f}s",
             short_time(v.last_success) + (f" ({v.excluded} excluded)" if v.excluded else ""),
+            drill_cell(v.last_drill),
         )
         for v in report.volumes
     ]
     lines += _table(rows, right_aligned=range(2, 9))
     return lines + [f"gone: {v.volume} (policy {v.policy}): {v.gone}" for v in report.volumes if v.gone]
+
+
+def drill_cell(drill: DrillRow | None) -> str:
+    """A volume's last drill in a table cell: `ok 2026-11-30 04:00:00Z`, `FAIL 2026-...`, or `never`."""
+    if drill is None:
+        return "never"
+    return f"{'ok' if drill.status == 'ok' else 'FAIL'} {short_time(drill.started_at)}"
 
 
 def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[str]:
@@ -314,13 +326,17 @@ def report_for(history: History, period: Period, policies: Iterable[str] | None 
     here = socket.gethostname()
     rows = history.volume_runs(period.start, period.end)
     latest = {(row.policy, row.volume): row for row in rows}  # oldest first: the last one wins
-    return build_report(
+    report = build_report(
         period,
         [run.effective_status(here) for run in history.runs(period.start, period.end)],
         rows,
         history.last_successes(period.end),
         _gone_in(history, list(latest.values()), policies),
     )
+    drills = history.last_drills()
+    for summary in report.volumes:
+        summary.last_drill = drills.get(summary.volume)
+    return report
 
 
 def status_of(history: History, policies: Iterable[str] | None = None) -> dict[str, Any]:

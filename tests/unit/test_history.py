@@ -72,6 +72,7 @@ def test_each_iso_week_counts_only_its_own_runs(history: History) -> None:
         "downtime_max_s": 1.5,
         "last_success": "2026-11-22T23:59:59Z",
         "gone": None,
+        "last_drill": None,
     }
     assert (w47["redis"]["runs"], w47["redis"]["failures"], w47["redis"]["success_rate"]) == (2, 1, 0.5)
 
@@ -117,6 +118,7 @@ def test_text_report_has_one_row_per_policy_and_volume(history: History) -> None
     )
     assert lines[1].split() == [
         "policy", "volume", "runs", "ok", "warn", "fail", "rate", "downtime", "mean", "max", "last", "success",
+        "last", "drill",
     ]  # fmt: skip
     assert lines[4].split()[:10] == ["db", "pg", "3", "1", "1", "1", "67%", "2.00s", "4.00s", "2026-11-29"]
 

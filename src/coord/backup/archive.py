@@ -76,6 +76,7 @@ def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | No
             policy.consistency,
             content_unchanged=snapshot.content_unchanged if snapshot else None,
             on_progress=ctx.progress.update if ctx.progress else None,
+            expect=tuple(policy.expect),
         )
         outcome = create_archive(source or job.source, partial, settings)
     except BaseException:

@@ -49,6 +49,7 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
         "validated_by": WrittenArchiveCheck.method(encryption),
         "entries": outcome.entries,
         "entries_digest": outcome.entries_digest,
+        "expected": dict(outcome.expected),  # each `expect:` pattern of the policy: archived entries it matches
         "verdict": str(result.verdict) if result.verdict is not None else None,
         "verdict_reasons": result.verdict_reasons,
         "at_risk_directories": [c.to_json() for c in consistency.at_risk_directories] if consistency else [],

@@ -13,14 +13,16 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from coord.anomaly import Baseline, drop_warning, missing_expected
 from coord.archive import ArchiveOutcome, remove_partial
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.backup.manifest import build_manifest
 from coord.backup.steps import Step, StepKind
 from coord.consistency import Verdict
-from coord.errors import CoordError, JournalError
-from coord.policy import OnAtRisk, Strategy
+from coord.errors import CoordError, HistoryError, JournalError
+from coord.history import History
+from coord.policy import OnAtRisk, Policy, Strategy
 from coord.problems import WARNING_KINDS, ProblemKind
 from coord.publish import publish_archive
 from coord.results import Attempt, VolumeResult, VolumeStatus
@@ -42,6 +44,37 @@ def decide_status(
     if verdict is not Verdict.CONSISTENT or any(outcome.of_kind(kind) for kind in WARNING_KINDS):
         return VolumeStatus.WARNING, []
     return VolumeStatus.OK, []
+
+
+def check_anomalies(result: VolumeResult, outcome: ArchiveOutcome, policy: Policy, baseline: Baseline | None) -> None:
+    """The anomaly rules (anomaly.py), once the status is decided: an `expect:` pattern that matched no archived
+    entry fails the volume; a fall of the size or entry count beyond `anomaly.max_drop` from `baseline` (the last
+    successful archive) makes an ok volume `warning`. The reasons go to the result's errors."""
+    if result.status is VolumeStatus.FAILED:
+        return
+    missing = missing_expected(outcome.expected)
+    if missing:
+        result.status = VolumeStatus.FAILED
+        result.errors.extend(missing)
+        return
+    warning = drop_warning(outcome.size, outcome.entries, baseline, policy.anomaly.max_drop)
+    if warning is not None:
+        result.errors.append(warning)
+        if result.status is VolumeStatus.OK:
+            result.status = VolumeStatus.WARNING
+
+
+def baseline_of(volume: str, ctx: RunContext) -> Baseline | None:
+    """The volume's last successful archive from the history, or None (none yet, or the history cannot be
+    read: logged, and the drop rule is skipped rather than failing a backup over it)."""
+    try:
+        row = History(ctx.request.state_dir).last_success_of(volume)
+    except HistoryError as error:
+        log.warning("%s: anomaly check skipped: %s", volume, error.message)
+        return None
+    if row is None or row.size <= 0:
+        return None
+    return Baseline(row.run_id, row.started_at, row.size, row.entries)
 
 
 def check_downtime(result: VolumeResult, max_downtime_s: float) -> None:
@@ -73,6 +106,7 @@ def publish_job(job: Job, ctx: RunContext) -> None:
         result.attempts.append(final_attempt(result, written))
     result.status, errors = decide_status(written.outcome, result.verdict, result.verdict_reasons, policy.on_at_risk)
     result.errors.extend(errors)
+    check_anomalies(result, written.outcome, policy, baseline_of(job.volume, ctx))
     check_downtime(result, policy.max_downtime_s)
     if result.status is VolumeStatus.OK and result.errors:  # a before hook failed under on_error: continue
         result.status = VolumeStatus.WARNING  # decided here, before the manifest records the status
