@@ -8,13 +8,14 @@ rclone; real servers). One server per kind for the module (conftest's rclone_ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from tests.fakes import FakeEngine
@@ -27,6 +28,11 @@ from coord.manifest import MANIFEST_SUFFIX
 from coord.results import TargetStatus, VolumeStatus
 from coord.runner import BackupRequest, run_backup
 from coord.targets import Target
+
+if TYPE_CHECKING:
+    from sharedfixtures import ThrowawayKey
+
+pytest_plugins = ["sharedfixtures"]  # throwaway_key, state_dir (short: gpg-agent's sockets live there)
 
 FILES = {"a.txt": "alpha\n", "sub/b.txt": "beta\n"}
 Servers = Callable[[str], ServedRemote]
@@ -146,6 +152,36 @@ def test_a_passphrase_encrypted_remote_only_archive_is_read_back_from_the_remote
     assert manifest["validated_by"] == "read back: decrypted, decompressed and listed"
     assert manifest["size"] == (landed / name).stat().st_size and manifest["entries"] >= 2
     assert not any(".tar" in path for path in files_under(tmp_path / "state"))
+
+
+def test_a_public_key_encrypted_remote_only_archive_streams_through_gpg_to_the_remote(
+    tmp_path: Path,
+    engine: FakeEngine,
+    rclone_servers: Servers,
+    use_remote: Callable[..., None],
+    throwaway_key: ThrowawayKey,
+    state_dir: Path,
+) -> None:
+    remote = rclone_servers("s3")
+    use_remote(remote)
+    engine.add_volume("v", FILES)
+    encrypt = f"encrypt: {{recipient_key_file: {throwaway_key.public_key_file}}}\n"
+    setting(tmp_path, {"offsite": {"rclone": remote.under("t3k")}}, encrypt)
+    arguments = ["backup", "--json", "--policies-dir", str(tmp_path / "policies"), "--state-dir", str(state_dir)]
+    result = CliRunner().invoke(app, [*arguments, "--volumes-root", str(tmp_path / "volumes")], catch_exceptions=False)
+    volume = json.loads(result.stdout)["volumes"][0]
+    assert (result.exit_code, volume["status"], volume["errors"]) == (0, "ok", [])
+    name = volume["archive"].removeprefix("offsite:v/")
+    stored = remote.local_root / "t3k" / "v" / name
+    manifest = json.loads((stored.parent / (name + MANIFEST_SUFFIX)).read_text())
+    assert manifest["size"] == stored.stat().st_size
+    assert manifest["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()  # gpg's output, hashed on its way
+    decrypted = subprocess.run(
+        ["gpg", "--homedir", str(throwaway_key.home), "--batch", "-d", str(stored)], capture_output=True, check=True
+    ).stdout
+    listing = subprocess.run(["tar", "-t", "--zstd"], input=decrypted, capture_output=True, check=True).stdout
+    members = sorted(line for line in listing.decode().splitlines() if not line.endswith("/"))
+    assert members == ["./a.txt", "./sub/b.txt"]
 
 
 class KillServerMidUpload:
@@ -314,3 +350,16 @@ def test_target_selects_a_subset_and_a_policy_may_name_its_targets(
     assert code == 2 and "data.yaml:3: targets[0]: no target named 'ofsite' (did you mean 'offsite'?)" in (
         document["errors"][0]
     )
+
+
+def test_plan_shows_each_volumes_targets(tmp_path: Path, engine: FakeEngine) -> None:
+    engine.add_volume("v", FILES)
+    setting(tmp_path, {"offsite": {"rclone": "offsite:coord"}})
+    arguments = ["plan", "--json", "--policies-dir", str(tmp_path / "policies"), "--dest", str(tmp_path / "dest")]
+    result = CliRunner().invoke(app, arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.stdout
+    volume = json.loads(result.stdout)["groups"][0]["volumes"][0]
+    assert volume["targets"] == ["offsite (rclone offsite:coord)", f"local ({tmp_path / 'dest'})"]
+    result = CliRunner().invoke(app, [*arguments, "--target", "offsit"], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "no target named 'offsit' (did you mean 'offsite'?)" in json.loads(result.stdout)["errors"][0]
