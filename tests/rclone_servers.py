@@ -139,7 +139,6 @@ def _settings(kind: str, port: int, password: str) -> dict[str, str]:
             "endpoint": f"http://127.0.0.1:{port}",
             "access_key_id": USER,
             "secret_access_key": password,
-            "use_multipart_uploads": "false",
         }
     if kind == "sftp":
         return {
