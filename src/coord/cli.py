@@ -945,8 +945,17 @@ def daemon(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="The schema of <policies dir>/_defaults.yaml (notify, targets) instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of policy files (for editors: see README, 'Policy files')."""
+    if defaults:
+        from coord.defaults import render_defaults_schema
+
+        sys.stdout.write(render_defaults_schema())
+        return
     sys.stdout.write(render_json_schema())
 
 

@@ -146,3 +146,15 @@ def test_validate_reports_a_policy_naming_an_unknown_target(tmp_path: Path) -> N
         f"{tmp_path}/db.yaml:3: targets[1]: no target named 'ofsite' (did you mean 'offsite'?); the targets are "
         "local, offsite (_defaults.yaml `targets:`, or `local` for --dest)"
     ]
+
+
+def test_schema_of_the_defaults_file_describes_targets() -> None:
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+
+    result = CliRunner().invoke(app, ["schema", "--defaults"], catch_exceptions=False)
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) == {"notify", "targets"}
+    target = schema["$defs"]["TargetConfig"]
+    assert set(target["properties"]) == {"path", "rclone"} and target["additionalProperties"] is False
