@@ -363,3 +363,15 @@ def test_plan_shows_each_volumes_targets(tmp_path: Path, engine: FakeEngine) -> 
     result = CliRunner().invoke(app, [*arguments, "--target", "offsit"], catch_exceptions=False)
     assert result.exit_code == 2
     assert "no target named 'offsit' (did you mean 'offsite'?)" in json.loads(result.stdout)["errors"][0]
+
+
+def test_a_second_local_target_gets_a_checked_copy(tmp_path: Path, engine: FakeEngine) -> None:
+    engine.add_volume("v", FILES)
+    setting(tmp_path, {"main": {"path": str(tmp_path / "main")}, "usb": {"path": str(tmp_path / "usb")}})
+    code, document, _ = backup(tmp_path)
+    volume = document["volumes"][0]
+    assert (code, volume["status"]) == (0, "ok"), volume["errors"]
+    archive = Path(volume["archive"])
+    assert [(t["target"], t["status"]) for t in volume["targets"]] == [("main", "ok"), ("usb", "ok")]
+    assert files_under(tmp_path / "usb") == [f"v/{archive.name}", f"v/{archive.name}{MANIFEST_SUFFIX}"]
+    assert (tmp_path / "usb" / "v" / archive.name).read_bytes() == archive.read_bytes()
