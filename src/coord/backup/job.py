@@ -148,13 +148,13 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
                 check_destination(target.local_path / plan.volume)
             else:
                 probe_target(target, plan.volume)
-        except CoordError as error:
+        except CoordError as error:  # among the volume's errors once it is published (publish.settle_targets)
             result.targets.append(TargetResult(target.name, TargetStatus.FAILED, error=error.message))
-            result.errors.append(error.message)
             log.error("%s: %s", plan.volume, error.message)
             continue
         usable.append(target)
     if not usable:
+        result.errors += [item.error for item in result.targets if item.error]
         raise CoordError("no target can be written to; nothing was run, paused or stopped")
     return usable
 
