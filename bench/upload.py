@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.rclone_servers import serve_remote  # noqa: E402
 
+from coord.backup import upload  # noqa: E402
 from coord.backup.upload import upload_published  # noqa: E402
 from coord.journal import Journal  # noqa: E402
 from coord.results import TargetStatus  # noqa: E402
@@ -72,17 +73,43 @@ def time_rclone(archive: Path, destination: str) -> float:
     return time.perf_counter() - started
 
 
+PHASES: dict[str, float] = {}
+
+
+def stopwatch(name: str, function):  # type: ignore[no-untyped-def]
+    """`function`, adding the seconds each call takes to PHASES[name]."""
+
+    def timed(*arguments, **keywords):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        try:
+            return function(*arguments, **keywords)
+        finally:
+            PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - started
+
+    return timed
+
+
+# coord's steps, timed where upload_published calls them: the check of what landed (size + the backend's hash:
+# S3 keeps an md5 in the object's metadata, SFTP runs md5sum/sha1sum over the file on the server) and the finish
+# (rename of the temporary: a server-side copy and delete on S3, a rename on SFTP; then the manifest).
+upload.check_landed = stopwatch("check", upload.check_landed)
+upload.finish = stopwatch("rename+manifest", upload.finish)
+
+
 def time_coord(archive: Path, manifest: Path, hashes: dict[str, str], target: Target, journal: Journal) -> float:
+    PHASES.clear()
     started = time.perf_counter()
     result = upload_published(target, "benchvol", archive, manifest, hashes, journal)
     elapsed = time.perf_counter() - started
     if result.status is not TargetStatus.OK:
         raise SystemExit(f"coord upload failed: {result.error}")
+    PHASES["upload"] = elapsed - sum(PHASES.values())  # the temporary's upload, the journal, rclone's starts
+    print("  coord: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in PHASES.items()), file=sys.stderr)
     return elapsed
 
 
 def bench_kind(kind: str, archive: Path, manifest: Path, hashes: dict[str, str], out: Path, repeat: int) -> dict:
-    runs: dict[str, list[float]] = {"rclone": [], "coord": []}
+    runs: dict[str, list[float]] = {"rclone": [], "coord": [], "upload": [], "check": [], "rename+manifest": []}
     with serve_remote(kind, out / f"served-{kind}" / "root") as remote:
         os.environ.update(remote.environment())
         journal = Journal(out / "state")
@@ -93,6 +120,8 @@ def bench_kind(kind: str, archive: Path, manifest: Path, hashes: dict[str, str],
                     seconds = time_rclone(archive, f"{base}/benchvol/{archive.name}")
                 else:
                     seconds = time_coord(archive, manifest, hashes, Target("bench", rclone_path=base), journal)
+                    for phase in ("upload", "check", "rename+manifest"):
+                        runs[phase].append(PHASES.get(phase, 0.0))
                 runs[case].append(seconds)
                 print(f"{kind} {case} round {round_number + 1}: {seconds:.2f} s, load {os.getloadavg()[0]:.2f}",
                       file=sys.stderr)
@@ -109,15 +138,19 @@ def main() -> None:
     options = parser.parse_args()
     size = parse_size(options.size)
     archive, manifest, hashes = make_archive(options.out / "archive", size)
-    print("| server | rclone copyto (median) | coord upload (median) | coord / rclone | runs (s) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| server | rclone copyto (median) | coord (median) | coord / rclone "
+        "| coord: upload, check, rename+manifest (medians, s) | runs (s) |"
+    )
+    print("|---|---|---|---|---|---|")
     for kind in options.kinds.split(","):
         runs = bench_kind(kind, archive, manifest, hashes, options.out, options.repeat)
         rclone, coord = statistics.median(runs["rclone"]), statistics.median(runs["coord"])
-        shown = "; ".join(f"{case} " + ", ".join(f"{s:.2f}" for s in values) for case, values in runs.items())
+        shown = "; ".join(f"{case} " + ", ".join(f"{s:.2f}" for s in runs[case]) for case in ("rclone", "coord"))
+        phases = ", ".join(f"{statistics.median(runs[p]):.2f}" for p in ("upload", "check", "rename+manifest"))
         print(
             f"| `rclone serve {kind}` | {rclone:.2f} s ({size / rclone / 1e6:.0f} MB/s) | {coord:.2f} s "
-            f"({size / coord / 1e6:.0f} MB/s) | {coord / rclone:.2f} | {shown} |"
+            f"({size / coord / 1e6:.0f} MB/s) | {coord / rclone:.2f} | {phases} | {shown} |"
         )
     print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end, {size} bytes")
 
