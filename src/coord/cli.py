@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -15,12 +16,13 @@ import typer
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.grammar import plural
-from coord.policy import load_policies, render_json_schema
+from coord.policy import LoadedPolicy, load_policies, render_json_schema
 from coord.render import human_size, run_summary
 from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
 from coord.sources import VolumeSources, own_container_id
+from coord.targets import Target
 
 if TYPE_CHECKING:
     from coord.monitoring import Monitoring
@@ -96,6 +98,21 @@ Dest = Annotated[
     typer.Option(
         help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. Env: COORD_DEST.",
         envvar="COORD_DEST",
+    ),
+]
+TargetNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Write only to this target (repeatable): a name from _defaults.yaml `targets:`, or `local` for --dest.",
+    ),
+]
+RcloneConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--rclone-config",
+        help="rclone's configuration file defining the remotes of rclone targets (default: rclone's own, "
+        "RCLONE_CONFIG or ~/.config/rclone/rclone.conf, and RCLONE_CONFIG_<REMOTE>_<KEY> variables).",
     ),
 ]
 ScheduleOption = Annotated[
@@ -326,6 +343,8 @@ def backup(
         ),
     ] = None,
     metrics_file: MetricsFile = None,
+    target: TargetNames = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
@@ -339,14 +358,14 @@ def backup(
     def work() -> RunResult:
         request = BackupRequest(
             policies_dir=policies_dir,
-            dest=_required_dest(dest),
+            dest=dest,
             policy_names=tuple(policy or ()),
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        monitoring = _checked_monitoring(request, metrics_file)
+        request, monitoring = _checked_request(request, target or (), rclone_config, metrics_file)
         history = History(state_dir)
         if not sys.stderr.isatty() or as_json:
             result, _ = run_and_record(request, DockerControl.connect, history, monitoring, MANUAL)
@@ -370,16 +389,25 @@ def _required_dest(dest: Path | None) -> Path:
     return dest
 
 
-def _checked_monitoring(request: BackupRequest, metrics_file: Path | None) -> Monitoring:
-    """Notifications, pings and the metrics file of <policies dir>/_defaults.yaml (`metrics_file` overrides its
-    metrics.file), after checking the request's policies and the defaults (before Docker is contacted). Raises
+def _checked_request(
+    request: BackupRequest, target_names: Sequence[str], rclone_config: Path | None, metrics_file: Path | None
+) -> tuple[BackupRequest, Monitoring]:
+    """The request with its targets resolved (_defaults.yaml `targets:`, --dest as `local`, --target), and the
+    notifications, pings and metrics file of _defaults.yaml (`metrics_file` overrides its metrics.file), after
+    checking the policies (their `targets:` too) and the defaults before Docker is contacted. Raises
     PolicyError/UsageError."""
     from coord.defaults import load_defaults
     from coord.monitoring import Monitoring
+    from coord.targets import check_policy_targets, resolve_targets
 
-    load_policies(request.policies_dir, request.policy_names or None)
+    loaded = load_policies(request.policies_dir, request.policy_names or None)
     defaults = load_defaults(request.policies_dir)
-    return Monitoring(defaults.notify, defaults.ping, metrics_file or defaults.metrics.file)
+    check_policy_targets(loaded, defaults.targets, request.dest)
+    if rclone_config is not None and not rclone_config.is_file():
+        raise UsageError(f"--rclone-config {rclone_config}: no such file")
+    targets = resolve_targets(defaults.targets, request.dest, target_names, rclone_config)
+    monitoring = Monitoring(defaults.notify, defaults.ping, metrics_file or defaults.metrics.file)
+    return replace(request, targets=tuple(targets)), monitoring
 
 
 @app.command()
@@ -387,16 +415,21 @@ def plan(
     policy: PolicyNames = None,
     policies_dir: PoliciesDir = Path("policies"),
     volumes_root: VolumesRoot = None,
+    dest: Dest = None,
+    target: TargetNames = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take,
-    and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy error."""
+    """Show, touching nothing, each volume, its strategy, its targets, its containers and the exact actions backup
+    would take, and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy
+    error."""
     from coord.backup.plan import describe_group
     from coord.docker_ops import DockerControl
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
+    from coord.targets import targets_of
 
     def work() -> tuple[list[dict[str, Any]], list[str]]:
         loaded = load_policies(policies_dir, policy or None)
+        run_targets = _planned_targets(loaded, policies_dir, dest, target or ())
         docker = DockerControl.connect()
         existing = docker.volume_names()
         plans = plan_volumes(loaded, existing, policy or None)
@@ -404,7 +437,12 @@ def plan(
             {
                 "strategy": group.strategy.value,
                 "volumes": [
-                    {"volume": p.volume, "policy": p.policy.name, "error": p.error or group.errors.get(p.volume)}
+                    {
+                        "volume": p.volume,
+                        "policy": p.policy.name,
+                        "error": p.error or group.errors.get(p.volume),
+                        "targets": [t.describe() for t in targets_of(p.policy.policy, run_targets)],
+                    }
                     for p in group.volumes
                 ],
                 "containers": [{"name": c.name, "state": c.state} for c in group.containers],
@@ -436,6 +474,8 @@ def plan(
             print(f"\n{group['strategy']}: {names}")
             for step in group["steps"]:
                 print(f"  {step}")
+            for volume in group["volumes"]:
+                print(f"  {volume['volume']} -> {', '.join(volume['targets']) or 'no target (give --dest or targets)'}")
         if uncovered:
             print(f"\nnot backed up, no policy covers them: {', '.join(uncovered)}")
         if failing:
@@ -476,6 +516,21 @@ def recover(
     raise typer.Exit(EXIT_FAILED if report.errors else EXIT_OK)
 
 
+def _planned_targets(
+    loaded: list[LoadedPolicy], policies_dir: Path, dest: Path | None, names: Sequence[str]
+) -> list[Target]:
+    """The targets a backup would write to, for `coord plan`: none when none is given (plan needs no
+    destination). Raises PolicyError for a policy naming an unknown target, UsageError for an unknown --target."""
+    from coord.defaults import load_defaults
+    from coord.targets import check_policy_targets, resolve_targets
+
+    defaults = load_defaults(policies_dir)
+    check_policy_targets(loaded, defaults.targets, dest)
+    if not defaults.targets and dest is None:
+        return []
+    return resolve_targets(defaults.targets, dest, names)
+
+
 @app.command()
 def validate(
     policies_dir: PoliciesDir = Path("policies"),
@@ -492,16 +547,27 @@ def validate(
     """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any.
 
     Without --docker nothing but the files is read; with it, the engine is asked which volumes exist."""
-    from coord.defaults import load_defaults
+    from coord.defaults import Defaults, load_defaults
+    from coord.targets.config import LOCAL_TARGET, unknown_target_problems
 
     def work() -> list[str]:
         problems: list[str] = []
         loaded = []
-        for check in (lambda: loaded.extend(load_policies(policies_dir)), lambda: load_defaults(policies_dir)):
+        defaults: list[Defaults] = []
+
+        def read_policies() -> None:
+            loaded.extend(load_policies(policies_dir))
+
+        def read_defaults() -> None:
+            defaults.append(load_defaults(policies_dir))
+
+        for check in (read_policies, read_defaults):
             try:
                 check()
             except PolicyError as error:
                 problems += error.problems
+        if defaults:  # `local` may come from --dest at run time
+            problems += unknown_target_problems(loaded, {*defaults[0].targets, LOCAL_TARGET})
         if with_docker and not problems:
             from coord.docker_ops import DockerControl
             from coord.plan import engine_problems
@@ -960,6 +1026,8 @@ def daemon(
         ),
     ] = None,
     gpg_home: GpgHome = None,
+    target: TargetNames = None,
+    rclone_config: RcloneConfig = None,
 ) -> None:
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
@@ -976,18 +1044,18 @@ def daemon(
         parsed = parse_schedule(schedule, jitter)
         request = BackupRequest(
             policies_dir=policies_dir,
-            dest=_required_dest(dest),
+            dest=dest,
             policy_names=tuple(policy or ()),
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        monitoring = _checked_monitoring(request, metrics_file)
+        request, monitoring = _checked_request(request, target or (), rclone_config, metrics_file)
         drills = None
         if drill_schedule:
             drill_request = DrillRequest(
-                dest=request.dest,
+                dest=_required_dest(request.dest),
                 state_dir=state_dir,
                 policies_dir=policies_dir,
                 sources=request.sources,
@@ -1003,8 +1071,17 @@ def daemon(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="The schema of <policies dir>/_defaults.yaml (notify, targets) instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of policy files (for editors: see README, 'Policy files')."""
+    if defaults:
+        from coord.defaults import render_defaults_schema
+
+        sys.stdout.write(render_defaults_schema())
+        return
     sys.stdout.write(render_json_schema())
 
 

@@ -224,14 +224,16 @@ def _announce_start(
     request: BackupRequest, schedule: Schedule, drills: ScheduledDrills | None, events: EventLog
 ) -> None:
     drilling = f", drills {drills.schedule.describe()}" if drills else ""
+    targets = request.run_targets()
     events.emit(
         "daemon-started",
         f"schedule {schedule.describe()}, policies {', '.join(request.policy_names) or 'all'}, "
-        f"destination {request.dest}{drilling}",
+        f"targets {', '.join(target.describe() for target in targets)}{drilling}",
         schedule=schedule.expression,
         jitter_s=schedule.jitter_s,
         policies=list(request.policy_names),
-        dest=str(request.dest),
+        dest=str(request.dest) if request.dest is not None else None,
+        targets=[target.name for target in targets],
         drill_schedule=drills.schedule.expression if drills else None,
     )
 

@@ -1,4 +1,5 @@
-"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): notifications, dead-man pings, metrics.
+"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): notifications, dead-man pings, metrics,
+named targets.
 
 The file sits beside the policies so one directory configures coord, but it is not a policy (the loader skips
 it). It is validated like a policy file: unknown keys, duplicate keys and wrong types are errors with file,
@@ -18,19 +19,24 @@ ping:
   uptime_kuma: [https://kuma.example.com/api/push/<token>]
 metrics:
   file: /var/lib/node_exporter/textfile/coord.prom  # written after each run
+targets:                              # where archives go (targets/config.py); a policy may pick some
+  local:   {path: /backups}
+  offsite: {rclone: "offsite:coord-backups"}
 ```
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coord.errors import PolicyError
 from coord.notify import Notify
 from coord.pings import Pings
 from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document, read_policy_text
+from coord.targets.config import TargetConfig, check_target_name
 
 
 class MetricsSettings(BaseModel):
@@ -63,6 +69,23 @@ class Defaults(BaseModel):
         description="Dead-man pings for the whole run: Healthchecks and Uptime Kuma push URLs.",
     )
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics.")
+    targets: dict[str, TargetConfig] = Field(
+        default_factory=dict,
+        description=(
+            "Where archives go, each under a name (letters, digits, '_', '.', '-'): `path:` a local directory, or "
+            "`rclone:` an rclone remote:path from rclone's own configuration. Every backup writes to every target "
+            "unless the policy names some (`targets:`) or the command line picks some (--target NAME). "
+            "--dest DIR (COORD_DEST) is a local target named `local`."
+        ),
+        examples=[{"local": {"path": "/backups"}, "offsite": {"rclone": "offsite:coord-backups"}}],
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            check_target_name(name)
+        return value
 
 
 def defaults_path(directory: Path) -> Path | None:
@@ -82,7 +105,7 @@ def load_defaults(directory: Path) -> Defaults:
     text, problems = read_policy_text(path)
     defaults = None
     if text is not None:
-        defaults, problems = parse_document(path, text, Defaults, "notify, ping, metrics")
+        defaults, problems = parse_document(path, text, Defaults, "notify, ping, metrics, targets")
     if problems or defaults is None:
         raise PolicyError(problems)
     metrics_file = defaults.metrics.file
@@ -90,3 +113,9 @@ def load_defaults(directory: Path) -> Defaults:
         absolute = path.parent.absolute() / metrics_file
         defaults = defaults.model_copy(update={"metrics": MetricsSettings(file=absolute)})
     return defaults
+
+
+def render_defaults_schema() -> str:
+    """The JSON Schema of the defaults file (`coord schema --defaults`), for editors."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Defaults.model_json_schema()}
+    return json.dumps(schema, indent=2) + "\n"
