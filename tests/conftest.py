@@ -7,6 +7,7 @@ hang). Nothing here mocks Docker: when no engine answers, the docker tests error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from tests.rclone_servers import ServedRemote, serve_remote
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE = "coord-test/busybox:latest"
@@ -222,3 +224,22 @@ def sigterm_guard() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="module")
+def rclone_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], ServedRemote]]:
+    """`get(kind)`: a running rclone server of that kind (s3, sftp, webdav), one per kind for the whole test
+    module (tests/rclone_servers.py); one a test stopped or made read-only is started again, writable."""
+    started: dict[str, ServedRemote] = {}
+    with contextlib.ExitStack() as stack:
+
+        def get(kind: str) -> ServedRemote:
+            if kind not in started:
+                root = tmp_path_factory.mktemp(f"rclone-{kind}") / "served"
+                started[kind] = stack.enter_context(serve_remote(kind, root))
+            remote = started[kind]
+            if remote.process is None or remote.process.poll() is not None or remote.read_only:
+                remote.start()
+            return remote
+
+        yield get

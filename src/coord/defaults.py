@@ -1,4 +1,4 @@
-"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): today, notifications.
+"""Settings for every run, from `<policies dir>/_defaults.yaml` (optional): notifications and named targets.
 
 The file sits beside the policies so one directory configures coord, but it is not a policy (the loader skips
 it). It is validated like a policy file: unknown keys, duplicate keys and wrong types are errors with file,
@@ -11,6 +11,9 @@ notify:
       events: [failure, success]      # default [failure]; also start
       timeout_s: 10
   log_lines: 50                       # the run's last log lines sent along
+targets:                              # where archives go (targets/config.py); a policy may pick some
+  local:   {path: /backups}
+  offsite: {rclone: "offsite:coord-backups"}
 ```
 """
 
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coord.errors import PolicyError
 from coord.notify import Notify
 from coord.policy import DEFAULTS_STEM, POLICY_SUFFIXES, parse_document, read_policy_text
+from coord.targets.config import TargetConfig, check_target_name
 
 
 class Defaults(BaseModel):
@@ -31,6 +35,23 @@ class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="coord defaults")
 
     notify: Notify = Field(default_factory=Notify, description="Webhooks called when a run starts, fails or succeeds.")
+    targets: dict[str, TargetConfig] = Field(
+        default_factory=dict,
+        description=(
+            "Where archives go, each under a name (letters, digits, '_', '.', '-'): `path:` a local directory, or "
+            "`rclone:` an rclone remote:path from rclone's own configuration. Every backup writes to every target "
+            "unless the policy names some (`targets:`) or the command line picks some (--target NAME). "
+            "--dest DIR (COORD_DEST) is a local target named `local`."
+        ),
+        examples=[{"local": {"path": "/backups"}, "offsite": {"rclone": "offsite:coord-backups"}}],
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            check_target_name(name)
+        return value
 
 
 def defaults_path(directory: Path) -> Path | None:
@@ -50,7 +71,7 @@ def load_defaults(directory: Path) -> Defaults:
     text, problems = read_policy_text(path)
     defaults = None
     if text is not None:
-        defaults, problems = parse_document(path, text, Defaults, "notify")
+        defaults, problems = parse_document(path, text, Defaults, "notify, targets")
     if problems or defaults is None:
         raise PolicyError(problems)
     return defaults

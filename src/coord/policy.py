@@ -413,6 +413,25 @@ class Policy(BaseModel):
         description="What a restore into this policy's volumes may create besides files, directories and links.",
         examples=[{"allow_devices": False, "allow_fifos": False}],
     )
+    targets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "The targets (named in _defaults.yaml `targets:`, or `local` for --dest) this policy's archives go to; "
+            "all of the run's targets when unset. A name that is not a target is an error."
+        ),
+        examples=[["offsite"], ["local", "offsite"]],
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"listed more than once: {', '.join(duplicates)}")
+        return value
 
     @field_validator("volumes")
     @classmethod

@@ -31,7 +31,7 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
                 "policies/clickhouse.yaml:3: exlude: unknown key 'exlude' (did you mean 'exclude'?); allowed keys: "
                 "description, volumes, strategy, exclude, compression, on_at_risk, consistency, escalate_to, "
                 "max_vanished, compression_level, compression_threads, containers, stop_timeout, stop_order, "
-                "max_downtime_s, hooks, encrypt, retention, restore"
+                "max_downtime_s, hooks, encrypt, retention, restore, targets"
             ],
             id="unknown-key",
         ),
