@@ -158,7 +158,7 @@ class StoredArchives:
     ignored: list[str] = field(default_factory=list)  # 'path: why it is left alone' (ordinary leftovers)
 
 
-def _parse_time(text: Any) -> datetime | None:
+def parse_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
@@ -197,7 +197,7 @@ def _read_claims(volume_dir: Path, found: StoredArchives) -> list[_Claim]:
             continue
         document: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
         archive_name = document.get("archive")
-        started_at = _parse_time(document.get("started_at"))
+        started_at = parse_time(document.get("started_at"))
         if (
             not isinstance(archive_name, str)
             or not archive_name

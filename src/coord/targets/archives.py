@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,10 +31,12 @@ from coord.archive_location import ArchiveLocation, LocalArchive
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import CoordError, UsageError
 from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
-from coord.retention import VERIFIED_STATUSES, ArchiveHashes, StoredArchive, find_archives
+from coord.retention import VERIFIED_STATUSES, ArchiveHashes, StoredArchive, find_archives, is_future, parse_time
+from coord.stream_types import ByteStream, buffered_pipe
+from coord.targets.config import LOCAL_TARGET, LocalTargetConfig
+from coord.targets.rclone import Rclone, RemoteFile
 
 PARTIAL_SUFFIX = ".partial"
-LOCAL_TARGET = "local"  # the target --dest DIR / COORD_DEST stands for
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,6 +272,142 @@ def is_manifest(name: str) -> bool:
     return name.endswith(MANIFEST_SUFFIX) and not is_temporary(name)
 
 
+def remote_join(root: str, *names: str) -> str:
+    """`root` (an rclone `remote:path`, maybe `remote:`) with `names` below it."""
+    joined = "/".join(names)
+    return f"{root}{joined}" if root.endswith((":", "/")) else f"{root}/{joined}"
+
+
+@dataclass(frozen=True)
+class RemoteArchive:
+    """An archive on an rclone target, read as a stream (`rclone cat`): never copied to local disk."""
+
+    rclone: Rclone
+    path: str  # the full rclone path of the archive
+    ref: Ref
+
+    @property
+    def name(self) -> str:
+        return self.ref.file
+
+    def describe(self) -> str:
+        return str(self.ref)
+
+    def manifest_name(self) -> str:
+        return f"{self.ref}{MANIFEST_SUFFIX}"
+
+    def read_manifest(self) -> dict[str, Any]:
+        document: object = json.loads(self.rclone.read_bytes(self.path + MANIFEST_SUFFIX))
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document
+
+    @contextmanager
+    def _opened(self) -> Iterator[ByteStream]:
+        with self.rclone.open_read(self.path) as stream:
+            yield buffered_pipe(stream)  # `rclone cat`'s stdout, buffered (typed IO[bytes], which lacks readinto)
+
+    def open(self) -> AbstractContextManager[ByteStream]:
+        return self._opened()
+
+
+@dataclass
+class RcloneStore:
+    """An rclone `remote:path` target. An archive counts when its manifest (same name + .manifest.json) is
+    there, names it, is for its volume, has a usable start time and records the size the remote lists; its
+    sha256 is checked by `coord verify`, which reads it whole."""
+
+    name: str
+    root: str
+    rclone: Rclone
+
+    def describe(self) -> str:
+        return self.root
+
+    def volumes(self) -> list[str]:
+        return [name for name in self.rclone.list_dirs(self.root) if _usable_name(name)]
+
+    def list_volume(self, volume: str, now: datetime) -> VolumeListing:
+        directory = remote_join(self.root, volume)
+        files = {item.name: item for item in self.rclone.list_files(directory)}
+        listing = VolumeListing(self.name, volume)
+        for name, item in files.items():
+            where = remote_join(directory, name)
+            if is_temporary(name):
+                listing.ignored.append(f"{where}: an upload in progress or left by a failed one; not listed")
+            elif is_manifest(name):
+                if name.removesuffix(MANIFEST_SUFFIX) not in files:
+                    listing.ignored.append(f"{where}: its archive is missing; left alone")
+            elif name + MANIFEST_SUFFIX not in files:
+                listing.ignored.append(f"{where}: no manifest (an upload in progress or one that failed); not listed")
+            else:
+                self._judge(Ref(self.name, volume, name), item, listing, now)
+        listing.archives.sort(key=lambda found: (found.started_at, found.ref.file), reverse=True)
+        return listing
+
+    def _judge(self, ref: Ref, item: RemoteFile, listing: VolumeListing, now: datetime) -> None:
+        """Add the archive to `listing`: counted, held (dated in the future), or a warning saying why not."""
+        location = RemoteArchive(self.rclone, remote_join(self.root, ref.volume, ref.file), ref)
+        try:
+            manifest = location.read_manifest()
+        except (CoordError, ValueError) as error:
+            why = error.message if isinstance(error, CoordError) else f"unreadable manifest ({error})"
+            listing.warnings.append(f"{ref}: {why}; not counted, left alone")
+            return
+        problem, started_at = manifest_problem(ref, manifest, item.size)
+        if problem is not None or started_at is None:
+            line = f"{ref}: {problem}; not counted, left alone"
+            listing.warnings.append(line)
+            if problem is not None and "bytes" in problem:
+                listing.mismatched.append(line)
+            return
+        listed = listed_from_manifest(ref, manifest, started_at, item.size)
+        if is_future(started_at, now):
+            why = f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
+            listing.held.append((listed, why))
+            listing.warnings.append(f"{ref}: {why}, kept; check the clock of the host that wrote it")
+            return
+        listing.archives.append(listed)
+
+    def location(self, ref: Ref) -> ArchiveLocation:
+        directory = remote_join(self.root, ref.volume)
+        names = {item.name for item in self.rclone.list_files(directory)}
+        if ref.file not in names or is_temporary(ref.file):
+            raise _missing(ref, self.describe(), f"no archive {ref.file} in {directory}")
+        if ref.file + MANIFEST_SUFFIX not in names:
+            raise _missing(
+                ref,
+                self.describe(),
+                f"{ref.file} has no manifest: not a complete archive (an upload in progress or one that failed)",
+            )
+        return RemoteArchive(self.rclone, remote_join(directory, ref.file), ref)
+
+    def delete(self, archive: ListedArchive) -> None:
+        """The manifest first, then the archive: without its manifest the archive is no longer listed, so an
+        interruption between the two leaves an archive nothing counts (reported by the next listing), never a
+        manifest that names nothing."""
+        path = remote_join(self.root, archive.ref.volume, archive.ref.file)
+        self.rclone.delete(path + MANIFEST_SUFFIX)
+        self.rclone.delete(path)
+
+
+def manifest_problem(ref: Ref, manifest: dict[str, Any], size: int) -> tuple[str | None, datetime | None]:
+    """Why a remote archive's manifest does not prove it complete (None: it does), and its start time."""
+    started_at = parse_time(manifest.get("started_at"))
+    recorded = manifest.get("size")
+    if manifest.get("archive") != ref.file:
+        return f"its manifest names archive {manifest.get('archive')!r}", None
+    if manifest.get("volume") != ref.volume:
+        return f"its manifest is for volume {manifest.get('volume')!r}, not {ref.volume!r}", None
+    if started_at is None:
+        return "its manifest has no usable 'started_at'", None
+    if not isinstance(recorded, int) or isinstance(recorded, bool):
+        return "its manifest records no usable 'size'", None
+    if recorded != size:
+        return f"is {size} bytes on the target, its manifest says {recorded}", None
+    return None, started_at
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Which targets a command reads
 
@@ -286,8 +427,22 @@ class StoreOptions:
 def configured_stores(options: StoreOptions) -> dict[str, ArchiveStore]:
     """Every target the command may read, by name: `local` for --dest, and those of _defaults.yaml.
     Raises UsageError (--dest and a different `local` target), PolicyError (invalid _defaults.yaml)."""
+    from coord.defaults import load_defaults
+
     stores: dict[str, ArchiveStore] = {}
+    for name, config in load_defaults(options.policies_dir).targets.items():
+        kind = config.resolved()
+        if isinstance(kind, LocalTargetConfig):
+            stores[name] = LocalStore(name, kind.path, options.state_dir)
+        else:
+            stores[name] = RcloneStore(name, kind.rclone, Rclone(name, options.rclone_config))
     if options.dest is not None:
+        configured = stores.get(LOCAL_TARGET)
+        if configured is not None and configured.describe() != str(options.dest):
+            raise UsageError(
+                f"--dest {options.dest} (COORD_DEST) is the target '{LOCAL_TARGET}', and _defaults.yaml defines "
+                f"'{LOCAL_TARGET}' as {configured.describe()}: drop one, or rename the one in _defaults.yaml"
+            )
         stores[LOCAL_TARGET] = LocalStore(LOCAL_TARGET, options.dest, options.state_dir)
     return stores
 
