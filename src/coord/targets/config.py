@@ -111,6 +111,7 @@ def check_target_name(name: str) -> str:
     return name
 
 
+
 def unknown_target_problems(policies: Sequence[LoadedPolicy], known: Iterable[str]) -> list[str]:
     """`file:line: targets[i]: ...` for every target a policy names that is not one of `known` (the targets of
     _defaults.yaml, plus `local` when --dest is given), with the closest known name as a hint."""

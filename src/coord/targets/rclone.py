@@ -250,7 +250,9 @@ class Rclone:
 
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning("target %s: attempt %d failed, trying again: %s", self.target, state.attempt_number, error)
+        log.warning(
+            "target %s: attempt %d failed, trying again: %s", self.target, state.attempt_number, error
+        )
 
     # -- listing ---------------------------------------------------------------------------------------------
 
