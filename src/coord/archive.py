@@ -94,6 +94,8 @@ class ArchiveOutcome:
     consistency: Consistency | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    # settings.extra_hashes of the compressed stream (md5, sha1), computed in the pass that computes sha256
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def critical(self) -> list[EntryProblem]:
@@ -225,6 +227,7 @@ class ArchiveSettings:
     consistency: ConsistencyRule = ConsistencyRule.GENERIC
     content_unchanged: Callable[[str], bool] | None = None
     on_progress: ProgressCallback | None = None
+    extra_hashes: tuple[str, ...] = ()  # hashlib names computed with sha256 (a target checks uploads by them)
 
 
 def create_archive(source: Path, partial_path: Path, settings: ArchiveSettings) -> ArchiveOutcome:
@@ -368,7 +371,7 @@ def _store_stream(
     assert compressor.stdout is not None
     on_progress = settings.on_progress
     reporter = _ProgressReporter(on_progress, lambda: tree.count) if on_progress is not None else None
-    stream = HashingReader(buffered_pipe(compressor.stdout), reporter)
+    stream = HashingReader(buffered_pipe(compressor.stdout), reporter, settings.extra_hashes)
     try:
         settings.write(stream, outcome.partial_path)
         written_ok = True
@@ -379,6 +382,7 @@ def _store_stream(
         compressor.kill()
     compressor.stdout.close()  # after the kill: a reader thread may still be blocked on it
     outcome.size, outcome.sha256 = stream.size, stream.digest.hexdigest()
+    outcome.hashes = stream.extra_hexdigests()
     if on_progress is not None:
         on_progress(tree.count, stream.size)
     return written_ok

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -94,6 +95,21 @@ Dest = Annotated[
     typer.Option(
         help="Directory archives are written to, as <dest>/<volume>/<volume>-<UTC time>.tar.zst. Env: COORD_DEST.",
         envvar="COORD_DEST",
+    ),
+]
+TargetNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Write only to this target (repeatable): a name from _defaults.yaml `targets:`, or `local` for --dest.",
+    ),
+]
+RcloneConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--rclone-config",
+        help="rclone's configuration file defining the remotes of rclone targets (default: rclone's own, "
+        "RCLONE_CONFIG or ~/.config/rclone/rclone.conf, and RCLONE_CONFIG_<REMOTE>_<KEY> variables).",
     ),
 ]
 ScheduleOption = Annotated[
@@ -314,6 +330,8 @@ def backup(
             "file's first line. Env: COORD_PASSPHRASE_FILE.",
         ),
     ] = None,
+    target: TargetNames = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Back up the volumes selected by the policies: quiesce per strategy, archive, put containers back,
@@ -326,14 +344,14 @@ def backup(
     def work() -> RunResult:
         request = BackupRequest(
             policies_dir=policies_dir,
-            dest=_required_dest(dest),
+            dest=dest,
             policy_names=tuple(policy or ()),
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        notifier = _checked_notifier(request)
+        request, notifier = _checked_request(request, target or (), rclone_config)
         history = History(state_dir)
         if not sys.stderr.isatty() or as_json:
             result, _ = run_and_record(request, DockerControl.connect, history, notifier, MANUAL)
@@ -350,20 +368,22 @@ def backup(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _required_dest(dest: Path | None) -> Path:
-    """The destination given (--dest or COORD_DEST). Raises UsageError when there is none."""
-    if dest is None:
-        raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-    return dest
-
-
-def _checked_notifier(request: BackupRequest) -> Notifier:
-    """The notifier of <policies dir>/_defaults.yaml, after checking the request's policies and the defaults
-    (before Docker is contacted). Raises PolicyError/UsageError."""
+def _checked_request(
+    request: BackupRequest, target_names: Sequence[str], rclone_config: Path | None
+) -> tuple[BackupRequest, Notifier]:
+    """The request with its targets resolved (_defaults.yaml `targets:`, --dest as `local`, --target), and the
+    notifier of _defaults.yaml, after checking the policies (their `targets:` too) and the defaults before Docker
+    is contacted. Raises PolicyError/UsageError."""
     from coord.defaults import load_defaults
+    from coord.targets import check_policy_targets, resolve_targets
 
-    load_policies(request.policies_dir, request.policy_names or None)
-    return Notifier(load_defaults(request.policies_dir).notify)
+    loaded = load_policies(request.policies_dir, request.policy_names or None)
+    defaults = load_defaults(request.policies_dir)
+    check_policy_targets(loaded, defaults.targets, request.dest)
+    if rclone_config is not None and not rclone_config.is_file():
+        raise UsageError(f"--rclone-config {rclone_config}: no such file")
+    targets = resolve_targets(defaults.targets, request.dest, target_names, rclone_config)
+    return replace(request, targets=tuple(targets)), Notifier(defaults.notify)
 
 
 @app.command()
@@ -985,6 +1005,8 @@ def daemon(
     lock_timeout: LockTimeout = 3600.0,
     volumes_root: VolumesRoot = None,
     passphrase_file: PassphraseFile = None,
+    target: TargetNames = None,
+    rclone_config: RcloneConfig = None,
 ) -> None:
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
@@ -1000,14 +1022,14 @@ def daemon(
         parsed = parse_schedule(schedule, jitter)
         request = BackupRequest(
             policies_dir=policies_dir,
-            dest=_required_dest(dest),
+            dest=dest,
             policy_names=tuple(policy or ()),
             state_dir=state_dir,
             lock_timeout_s=lock_timeout,
             sources=VolumeSources.detect(volumes_root),
             passphrase_file=passphrase_file,
         )
-        notifier = _checked_notifier(request)
+        request, notifier = _checked_request(request, target or (), rclone_config)
         return run_daemon(request, parsed, DockerControl.connect, notifier, EventLog(sys.stdout, log_format))
 
     raise typer.Exit(_run(False, work))

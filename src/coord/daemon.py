@@ -128,11 +128,12 @@ def run_daemon(
         events.emit(
             "daemon-started",
             f"schedule {schedule.describe()}, policies {', '.join(request.policy_names) or 'all'}, "
-            f"destination {request.dest}",
+            f"targets {', '.join(target.describe() for target in request.run_targets())}",
             schedule=schedule.expression,
             jitter_s=schedule.jitter_s,
             policies=list(request.policy_names),
-            dest=str(request.dest),
+            dest=str(request.dest) if request.dest is not None else None,
+            targets=[target.name for target in request.run_targets()],
         )
         try:
             _recover_at_start(request, connect, events)

@@ -261,14 +261,20 @@ class _StoppableReader:
         self.stopped = True
 
 
+def encrypt_stream_to(stream: ByteReader, output: Path, encryption: Encryption) -> None:
+    """Read `stream` to its end, encrypting it into `output`, which gpg opens for writing (a file, or a FIFO a
+    reader drains: backup/upload.py). Raises EncryptionError."""
+    result = _encrypt(stream, output, encryption)
+    if result.returncode != 0:
+        raise EncryptionError(f"gpg could not encrypt to {output}: {_gpg_says(result)}")
+
+
 def encrypt_to_file(stream: ByteReader, output: Path, encryption: Encryption) -> None:
     """Read `stream` to its end, encrypting it into `output` (gpg writes the file). Raises EncryptionError.
 
     On failure `output` may hold a partial file; the caller removes it (it is always a `.partial` name).
     """
-    result = _encrypt(stream, output, encryption)
-    if result.returncode != 0:
-        raise EncryptionError(f"gpg could not encrypt to {output}: {_gpg_says(result)}")
+    encrypt_stream_to(stream, output, encryption)
     try:
         # gpg closes the file without fsync; a backup that vanishes on power loss is no backup.
         descriptor = os.open(output, os.O_RDONLY)

@@ -34,6 +34,8 @@ PARTIAL = "partial"  # a .partial archive being written (key: its path)
 SNAPSHOT = "snapshot"  # a snapshot directory of a volume (key: its path)
 PUBLISH = "publish"  # an archive being published with its manifest (key: the archive's final path)
 RESTORE = "restore"  # a restore's staging directory (key: its path; name: where the old content goes; restore_swap.py)
+# an archive being uploaded to a target (key: its final rclone path; identity: the target, backup/upload.py)
+REMOTE_PUBLISH = "remote-publish"
 
 # What coord did to it (JournalEntry.action).
 PAUSED = "paused"
@@ -41,6 +43,7 @@ STOPPED = "stopped"
 STOPPED_PAUSED = "stopped-paused"  # restore: a paused container stopped; it is started and paused again
 WRITING = "writing"
 PUBLISHING = "publishing"
+UPLOADING = "uploading"
 EXTRACTING = "extracting"  # restore: recovery removes the staging directory; the volume was not touched yet
 SWAPPING = "swapping"  # restore: recovery completes the replacement of the volume's content (restore_swap.py)
 

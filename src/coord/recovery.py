@@ -7,6 +7,7 @@ error and kept for the next recovery, and never stops the others from being hand
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from coord.archive import remove_partial
 from coord.backup.quiesce import put_back
+from coord.backup.upload import clean_up
 from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.fsutil import NotOurs, parse_identity
@@ -23,6 +25,7 @@ from coord.journal import (
     PARTIAL,
     PAUSED,
     PUBLISH,
+    REMOTE_PUBLISH,
     RESTORE,
     SNAPSHOT,
     STOPPED,
@@ -33,6 +36,7 @@ from coord.journal import (
 from coord.publish import recover_publish
 from coord.restore_swap import recover_restore
 from coord.snapshot import remove_snapshot
+from coord.targets.rclone import Rclone
 
 log = logging.getLogger("coord.recovery")
 
@@ -128,6 +132,20 @@ def _recover_publish(entry: JournalEntry, docker: Engine, report: RecoveryReport
     report.removed_partials.extend(done.removed)
 
 
+def _recover_remote_publish(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
+    """An upload a dead run left on a target: its temporaries go, and the archive too when its manifest never
+    landed (backup/upload.py). The target is reached with the rclone configuration of that run (its config file,
+    or this process's RCLONE_CONFIG_* environment); unreachable, the entry is kept for the next recovery."""
+    try:
+        identity = json.loads(entry.identity)
+        target, config = str(identity["target"]), identity.get("config")
+    except (ValueError, KeyError, TypeError):
+        raise EntryNotDone(f"journal entry {entry.file_name}: unreadable target {entry.identity!r} (kept)") from None
+    rclone = Rclone(target, Path(config) if config else None)
+    removed = clean_up(rclone, entry.key)  # RemoteError (a CoordError): kept, reported
+    report.removed_partials.extend(f"target {target}: {path}" for path in removed)
+
+
 def _recover_restore(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
     # A restore killed while extracting: its staging directory goes. Killed during the swap: the swap is
     # completed, so the volume holds the whole restored tree before its containers start again.
@@ -157,6 +175,7 @@ HANDLERS: dict[str, Handler] = {
     SNAPSHOT: _recover_snapshot,
     PARTIAL: _recover_partial,
     PUBLISH: _recover_publish,
+    REMOTE_PUBLISH: _recover_remote_publish,
     RESTORE: _recover_restore,
     CONTAINER: _recover_container,
 }

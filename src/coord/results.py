@@ -67,6 +67,25 @@ class Attempt:
         }
 
 
+class TargetStatus(StrEnum):
+    OK = "ok"  # the archive and its manifest are on the target, checked
+    FAILED = "failed"  # nothing complete-looking was left there; `error` says why
+    SKIPPED = "skipped"  # not tried: the volume failed before its archive could be published
+
+
+@dataclass
+class TargetResult:
+    """Where one volume's archive went: one entry per target of the volume (JSON `targets`)."""
+
+    target: str
+    status: TargetStatus
+    ref: str | None = None  # `<target>:<volume>/<file>` when the archive is there
+    error: str | None = None  # redacted: never a credential
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status.value, "ref": self.ref, "error": self.error}
+
+
 @dataclass
 class VolumeResult:
     volume: str
@@ -91,6 +110,7 @@ class VolumeResult:
     pruned: list[str] = field(default_factory=list)  # older archives retention deleted after this backup
     retention_errors: list[str] = field(default_factory=list)  # the archive is good, but pruning failed
     retention_warnings: list[str] = field(default_factory=list)  # archives retention kept or left alone, and why
+    targets: list[TargetResult] = field(default_factory=list)  # where the archive went, per target
 
     @property
     def downtime_s(self) -> float:
@@ -120,6 +140,7 @@ class VolumeResult:
             "pruned": list(self.pruned),
             "retention_errors": list(self.retention_errors),
             "retention_warnings": list(self.retention_warnings),
+            "targets": [target.to_json() for target in self.targets],
         }
 
 

@@ -299,6 +299,11 @@ class WrittenArchiveCheck:
         self._lister = StreamLister(self.compression, hash_stream=False)
         self._store(_TeeStream(stream, self._lister.write), path)
 
+    @property
+    def listed(self) -> ReadBack | None:
+        """What the in-line listing found, once writing ended (None when the archive is checked by reading it)."""
+        return self._listed
+
     def end_writing(self) -> None:
         """Call once writing is over, whether it worked or not (waits for the in-line lister)."""
         if self._lister is not None and self._listed is None:

@@ -42,6 +42,7 @@ VOLUME_KEYS = {
     "pruned",
     "retention_errors",
     "retention_warnings",
+    "targets",
 }
 WARNING_KEYS = {"vanished", "changed", "shrank", "skipped"}
 CONTAINER_KEYS = {"container", "id", "action", "prior_state", "seconds", "restored", "error"}
@@ -165,7 +166,9 @@ def test_no_destination_exits_2(tmp_path: Path, engine: FakeEngine, monkeypatch:
     arguments = ["backup", "--json", "--policies-dir", str(tmp_path / "policies"), "--state-dir", str(tmp_path / "s")]
     result = CliRunner().invoke(app, arguments, catch_exceptions=False)
     assert result.exit_code == 2
-    assert json.loads(result.stdout)["errors"] == ["no destination: pass --dest DIR or set COORD_DEST"]
+    assert json.loads(result.stdout)["errors"] == [
+        "no destination: pass --dest DIR, set COORD_DEST, or define targets in _defaults.yaml"
+    ]
     assert engine.calls == []
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from coord.archive import ArchiveSettings, archive_suffix, compressor_command, create_archive
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
+from coord.backup.upload import RemoteArchive, RemoteArchiveCheck, RemoteStore, record_upload
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import JournalError
 from coord.excludes import ExcludeMatcher
@@ -25,6 +26,7 @@ log = logging.getLogger("coord")
 # coord's own directories at a volume root (snapshots, restore staging): never archived, never copied into a
 # snapshot, whatever a container planted there.
 COORD_ROOT_PREFIXES = (SNAPSHOT_PREFIX, STAGING_PREFIX)
+UPLOADS_DIRECTORY = "uploads"  # <state dir>/uploads/<volume>: names only, when the archive streams to a remote
 
 
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
@@ -45,22 +47,36 @@ def matcher_of(job: Job) -> ExcludeMatcher:
     return ExcludeMatcher.of([*job.plan.policy.policy.exclude, *(f"/{prefix}*" for prefix in COORD_ROOT_PREFIXES)])
 
 
+def _check_for(job: Job, remote: RemoteArchive | None) -> WrittenArchiveCheck:
+    """How the archive is stored and checked: to its local .partial file, or streamed to the remote."""
+    compression = job.plan.policy.policy.compression
+    if remote is None:
+        return WrittenArchiveCheck(compression, job.encryption)
+    return RemoteArchiveCheck(compression, job.encryption, RemoteStore(remote, job.encryption, job.extra_hashes))
+
+
 def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None) -> None:
     """Archive the job's volume (or its snapshot, `source`) to its .partial file; `job.written` is set when
     archiving ran. A destination or journal problem is recorded on the result (nothing written); an exception
     of archiving is raised after the journal entry was cleared."""
     policy = job.plan.policy.policy
     started, clock = datetime.now(UTC), time.monotonic()
+    # No local target: the name is decided the same way, in a directory of coord's own that stays empty.
+    dest = job.local_dest or ctx.request.state_dir / UPLOADS_DIRECTORY
     try:
         suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if job.encryption else "")
-        final = archive_path(ctx.dest, job.volume, started, suffix)
+        final = archive_path(dest, job.volume, started, suffix)
     except OSError as error:
-        job.result.errors.append(f"destination {ctx.dest}: {error.strerror}")
+        job.result.errors.append(f"destination {dest}: {error.strerror}")
         return
     partial = final.with_name(final.name + ".partial")
-    check = WrittenArchiveCheck(policy.compression, job.encryption)
+    remote = RemoteArchive(job.primary, job.volume, final.name) if job.local_dest is None else None
+    check = _check_for(job, remote)
     try:
-        entry = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
+        if remote is None:
+            entry = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
+        else:
+            entry = record_upload(ctx.journal, remote)
     except JournalError as error:  # not recorded, so not written: the volume fails, the containers go back
         job.result.errors.append(f"nothing archived: {error.message}")
         return
@@ -76,13 +92,15 @@ def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | No
             policy.consistency,
             content_unchanged=snapshot.content_unchanged if snapshot else None,
             on_progress=ctx.progress.update if ctx.progress else None,
+            extra_hashes=job.extra_hashes,
         )
         outcome = create_archive(source or job.source, partial, settings)
     except BaseException:
-        clear_entry(ctx, entry, job.result)  # never in place of the error being raised
+        if remote is None:  # a remote temporary is left to `coord recover`: no network work while interrupted
+            clear_entry(ctx, entry, job.result)  # never in place of the error being raised
         raise
     finally:
         check.end_writing()
         if ctx.progress:
             ctx.progress.end()
-    job.written = Written(final, entry, outcome, check, strategy, started, clock)
+    job.written = Written(final, entry, outcome, check, strategy, started, clock, remote=remote)

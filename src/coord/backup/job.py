@@ -18,6 +18,7 @@ from pathlib import Path
 
 from coord.archive import ArchiveOutcome
 from coord.backup.context import RunContext
+from coord.backup.upload import CHECKED_HASHES, RemoteArchive, offered_hashes, probe_target
 from coord.encrypt import Encryption, encryption_for, warm_up
 from coord.errors import CoordError
 from coord.fsutil import open_directory
@@ -25,8 +26,9 @@ from coord.journal import JournalEntry
 from coord.plan import VolumePlan
 from coord.policy import Strategy
 from coord.restore_swap import STAGING_PREFIX
-from coord.results import VolumeResult, VolumeStatus
+from coord.results import TargetResult, TargetStatus, VolumeResult, VolumeStatus
 from coord.snapshot import Snapshot
+from coord.targets import Target, targets_of
 from coord.verify import WrittenArchiveCheck
 
 log = logging.getLogger("coord")
@@ -45,6 +47,7 @@ class Written:
     clock: float  # time.monotonic() when archiving started
     snapshot: Snapshot | None = None  # read from this snapshot (closed by then; the manifest names its method)
     modified_after_snapshot: list[str] = field(default_factory=list)
+    remote: RemoteArchive | None = None  # streamed to this remote (no local target); `final` is then only a name
 
     @property
     def partial(self) -> Path:
@@ -70,10 +73,27 @@ class Job:
     encryption: Encryption | None
     written: Written | None = None
     snapshot: TakenSnapshot | None = None
+    targets: list[Target] = field(default_factory=list)  # where its archive goes; the first is written to
+    extra_hashes: tuple[str, ...] = ()  # md5/sha1 the targets check uploads by, computed with the sha256
 
     @property
     def volume(self) -> str:
         return self.plan.volume
+
+    @property
+    def primary(self) -> Target:
+        """The target the archive is written to: the first local one, else the first remote (streamed to)."""
+        return self.targets[0]
+
+    @property
+    def local_dest(self) -> Path | None:
+        """The primary target's directory when it is local (None: the archive streams to a remote)."""
+        return self.primary.local_path
+
+    @property
+    def other_targets(self) -> list[Target]:
+        """The targets that get the archive once it is published on the primary one."""
+        return self.targets[1:]
 
 
 def new_result(plan: VolumePlan) -> VolumeResult:
@@ -98,12 +118,53 @@ def admit(plan: VolumePlan, group_error: str | None, ctx: RunContext) -> tuple[V
         encryption = encryption_for(plan.policy.policy.encrypt, request.state_dir, request.passphrase_file)
         if encryption is not None:
             warm_up(encryption)
-        check_destination(request.dest / plan.volume)
+        targets = admit_targets(plan, result, ctx)
     except CoordError as error:
         result.errors.append(error.message)
         log.error("%s: %s", plan.volume, error.message)
         return result, None
-    return result, Job(plan, result, source, encryption)
+    job = Job(plan, result, source, encryption, targets=targets)
+    job.extra_hashes = hashes_for(targets, ctx)
+    return result, job
+
+
+def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> list[Target]:
+    """The volume's targets that can be written to, the local ones first. A remote that refuses a probe is
+    recorded as failed on the result (the volume will fail, naming it) and left out. Raises CoordError when no
+    target is left: nothing is run, paused or stopped then."""
+    wanted = targets_of(plan.policy.policy, ctx.targets)
+    if not wanted:
+        named = ", ".join(plan.policy.policy.targets or ())
+        raise CoordError(
+            f"no target: policy {plan.policy.name} sends its archives to {named}, and this run writes to "
+            f"{', '.join(target.name for target in ctx.targets)} only (--target)"
+        )
+    usable = []
+    for target in sorted(wanted, key=lambda item: not item.is_local):
+        try:
+            if target.local_path is not None:
+                check_destination(target.local_path / plan.volume)
+            else:
+                probe_target(target, plan.volume)
+        except CoordError as error:
+            result.targets.append(TargetResult(target.name, TargetStatus.FAILED, error=error.message))
+            result.errors.append(error.message)
+            log.error("%s: %s", plan.volume, error.message)
+            continue
+        usable.append(target)
+    if not usable:
+        raise CoordError("no target can be written to; nothing was run, paused or stopped")
+    return usable
+
+
+def hashes_for(targets: list[Target], ctx: RunContext) -> tuple[str, ...]:
+    """The hashes (md5, sha1) the remote `targets` check uploads by, asked once per target and run."""
+    offered: set[str] = set()
+    for target in targets:
+        if target.name not in ctx.offered_hashes:
+            ctx.offered_hashes[target.name] = offered_hashes([target])
+        offered.update(ctx.offered_hashes[target.name])
+    return tuple(name for name in CHECKED_HASHES if name in offered)
 
 
 def check_destination(directory: Path) -> None:

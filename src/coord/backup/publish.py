@@ -1,7 +1,8 @@
 """The publish step of one volume, after its group's containers are back:
 
     decide status -> check the written archive -> rename it and write its manifest (one journaled step,
-    coord/publish.py) -> retention
+    coord/publish.py; or, streamed to a remote, rename and manifest there) -> the other targets (upload.py)
+    -> retention -> each target's outcome settled (a failed target fails the volume)
 
 A failed volume's .partial is removed with its journal entry; retention runs only after this volume's archive
 was checked and published, so a failed run deletes nothing.
@@ -18,13 +19,25 @@ from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.backup.manifest import build_manifest
 from coord.backup.steps import Step, StepKind
+from coord.backup.upload import (
+    RemoteArchiveCheck,
+    clean_up,
+    copy_published,
+    file_hashes,
+    finish,
+    give_up,
+    manifest_bytes,
+    upload_published,
+)
 from coord.consistency import Verdict
 from coord.errors import CoordError, JournalError
+from coord.manifest import MANIFEST_SUFFIX, manifest_path_for
 from coord.policy import OnAtRisk, Strategy
 from coord.problems import WARNING_KINDS, ProblemKind
 from coord.publish import publish_archive
-from coord.results import Attempt, VolumeResult, VolumeStatus
+from coord.results import Attempt, TargetResult, TargetStatus, VolumeResult, VolumeStatus
 from coord.retention import ArchiveHashes, WrittenArchive, prune_volume
+from coord.targets.rclone import RemoteError
 from coord.verify import ReadBack
 
 log = logging.getLogger("coord")
@@ -65,6 +78,7 @@ def publish_job(job: Job, ctx: RunContext) -> None:
     apply retention. Nothing to do when nothing was written (the reason is already on the result)."""
     written, result = job.written, job.result
     if written is None:
+        settle_targets(job)
         return
     ctx.record(Step(StepKind.PUBLISH, volume=job.volume))
     policy = job.plan.policy.policy
@@ -84,13 +98,18 @@ def publish_job(job: Job, ctx: RunContext) -> None:
             result.status = VolumeStatus.FAILED
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
     if result.status is VolumeStatus.FAILED:
-        remove_partial(written.partial)
-        clear_entry(ctx, written.entry, result)
+        discard(job, written, ctx)
+    elif written.remote is not None:
+        publish_streamed(job, written, read, ctx)
     else:
         _rename_with_manifest(job, written, read, ctx)
+    published = result.status is not VolumeStatus.FAILED
+    if published:
+        send_to_other_targets(job, written, read, ctx)
     result.duration_s = time.monotonic() - written.clock
-    if result.status is not VolumeStatus.FAILED:
+    if published and written.remote is None:
         _apply_retention(job, written, read, ctx)
+    settle_targets(job)
     log.info("%s: %s, verdict %s, %d entries", job.volume, result.status.value, result.verdict, result.entries)
 
 
@@ -130,7 +149,7 @@ def _fill_from_outcome(result: VolumeResult, written: Written) -> None:
 def _rename_with_manifest(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
     """Rename the checked archive and write its manifest as one journaled step (coord/publish.py); on failure
     (disk full, I/O error, journal not writable) the volume fails and nothing of its archive is left."""
-    result = job.result
+    result, primary = job.result, job.primary
     result.archive = str(written.final)  # the manifest names it
     try:
         manifest = build_manifest(job, written, read)
@@ -141,12 +160,93 @@ def _rename_with_manifest(job: Job, written: Written, read: ReadBack, ctx: RunCo
         clear_entry(ctx, written.entry, result)
     except CoordError as error:
         _fail(result, error.message)
+    if result.status is VolumeStatus.FAILED:
+        result.targets.append(TargetResult(primary.name, TargetStatus.FAILED, error=result.errors[-1]))
+    else:
+        result.targets.append(TargetResult(primary.name, TargetStatus.OK, primary.ref(job.volume, written.final.name)))
 
 
 def _fail(result: VolumeResult, message: str) -> None:
     result.status = VolumeStatus.FAILED
     result.archive = result.manifest = None
     result.errors.append(message)
+
+
+def discard(job: Job, written: Written, ctx: RunContext) -> None:
+    """A failed volume's archive goes: its .partial file, or what was streamed to the remote."""
+    if written.remote is None:
+        remove_partial(written.partial)
+        clear_entry(ctx, written.entry, job.result)
+        return
+    rclone = written.remote.target.rclone()
+    try:
+        clean_up(rclone, written.remote.location)
+    except RemoteError as error:  # the entry stays: `coord recover` removes it later
+        job.result.errors.append(f"{error.message} (`coord recover` removes {written.remote.temporary} later)")
+        return
+    clear_entry(ctx, written.entry, job.result)
+
+
+def publish_streamed(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
+    """The archive streamed to its remote and checked there: rename it and upload its manifest (upload.py);
+    on failure nothing complete-looking is left and the volume fails, naming the target."""
+    remote, result = written.remote, job.result
+    assert remote is not None
+    result.archive = remote.ref  # the manifest names its file
+    data = manifest_bytes(build_manifest(job, written, read))
+    rclone = remote.target.rclone()
+    try:
+        finish(rclone, remote, data)
+    except CoordError as error:
+        message = give_up(rclone, remote, ctx.journal, written.entry, error)
+        result.targets.append(TargetResult(remote.target.name, TargetStatus.FAILED, error=message))
+        _fail(result, message)
+        return
+    clear_entry(ctx, written.entry, result)
+    result.manifest = remote.ref + MANIFEST_SUFFIX
+    result.targets.append(TargetResult(remote.target.name, TargetStatus.OK, remote.ref))
+
+
+def send_to_other_targets(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
+    """Upload the published archive and its manifest to the volume's other targets, each on its own: one that
+    fails is recorded as failed and the others still get theirs. Containers are back by now."""
+    result, check = job.result, written.check
+    for target in job.other_targets:
+        log.info("%s: uploading %s to target %s", job.volume, written.final.name, target.name)
+        if written.remote is not None:
+            assert isinstance(check, RemoteArchiveCheck)
+            size, _, hashes = check.stored(written.outcome)
+            manifest = manifest_bytes(build_manifest(job, written, read))
+            outcome = copy_published(written.remote, target, size, hashes, manifest, ctx.journal)
+        else:
+            manifest_file = manifest_path_for(written.final)
+            hashes = local_hashes(job, written)
+            outcome = upload_published(target, job.volume, written.final, manifest_file, hashes, ctx.journal)
+        result.targets.append(outcome)
+
+
+def local_hashes(job: Job, written: Written) -> dict[str, str]:
+    """The md5/sha1 of the published local file the targets check uploads by: from the archive's own pass when
+    the file is the compressed stream; an encrypted file (gpg wrote it) is hashed for them here."""
+    if job.encryption is None:
+        return dict(written.outcome.hashes)
+    try:
+        return file_hashes(written.final, job.extra_hashes)
+    except OSError:
+        return {}  # the upload reads the file too and reports the error
+
+
+def settle_targets(job: Job) -> None:
+    """Every target of the volume has its entry (`skipped` when not tried); a failed target fails the volume,
+    its error (naming the target) among the volume's errors."""
+    result = job.result
+    recorded = {item.target for item in result.targets}
+    result.targets += [TargetResult(t.name, TargetStatus.SKIPPED) for t in job.targets if t.name not in recorded]
+    for item in result.targets:
+        if item.status is TargetStatus.FAILED:
+            result.status = VolumeStatus.FAILED
+            if item.error and item.error not in result.errors:
+                result.errors.append(item.error)
 
 
 def _apply_retention(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:

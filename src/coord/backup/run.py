@@ -40,7 +40,10 @@ def run_backup(
     """
     policies = load_policies(request.policies_dir, request.policy_names or None)
     plans = plan_volumes(policies, docker.volume_names(), request.policy_names or None)
-    ctx = RunContext(request, docker, Journal(request.state_dir), progress, steps=[] if steps is None else steps)
+    targets = request.run_targets()
+    ctx = RunContext(
+        request, docker, Journal(request.state_dir), progress, steps=[] if steps is None else steps, targets=targets
+    )
     result = RunResult()
     with run_lock(request.state_dir, request.lock_timeout_s), termination_raises():
         recovery = recover(ctx.journal, docker)

@@ -328,7 +328,7 @@ class Rclone:
     # -- archives --------------------------------------------------------------------------------------------
 
     @contextmanager
-    def open_read(self, path: str) -> Iterator[IO[bytes]]:
+    def open_read(self, path: str) -> Iterator[io.BufferedReader[_CountingReader]]:
         """The file at `path` as a stream (`rclone cat`), for the block.
 
         Leaving the block normally reads what the caller left unread and checks rclone's exit and the byte
