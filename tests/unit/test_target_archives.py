@@ -203,7 +203,7 @@ def test_targets_come_from_defaults_and_dest(tmp_path) -> None:
     options = StoreOptions(policies, dest=tmp_path / "dest")
     assert sorted(configured_stores(options)) == ["local", "nas", "offsite"]
     assert [s.name for s in selected_stores(StoreOptions(policies, names=("offsite",)))] == ["offsite"]
-    with pytest.raises(UsageError, match="no target named 'ofsite' \\(did you mean 'offsite'\\?\\); targets: nas"):
+    with pytest.raises(UsageError, match="no target named 'ofsite' \\(did you mean 'offsite'\\?\\)"):
         selected_stores(StoreOptions(policies, names=("ofsite",)))
     with pytest.raises(UsageError, match="several are configured \\(nas, offsite\\): pass --target NAME"):
         store_for_latest(StoreOptions(policies))
@@ -211,5 +211,5 @@ def test_targets_come_from_defaults_and_dest(tmp_path) -> None:
     with pytest.raises(UsageError, match="not a ref to a configured target: no target named 'ofsite'"):
         resolve_archive("ofsite:app/a.tar.zst", options)
     (policies / "_defaults.yaml").write_text("targets:\n  local: {path: /elsewhere}\n")
-    with pytest.raises(UsageError, match="defines 'local' as /elsewhere"):
+    with pytest.raises(UsageError, match="local \\(/elsewhere\\)\\) disagree"):
         configured_stores(options)

@@ -33,11 +33,9 @@ from coord.errors import CoordError, UsageError
 from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
 from coord.retention import VERIFIED_STATUSES, ArchiveHashes, StoredArchive, find_archives, is_future, parse_time
 from coord.stream_types import ByteStream, buffered_pipe
-from coord.targets.config import LOCAL_TARGET, LocalTargetConfig
+from coord.targets import PARTIAL_SUFFIX, Target, resolve_targets
+from coord.targets.config import LOCAL_TARGET
 from coord.targets.rclone import Rclone, RemoteFile
-
-PARTIAL_SUFFIX = ".partial"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refs
@@ -424,42 +422,39 @@ class StoreOptions:
     rclone_config: Path | None = None
 
 
+def store_of(target: Target, state_dir: Path | None = None) -> ArchiveStore:
+    """The read side of one of the run's targets (targets.Target): a LocalStore or an RcloneStore."""
+    if target.local_path is not None:
+        return LocalStore(target.name, target.local_path, state_dir)
+    assert target.rclone_path is not None
+    return RcloneStore(target.name, target.rclone_path, target.rclone())
+
+
 def configured_stores(options: StoreOptions) -> dict[str, ArchiveStore]:
-    """Every target the command may read, by name: `local` for --dest, and those of _defaults.yaml.
-    Raises UsageError (--dest and a different `local` target), PolicyError (invalid _defaults.yaml)."""
+    """Every target the command may read, by name: `local` for --dest, and those of _defaults.yaml (resolved as
+    a backup resolves them: targets.resolve_targets). Empty when there is none. Raises UsageError (--dest and a
+    different `local` target), PolicyError (invalid _defaults.yaml)."""
     from coord.defaults import load_defaults
 
-    stores: dict[str, ArchiveStore] = {}
-    for name, config in load_defaults(options.policies_dir).targets.items():
-        kind = config.resolved()
-        if isinstance(kind, LocalTargetConfig):
-            stores[name] = LocalStore(name, kind.path, options.state_dir)
-        else:
-            stores[name] = RcloneStore(name, kind.rclone, Rclone(name, options.rclone_config))
-    if options.dest is not None:
-        configured = stores.get(LOCAL_TARGET)
-        if configured is not None and configured.describe() != str(options.dest):
-            raise UsageError(
-                f"--dest {options.dest} (COORD_DEST) is the target '{LOCAL_TARGET}', and _defaults.yaml defines "
-                f"'{LOCAL_TARGET}' as {configured.describe()}: drop one, or rename the one in _defaults.yaml"
-            )
-        stores[LOCAL_TARGET] = LocalStore(LOCAL_TARGET, options.dest, options.state_dir)
-    return stores
+    defined = load_defaults(options.policies_dir).targets
+    if not defined and options.dest is None:
+        return {}
+    targets = resolve_targets(defined, options.dest, (), options.rclone_config)
+    return {target.name: store_of(target, options.state_dir) for target in targets}
 
 
 def selected_stores(options: StoreOptions) -> list[ArchiveStore]:
     """The targets named by --target (all when none is named), in name order. Raises UsageError for a name that
     is not configured (did-you-mean) or when there is no target at all."""
-    stores = configured_stores(options)
-    if not stores:
+    from coord.defaults import load_defaults
+
+    defined = load_defaults(options.policies_dir).targets
+    if not defined and options.dest is None:
         raise UsageError(
             "no target: pass --dest DIR (or set COORD_DEST), or define `targets:` in <policies dir>/_defaults.yaml"
         )
-    for name in options.names:
-        if name not in stores:
-            raise unknown_target(name, list(stores))
-    chosen = sorted(set(options.names)) if options.names else sorted(stores)
-    return [stores[name] for name in chosen]
+    targets = resolve_targets(defined, options.dest, options.names, options.rclone_config)
+    return [store_of(target, options.state_dir) for target in sorted(targets, key=lambda target: target.name)]
 
 
 def store_for_latest(options: StoreOptions) -> ArchiveStore:

@@ -14,15 +14,26 @@ archive the current run just wrote there.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from coord.errors import CoordError
 from coord.policy import RetentionSettings
-from coord.retention import ArchiveHashes, PruneResult, plan_retention, prune_volume
-from coord.targets.archives import ArchiveStore, LocalStore
+from coord.retention import ArchiveHashes, PruneResult, WrittenArchive, plan_retention, prune_volume
+from coord.targets.archives import ArchiveStore, LocalStore, Ref
 
 log = logging.getLogger("coord.retention")
+
+
+@dataclass(frozen=True)
+class LandedArchive:
+    """The archive a backup run just put on a target: its file name there, and the size and sha256 the run's own
+    check measured (those its manifest records)."""
+
+    file: str
+    size: int
+    sha256: str
 
 
 def prune_store_volume(
@@ -31,13 +42,16 @@ def prune_store_volume(
     rules: RetentionSettings,
     now: datetime,
     dry_run: bool = False,
-    written: str | None = None,
+    written: LandedArchive | None = None,
 ) -> PruneResult:
-    """Apply `rules` to the archives of `volume` on `store`. `written`: the ref of the archive this run just put
-    there (never deleted). Never raises for an archive it cannot read or delete, nor for a target that cannot be
-    listed: those are errors in the result."""
+    """Apply `rules` to the archives of `volume` on `store`. `written`: the archive this run just put there (never
+    deleted; on a local target trusted from the run's own hash). Never raises for an archive it cannot read or
+    delete, nor for a target that cannot be listed: those are errors in the result."""
     if isinstance(store, LocalStore):
-        result = prune_volume(store.root / volume, rules, now, dry_run, hashes=ArchiveHashes(store.state_dir))
+        directory = store.root / volume
+        this_one = WrittenArchive(directory / written.file, written.size, written.sha256) if written else None
+        hashes = ArchiveHashes(store.state_dir)
+        result = prune_volume(directory, rules, now, dry_run, written=this_one, hashes=hashes)
         result.target = store.name
         return result
     result = PruneResult(volume=volume, target=store.name, dry_run=dry_run)
@@ -47,10 +61,12 @@ def prune_store_volume(
         result.errors.append(error.message)
         return result
     result.ignored, result.warnings = listing.ignored, listing.warnings
-    plan = plan_retention(listing.archives, rules, now)
+    written_ref = str(Ref(store.name, volume, written.file)) if written else None
+    archives = [replace(item, written_by_this_run=item.archive == written_ref) for item in listing.archives]
+    plan = plan_retention(archives, rules, now)
     result.kept = [(str(item.ref), why) for item, why in [*listing.held, *plan.keep]]
     for item, why in plan.delete:
-        if item.archive == written:  # plan_retention keeps it; never trust that alone
+        if item.archive == written_ref:  # plan_retention keeps it; never trust that alone
             result.errors.append(f"refused to delete {item.ref}: this run wrote it")
             continue
         if not dry_run:
