@@ -566,15 +566,6 @@ LatestTarget = Annotated[
         "--dest when given, else the only target.",
     ),
 ]
-ReadRcloneConfig = Annotated[
-    Path | None,
-    typer.Option(
-        "--rclone-config",
-        envvar="RCLONE_CONFIG",
-        help="rclone's configuration file, for rclone targets (default: rclone's own; RCLONE_CONFIG_<REMOTE>_<KEY> "
-        "environment variables work too). Env: RCLONE_CONFIG.",
-    ),
-]
 ArchiveOrRef = Annotated[
     str | None,
     typer.Argument(
@@ -587,8 +578,11 @@ ArchiveOrRef = Annotated[
 def _store_options(
     policies_dir: Path, dest: Path | None, targets: list[str] | None, state_dir: Path, rclone_config: Path | None
 ) -> Any:
+    """The read commands' way to their targets. Raises UsageError for an --rclone-config that is not a file."""
     from coord.targets.archives import StoreOptions
 
+    if rclone_config is not None and not rclone_config.is_file():
+        raise UsageError(f"--rclone-config {rclone_config}: no such file")
     return StoreOptions(policies_dir, dest, tuple(targets or ()), state_dir, rclone_config)
 
 
@@ -630,7 +624,7 @@ def list_archives(
     dest: DestOption = None,
     policies_dir: PoliciesDir = Path("policies"),
     state_dir: StateDir = DEFAULT_STATE_DIR,
-    rclone_config: ReadRcloneConfig = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List the complete archives on each target (--dest, and _defaults.yaml `targets:`): start time, size,
@@ -675,7 +669,7 @@ def verify(
     gpg_home: GpgHome = None,
     passphrase_file: PassphraseFile = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
-    rclone_config: ReadRcloneConfig = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Read a whole archive (decrypting, decompressing), check its sha256 and entries against its manifest.
@@ -724,7 +718,7 @@ def restore(
     ] = None,
     source_target: LatestTarget = None,
     dest: DestOption = None,
-    rclone_config: ReadRcloneConfig = None,
+    rclone_config: RcloneConfig = None,
     volume: Annotated[
         str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
     ] = None,
@@ -842,7 +836,7 @@ def prune(
     target: ReadTargets = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
-    rclone_config: ReadRcloneConfig = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Apply each policy's retention to the archives on every target (--dest, and _defaults.yaml `targets:`;

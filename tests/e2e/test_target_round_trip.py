@@ -19,7 +19,7 @@ from coord.targets.archives import parse_ref
 from rclone_servers import KINDS, ServedRemote
 from trees import differences, populate_tree, snapshot_tree
 
-pytest_plugins = ["sharedfixtures"]  # state_dir
+pytest_plugins = ["sharedfixtures"]  # state_dir, passphrase_file
 pytestmark = pytest.mark.docker
 
 TARGET = "offsite"
@@ -55,13 +55,17 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     make_volume,
     restored_volume: str,
     state_dir: Path,
+    passphrase_file: Path,
 ) -> None:
     remote = rclone_servers(kind)
     source = make_volume("src")
     populate_tree(volume_path(docker_client, source), big_bytes=200_000)
     expected = snapshot_tree(volume_path(docker_client, source))
     policies = tmp_path / "policies"
-    write_policy(policies, "app", f"volumes: [{source}]\nstrategy: live\n")
+    # One kind encrypted (passphrase): decryption reads the remote stream as it reads a file.
+    encrypt = f"encrypt: {{passphrase_file: {passphrase_file}}}\n" if kind == "webdav" else ""
+    secret = ["--passphrase-file", str(passphrase_file)] if encrypt else []
+    write_policy(policies, "app", f"volumes: [{source}]\nstrategy: live\n{encrypt}")
     (policies / "_defaults.yaml").write_text(f'targets:\n  {TARGET}: {{rclone: "{remote.path}"}}\n')
     common = ("--policies-dir", str(policies), "--state-dir", str(state_dir))
     environment = {**remote.environment(), "COORD_DEST": ""}
@@ -86,21 +90,22 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     assert [item["archive"] for item in on_target["archives"]] == [newest, older]
     ref = on_target["archives"][0]["ref"]
     assert ref == f"{TARGET}:{source}/{newest}" and on_target["archives"][0]["status"] == "ok"
+    assert on_target["archives"][0]["encrypted"] is bool(encrypt)
     text = coord("list")
     assert text.returncode == 0 and ref in text.stdout and ".coord-upload" not in text.stdout
 
-    verified = coord("verify", ref)
+    verified = coord("verify", ref, *secret)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith(f"OK {ref}: sha256 matches the manifest")
-    latest = coord("verify", "--latest", source, "--json")  # the only target
+    latest = coord("verify", "--latest", source, "--json", *secret)  # the only target
     assert latest.returncode == 0 and latest.json["archive"] == ref, latest.stdout + latest.stderr
 
-    restored = coord("restore", ref, "--volume", restored_volume, "--json")
+    restored = coord("restore", ref, "--volume", restored_volume, "--json", *secret)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert restored.json["archive"] == ref
     assert differences(expected, snapshot_tree(volume_path(docker_client, restored_volume))) == []
 
-    write_policy(policies, "app", f"volumes: [{source}]\nstrategy: live\nretention: {{keep_last: 1}}\n")
+    write_policy(policies, "app", f"volumes: [{source}]\nstrategy: live\nretention: {{keep_last: 1}}\n{encrypt}")
     pruned = coord("prune", "--target", TARGET, "--json")
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     [volume_result] = pruned.json["volumes"]
@@ -114,3 +119,30 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     assert json.loads((remote_dir / f"{third}.manifest.json").read_text())["archive"] == third
     everything = listed.stdout + listed.stderr + text.stdout + text.stderr + restored.stdout + restored.stderr
     assert remote.password not in everything
+    assert passphrase_file.read_text().splitlines()[0] not in everything + verified.stdout + verified.stderr
+
+
+def test_a_target_that_cannot_be_listed_fails_the_listing_but_not_the_others(
+    rclone_servers: Callable[[str], ServedRemote], tmp_path: Path, state_dir: Path
+) -> None:
+    remote = rclone_servers("webdav")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "_defaults.yaml").write_text(f'targets:\n  {TARGET}: {{rclone: "{remote.path}"}}\n')
+    remote.stop()  # the server is gone (the module's fixture starts it again for the next test)
+    listed = run_coord(
+        "list",
+        "--json",
+        "--policies-dir",
+        str(policies),
+        "--dest",
+        str(tmp_path / "dest"),
+        "--state-dir",
+        str(state_dir),
+        env=remote.environment(),
+    )
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    by_name = {item["target"]: item for item in listed.json["targets"]}
+    assert by_name["local"]["error"] is None and by_name["local"]["archives"] == []
+    assert by_name[TARGET]["error"].startswith(f"target {TARGET}: ")
+    assert remote.password not in listed.stdout + listed.stderr
