@@ -46,6 +46,11 @@ def backup_to_target(coord: Callable[..., CoordRun], volume: str) -> str:
     return ref.file
 
 
+def local_archives(*directories: Path) -> list[Path]:
+    """Archive files (or pieces of them) anywhere under `directories`."""
+    return [path for directory in directories for path in directory.rglob("*") if ".tar." in path.name]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_backup_list_verify_restore_prune_on_a_remote_target(
     kind: str,
@@ -76,7 +81,7 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     older = backup_to_target(coord, source)
     newest = backup_to_target(coord, source)
     assert newest != older
-    assert not [path for path in tmp_path.rglob("*") if ".tar." in path.name]  # nothing of them on local disk
+    assert not local_archives(tmp_path, state_dir)  # nothing of them on local disk
     # What an upload in progress (or a failed one) leaves: never listed, never latest.
     remote_dir = remote.local_root / source
     leftovers = [f".coord-upload-{newest}", f"{newest}.partial", f"{source}-29990101T000000Z.tar.zst"]
@@ -104,6 +109,7 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert restored.json["archive"] == ref
     assert differences(expected, snapshot_tree(volume_path(docker_client, restored_volume))) == []
+    assert not local_archives(tmp_path, state_dir)  # streamed: no local copy was made to restore from
 
     write_policy(policies, "app", f"volumes: [{source}]\nstrategy: live\nretention: {{keep_last: 1}}\n{encrypt}")
     pruned = coord("prune", "--target", TARGET, "--json")
