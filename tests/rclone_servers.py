@@ -61,6 +61,10 @@ class ServedRemote:
         """The rclone path a target uses: the served directory's root (s3: the bucket)."""
         return f"{self.name}:{BUCKET}" if self.kind == "s3" else f"{self.name}:"
 
+    def under(self, *parts: str) -> str:
+        """The rclone path of `parts` below the target's root."""
+        return self.path + ("" if self.path.endswith(":") else "/") + "/".join(parts)
+
     @property
     def local_root(self) -> Path:
         """Where the target's files land on disk."""
@@ -135,7 +139,6 @@ def _settings(kind: str, port: int, password: str) -> dict[str, str]:
             "endpoint": f"http://127.0.0.1:{port}",
             "access_key_id": USER,
             "secret_access_key": password,
-            "use_multipart_uploads": "false",
         }
     if kind == "sftp":
         return {

@@ -17,12 +17,13 @@ from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.grammar import plural
 from coord.notify import Notifier
-from coord.policy import load_policies, render_json_schema
+from coord.policy import LoadedPolicy, load_policies, render_json_schema
 from coord.render import human_size, run_summary
 from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
 from coord.signals import Interrupted
 from coord.sources import VolumeSources, own_container_id
+from coord.targets import Target
 
 T = TypeVar("T")
 
@@ -391,16 +392,21 @@ def plan(
     policy: PolicyNames = None,
     policies_dir: PoliciesDir = Path("policies"),
     volumes_root: VolumesRoot = None,
+    dest: Dest = None,
+    target: TargetNames = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show, touching nothing, each volume, its strategy, its containers and the exact actions backup would take,
-    and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy error."""
+    """Show, touching nothing, each volume, its strategy, its targets, its containers and the exact actions backup
+    would take, and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy
+    error."""
     from coord.backup.plan import describe_group
     from coord.docker_ops import DockerControl
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
+    from coord.targets import targets_of
 
     def work() -> tuple[list[dict[str, Any]], list[str]]:
         loaded = load_policies(policies_dir, policy or None)
+        run_targets = _planned_targets(loaded, policies_dir, dest, target or ())
         docker = DockerControl.connect()
         existing = docker.volume_names()
         plans = plan_volumes(loaded, existing, policy or None)
@@ -408,7 +414,12 @@ def plan(
             {
                 "strategy": group.strategy.value,
                 "volumes": [
-                    {"volume": p.volume, "policy": p.policy.name, "error": p.error or group.errors.get(p.volume)}
+                    {
+                        "volume": p.volume,
+                        "policy": p.policy.name,
+                        "error": p.error or group.errors.get(p.volume),
+                        "targets": [t.describe() for t in targets_of(p.policy.policy, run_targets)],
+                    }
                     for p in group.volumes
                 ],
                 "containers": [{"name": c.name, "state": c.state} for c in group.containers],
@@ -440,6 +451,8 @@ def plan(
             print(f"\n{group['strategy']}: {names}")
             for step in group["steps"]:
                 print(f"  {step}")
+            for volume in group["volumes"]:
+                print(f"  {volume['volume']} -> {', '.join(volume['targets']) or 'no target (give --dest or targets)'}")
         if uncovered:
             print(f"\nnot backed up, no policy covers them: {', '.join(uncovered)}")
         if failing:
@@ -480,6 +493,21 @@ def recover(
     raise typer.Exit(EXIT_FAILED if report.errors else EXIT_OK)
 
 
+def _planned_targets(
+    loaded: list[LoadedPolicy], policies_dir: Path, dest: Path | None, names: Sequence[str]
+) -> list[Target]:
+    """The targets a backup would write to, for `coord plan`: none when none is given (plan needs no
+    destination). Raises PolicyError for a policy naming an unknown target, UsageError for an unknown --target."""
+    from coord.defaults import load_defaults
+    from coord.targets import check_policy_targets, resolve_targets
+
+    defaults = load_defaults(policies_dir)
+    check_policy_targets(loaded, defaults.targets, dest)
+    if not defaults.targets and dest is None:
+        return []
+    return resolve_targets(defaults.targets, dest, names)
+
+
 @app.command()
 def validate(
     policies_dir: PoliciesDir = Path("policies"),
@@ -496,16 +524,27 @@ def validate(
     """Check every policy file in the directory; report every problem with file, line and key. Exit 2 if any.
 
     Without --docker nothing but the files is read; with it, the engine is asked which volumes exist."""
-    from coord.defaults import load_defaults
+    from coord.defaults import Defaults, load_defaults
+    from coord.targets.config import LOCAL_TARGET, unknown_target_problems
 
     def work() -> list[str]:
         problems: list[str] = []
         loaded = []
-        for check in (lambda: loaded.extend(load_policies(policies_dir)), lambda: load_defaults(policies_dir)):
+        defaults: list[Defaults] = []
+
+        def read_policies() -> None:
+            loaded.extend(load_policies(policies_dir))
+
+        def read_defaults() -> None:
+            defaults.append(load_defaults(policies_dir))
+
+        for check in (read_policies, read_defaults):
             try:
                 check()
             except PolicyError as error:
                 problems += error.problems
+        if defaults:  # `local` may come from --dest at run time
+            problems += unknown_target_problems(loaded, {*defaults[0].targets, LOCAL_TARGET})
         if with_docker and not problems:
             from coord.docker_ops import DockerControl
             from coord.plan import engine_problems
@@ -1030,8 +1069,17 @@ def daemon(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="The schema of <policies dir>/_defaults.yaml (notify, targets) instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of policy files (for editors: see README, 'Policy files')."""
+    if defaults:
+        from coord.defaults import render_defaults_schema
+
+        sys.stdout.write(render_defaults_schema())
+        return
     sys.stdout.write(render_json_schema())
 
 

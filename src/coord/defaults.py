@@ -19,6 +19,7 @@ targets:                              # where archives go (targets/config.py); a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -75,3 +76,9 @@ def load_defaults(directory: Path) -> Defaults:
     if problems or defaults is None:
         raise PolicyError(problems)
     return defaults
+
+
+def render_defaults_schema() -> str:
+    """The JSON Schema of the defaults file (`coord schema --defaults`), for editors."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Defaults.model_json_schema()}
+    return json.dumps(schema, indent=2) + "\n"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from coord.targets.rclone import _classify, _last_lines, parse_modified, redact
+from coord.targets.rclone import Rclone, _classify, _last_lines, parse_modified, redact
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,10 @@ def test_rclone_times_become_aware_utc(text: str) -> None:
 
 def test_whole_second_times_parse() -> None:
     assert parse_modified("2026-12-01T03:40:14Z") == datetime(2026, 12, 1, 3, 40, 14, tzinfo=UTC)
+
+
+def test_secret_values_of_the_rclone_config_file_are_replaced(tmp_path: Path) -> None:
+    config = tmp_path / "rclone.conf"
+    config.write_text("[offsite]\ntype = s3\nsecret_access_key = wJalrXUtnFEMI\npass = obscuredXYZ\nregion = eu\n")
+    rclone = Rclone("offsite", config_file=config)
+    assert rclone.redact("used wJalrXUtnFEMI and obscuredXYZ in eu with s3") == "used *** and *** in eu with s3"

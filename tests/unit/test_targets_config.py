@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,30 @@ def test_load_defaults_raises_every_problem(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as raised:
         load_defaults(tmp_path)
     assert len(raised.value.problems) == 2
+
+
+def test_validate_reports_a_policy_naming_an_unknown_target(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+
+    (tmp_path / "_defaults.yaml").write_text("targets:\n  offsite: {rclone: 'r:b'}\n")
+    (tmp_path / "db.yaml").write_text("volumes: [v]\nstrategy: live\ntargets: [local, ofsite]\n")
+    result = CliRunner().invoke(app, ["validate", "--json", "--policies-dir", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["errors"] == [
+        f"{tmp_path}/db.yaml:3: targets[1]: no target named 'ofsite' (did you mean 'offsite'?); the targets are "
+        "local, offsite (_defaults.yaml `targets:`, or `local` for --dest)"
+    ]
+
+
+def test_schema_of_the_defaults_file_describes_targets() -> None:
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+
+    result = CliRunner().invoke(app, ["schema", "--defaults"], catch_exceptions=False)
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) == {"notify", "targets"}
+    target = schema["$defs"]["TargetConfig"]
+    assert set(target["properties"]) == {"path", "rclone"} and target["additionalProperties"] is False

@@ -10,7 +10,8 @@
     snapshot  link a volume's tree, bring it up to date while paused, drop it
     archive   one volume to its .partial file, journaled
     auto      strategy auto: judge the live read, escalate once
-    publish   decide status -> check -> rename + manifest -> retention
+    publish   decide status -> check -> rename + manifest -> other targets -> retention
+    upload    to a target: temporary name -> check -> rename -> manifest last; streaming to a remote
     manifest  the manifest document
     plan      the steps in words, for `coord plan`
 

@@ -74,6 +74,7 @@ class Job:
     written: Written | None = None
     snapshot: TakenSnapshot | None = None
     targets: list[Target] = field(default_factory=list)  # where its archive goes; the first is written to
+    planned_targets: list[str] = field(default_factory=list)  # the policy's targets, in the order defined
     extra_hashes: tuple[str, ...] = ()  # md5/sha1 the targets check uploads by, computed with the sha256
 
     @property
@@ -124,6 +125,7 @@ def admit(plan: VolumePlan, group_error: str | None, ctx: RunContext) -> tuple[V
         log.error("%s: %s", plan.volume, error.message)
         return result, None
     job = Job(plan, result, source, encryption, targets=targets)
+    job.planned_targets = [target.name for target in targets_of(plan.policy.policy, ctx.targets)]
     job.extra_hashes = hashes_for(targets, ctx)
     return result, job
 
@@ -146,13 +148,13 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
                 check_destination(target.local_path / plan.volume)
             else:
                 probe_target(target, plan.volume)
-        except CoordError as error:
+        except CoordError as error:  # among the volume's errors once it is published (publish.settle_targets)
             result.targets.append(TargetResult(target.name, TargetStatus.FAILED, error=error.message))
-            result.errors.append(error.message)
             log.error("%s: %s", plan.volume, error.message)
             continue
         usable.append(target)
     if not usable:
+        result.errors += [item.error for item in result.targets if item.error]
         raise CoordError("no target can be written to; nothing was run, paused or stopped")
     return usable
 

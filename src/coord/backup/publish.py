@@ -180,7 +180,11 @@ def discard(job: Job, written: Written, ctx: RunContext) -> None:
         remove_partial(written.partial)
         clear_entry(ctx, written.entry, job.result)
         return
-    rclone = written.remote.target.rclone()
+    target = written.remote.target
+    own = next((error for error in job.result.errors if error.startswith(f"target {target.name}: ")), None)
+    if own is not None:  # the stream to the target failed (rather than the archive): the target's failure
+        job.result.targets.append(TargetResult(target.name, TargetStatus.FAILED, error=own))
+    rclone = target.rclone()
     try:
         clean_up(rclone, written.remote.location)
     except RemoteError as error:  # the entry stays: `coord recover` removes it later
@@ -244,6 +248,8 @@ def settle_targets(job: Job) -> None:
     result = job.result
     recorded = {item.target for item in result.targets}
     result.targets += [TargetResult(t.name, TargetStatus.SKIPPED) for t in job.targets if t.name not in recorded]
+    order = {name: index for index, name in enumerate(job.planned_targets)}
+    result.targets.sort(key=lambda item: order.get(item.target, len(order)))
     for item in result.targets:
         if item.status is TargetStatus.FAILED:
             result.status = VolumeStatus.FAILED

@@ -88,14 +88,19 @@ def record_upload(journal: Journal, archive: RemoteArchive) -> JournalEntry:
     return journal.record(REMOTE_PUBLISH, archive.location, UPLOADING, archive.volume, archive.identity())
 
 
-def clean_up(rclone: Rclone, location: str) -> list[str]:
+class AlreadyThere(RemoteError):
+    """The archive's name is taken on the target: that file is not this upload's and is left alone."""
+
+
+def clean_up(rclone: Rclone, location: str, *, keep_final: bool = False) -> list[str]:
     """Remove what an upload of the archive at `location` left: its temporaries, and the archive itself when its
-    manifest never landed (it was this upload's: names carry the run's time). Returns what was there and is
-    gone. Raises RemoteError when the target cannot be reached (the journal entry is then kept)."""
+    manifest never landed (it was this upload's: names carry the run's time, and an upload never replaces a file;
+    `keep_final` when the name was found taken). Returns what was there and is gone. Raises RemoteError when the
+    target cannot be reached (the journal entry is then kept)."""
     removed = []
     manifest = location + MANIFEST_SUFFIX
     candidates = [location + PARTIAL_SUFFIX, manifest + PARTIAL_SUFFIX]
-    if rclone.stat(manifest) is None:
+    if not keep_final and rclone.stat(manifest) is None:
         candidates.append(location)
     for path in candidates:
         if rclone.stat(path) is not None:
@@ -128,7 +133,7 @@ def finish(rclone: Rclone, archive: RemoteArchive, manifest: bytes) -> None:
     """Rename the checked temporary to the archive's name, then upload its manifest (temporary, renamed).
     Raises RemoteError, also when an archive of that name is already there (never replaced)."""
     if rclone.stat(archive.location) is not None:
-        raise RemoteError(f"target {rclone.target}: {archive.location} already exists; not replaced")
+        raise AlreadyThere(f"target {rclone.target}: {archive.location} already exists; not replaced")
     rclone.move(archive.temporary, archive.location)
     rclone.write_bytes(manifest, archive.manifest_temporary)
     rclone.move(archive.manifest_temporary, archive.manifest)
@@ -137,7 +142,7 @@ def finish(rclone: Rclone, archive: RemoteArchive, manifest: bytes) -> None:
 def give_up(rclone: Rclone, archive: RemoteArchive, journal: Journal, entry: JournalEntry, error: CoordError) -> str:
     """After a failed upload: remove what it left (the entry is cleared when that worked). The error to report."""
     try:
-        clean_up(rclone, archive.location)
+        clean_up(rclone, archive.location, keep_final=isinstance(error, AlreadyThere))
     except RemoteError as cleanup_error:
         log.error("%s: %s (kept in the journal for `coord recover`)", archive.volume, cleanup_error.message)
         return f"{error.message}; {archive.temporary} could not be removed yet (`coord recover` will)"
@@ -262,14 +267,19 @@ class RemoteStore:
 
             uploader = threading.Thread(target=upload, daemon=True)
             uploader.start()
+            gpg_error: CoordError | None = None
             try:
                 assert self.encryption is not None
                 encrypt_stream_to(stream, fifo, self.encryption)
+            except CoordError as error:  # gpg fails too when the upload died (its output has no reader)
+                gpg_error = error
             finally:
                 _release_reader(fifo, uploader)
-        if failures:
-            error = failures[0]
-            raise error if isinstance(error, CoordError) else CoordError(f"upload failed: {error}")
+        if failures:  # the upload's failure is the cause: reported first
+            failure = failures[0]
+            raise failure if isinstance(failure, CoordError) else CoordError(f"upload failed: {failure}")
+        if gpg_error is not None:
+            raise gpg_error
 
 
 def _release_reader(fifo: Path, uploader: threading.Thread) -> None:

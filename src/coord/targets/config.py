@@ -46,7 +46,9 @@ class RcloneTargetConfig:
 
 
 class TargetConfig(BaseModel):
-    """One entry of `targets:` as written: exactly one kind key. `resolved()` gives the kind's own settings."""
+    """One target: a local directory (`path:`) or an rclone remote:path (`rclone:`), exactly one."""
+
+    # resolved() gives the kind's own settings (LocalTargetConfig, RcloneTargetConfig).
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="target")
 

@@ -90,6 +90,25 @@ def secret_environment_values(environment: Mapping[str, str] | None = None) -> l
     return found
 
 
+def config_file_secrets(config_file: Path | None = None) -> list[str]:
+    """The values of the secret keys (pass, secret_access_key, token, ...) in rclone's configuration file:
+    `config_file`, else $RCLONE_CONFIG. [] when there is none or it cannot be read (an encrypted config file
+    holds no readable values either)."""
+    path = config_file or (Path(os.environ["RCLONE_CONFIG"]) if os.environ.get("RCLONE_CONFIG") else None)
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        key, separator, value = line.partition("=")
+        if separator and any(word in key.strip().upper() for word in _SECRET_WORDS) and value.strip():
+            found.append(value.strip())
+    return found
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` with every credential it may carry replaced by ***: URLs' user:password@, `pass=`/`password=`/
     `token=`/`secret=`/`key=` values, the values of the secret RCLONE_* environment variables and `secrets`."""
@@ -213,7 +232,7 @@ class Rclone:
         return [rclone_binary(), *config, *RCLONE_FLAGS, *arguments]
 
     def redact(self, text: str) -> str:
-        return redact(text)
+        return redact(text, config_file_secrets(self.config_file))
 
     def error(self, what: str, exit_code: int, stderr: str) -> RemoteError:
         """The RemoteError of a failed rclone run: "target T: WHAT: rclone's reason", redacted."""
