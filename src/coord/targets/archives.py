@@ -31,7 +31,15 @@ from coord.archive_location import ArchiveLocation, LocalArchive
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import CoordError, UsageError
 from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
-from coord.retention import VERIFIED_STATUSES, ArchiveHashes, StoredArchive, find_archives, is_future, parse_time
+from coord.retention import (
+    VERIFIED_STATUSES,
+    ArchiveHashes,
+    StoredArchive,
+    find_archives,
+    is_future,
+    parse_time,
+    volume_directories,
+)
 from coord.stream_types import ByteStream, buffered_pipe
 from coord.targets import PARTIAL_SUFFIX, Target, resolve_targets
 from coord.targets.config import LOCAL_TARGET
@@ -217,8 +225,6 @@ class LocalStore:
         return str(self.root)
 
     def volumes(self) -> list[str]:
-        from coord.retention import volume_directories
-
         return volume_directories(self.root)
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
@@ -248,7 +254,7 @@ class LocalStore:
 
     def location(self, ref: Ref) -> ArchiveLocation:
         path = self.path_of(ref)
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():  # retention never counts a link: neither does a ref
             raise _missing(ref, self.describe(), f"no archive {ref.file} in {path.parent}")
         if not manifest_path_for(path).is_file():
             raise _missing(ref, self.describe(), f"{ref.file} has no manifest: it is not a complete archive")
