@@ -625,22 +625,17 @@ def _store_options(
     return StoreOptions(policies_dir, dest, tuple(targets or ()), state_dir, rclone_config)
 
 
-def _latest_archive(volume: str, options: Any) -> tuple[Any, Any]:
-    """The newest verified archive of `volume` on the one target `--latest` reads, as (location or None, listing);
-    what was passed over goes to stderr (the JSON on stdout stays one document). Raises UsageError, CoordError."""
+def _latest_archive(volume: str, options: Any) -> Any:
+    """The newest verified archive of `volume` on the one target `--latest` reads (a LatestChoice); what was
+    passed over goes to stderr (the JSON on stdout stays one document). Raises UsageError, CoordError."""
     from datetime import UTC, datetime
 
-    from coord.targets.archives import store_for_latest
+    from coord.targets.archives import choose_latest
 
-    store = store_for_latest(options)
-    listing = store.list_volume(volume, datetime.now(UTC))
-    chosen, skipped = listing.latest()
-    for line in skipped:
+    chosen = choose_latest(options, volume, datetime.now(UTC))
+    for line in chosen.skipped:
         print(f"passed over: {line}", file=sys.stderr)
-    if chosen is None:
-        passed = f"; passed over: {'; '.join(skipped)}" if skipped else ""
-        return None, (store, f"no verified archive of volume {volume} in {store.describe()}{passed}")
-    return store.location(chosen.ref), (store, listing)
+    return chosen
 
 
 def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: Path) -> Callable[[], Any]:
@@ -727,13 +722,13 @@ def verify(
         options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
         decryption = _decryption(gpg_home, passphrase_file, state_dir)
         if latest is not None:
-            location, (store, found) = _latest_archive(latest, options)
-            if location is None:
-                return Verification(archive=f"{store.describe()}/{latest}", problems=[found])
-            verification = verify_archive(location, decryption)
+            chosen = _latest_archive(latest, options)
+            if chosen.archive is None:
+                return Verification(archive=chosen.where, problems=[chosen.problem()])
+            verification = verify_archive(chosen.archive, decryption)
             # An archive that no longer matches its manifest fails the check even when an older one verifies:
             # `verify --latest` is what monitoring runs, and a corrupt backup must not pass unnoticed.
-            verification.problems += found.mismatched
+            verification.problems += chosen.mismatched
             return verification
         assert archive is not None
         if target:
@@ -854,10 +849,12 @@ def _archive_to_restore(archive: str | None, latest: str | None, options: Any) -
     if (archive is None) == (latest is None):
         raise UsageError("give either an ARCHIVE or --latest VOLUME")
     if latest is not None:
-        location, (_, found) = _latest_archive(latest, options)
-        if location is None:
-            raise UsageError(found)
-        return location
+        chosen = _latest_archive(latest, options)
+        if chosen.archive is None:
+            from coord.errors import RestoreError
+
+            raise RestoreError(chosen.problem())  # exit 1: nothing to restore is a failure, not a usage error
+        return chosen.archive
     assert archive is not None
     if options.names:
         raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")

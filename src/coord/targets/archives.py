@@ -477,6 +477,38 @@ def store_for_latest(options: StoreOptions) -> ArchiveStore:
     return stores[0]
 
 
+@dataclass
+class LatestChoice:
+    """What `--latest VOLUME` found on its one target: the archive to read (None: no verified one), what was
+    passed over and why, and the archives that no longer match their manifest."""
+
+    volume: str
+    target_root: str  # the target's directory or remote:path, for messages
+    archive: ArchiveLocation | None
+    skipped: list[str]
+    mismatched: list[str]
+
+    @property
+    def where(self) -> str:
+        """The volume's directory on the target."""
+        return f"{self.target_root}/{self.volume}"
+
+    def problem(self) -> str:
+        """Why there is nothing to read (when `archive` is None)."""
+        passed = f"; passed over: {'; '.join(self.skipped)}" if self.skipped else ""
+        return f"no verified archive of volume {self.volume} in {self.target_root}{passed}"
+
+
+def choose_latest(options: StoreOptions, volume: str, now: datetime) -> LatestChoice:
+    """The newest verified archive of `volume` on the one target `--latest` reads (store_for_latest). Raises
+    UsageError, CoordError (the target cannot be read)."""
+    store = store_for_latest(options)
+    listing = store.list_volume(volume, now)
+    chosen, skipped = listing.latest()
+    location = store.location(chosen.ref) if chosen is not None else None
+    return LatestChoice(volume, store.describe(), location, skipped, listing.mismatched)
+
+
 def resolve_archive(text: str, options: StoreOptions) -> Path | ArchiveLocation:
     """What an ARCHIVE argument names: an existing local path is that file; `<target>:<volume>/<file>` whose
     target is configured is that archive on that target; anything else is a local path (which the caller finds
