@@ -1,8 +1,10 @@
 """Issue 14, items 6 and 8 (round trip): for each of rclone's real servers (`rclone serve s3|sftp|webdav` on
-loopback, tests/rclone_servers.py), through the `coord` command line: backup -> list -> verify -> restore gives a
-byte-identical volume (content, owners, modes, links, mtimes), the listing ignores temporaries and archives without
-manifest, prune on the remote (and the backup's own retention there) keeps the newest verified archive, and
-nothing of the archives lands on local disk. One server per kind for the module."""
+loopback, tests/rclone_servers.py), through the `coord` command line: `coord backup` to the remote target only ->
+list -> verify -> restore gives a byte-identical volume (content, owners, modes, links, mtimes; one kind
+encrypted), nothing of the archive lands on local disk, the listing ignores temporaries and archives without
+manifest, and prune on the remote keeps the newest verified archive. On one kind (the code is the same): the
+backup's own retention on the remote, and a corrupted remote archive failing verify and restore. One server per
+kind for the module."""
 
 from __future__ import annotations
 
@@ -49,6 +51,27 @@ def backup_to_target(coord: Callable[..., CoordRun], volume: str) -> str:
 def local_archives(*directories: Path) -> list[Path]:
     """Archive files (or pieces of them) anywhere under `directories`."""
     return [path for directory in directories for path in directory.rglob("*") if ".tar." in path.name]
+
+
+def check_backup_retention_and_corruption(
+    coord: Callable[..., CoordRun], remote_dir: Path, source: str, leftovers: list[str], tmp_path: Path
+) -> None:
+    """A third backup: its own retention (keep_last 1) leaves only it on the remote. Then a byte of it changed
+    on the remote (same size, so the listing still counts it): verify and restore read it whole and refuse it."""
+    third = backup_to_target(coord, source)  # the backup's own retention, on the remote
+    assert sorted(path.name for path in remote_dir.iterdir()) == sorted([third, f"{third}.manifest.json", *leftovers])
+    assert json.loads((remote_dir / f"{third}.manifest.json").read_text())["archive"] == third
+
+    stored = remote_dir / third
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    corrupt = coord("verify", "--latest", source)
+    assert corrupt.returncode == 1 and corrupt.stdout.startswith(f"FAIL {TARGET}:{source}/{third}: sha256 mismatch")
+    refused = coord("restore", "--latest", source, "--target-dir", str(tmp_path / "never"), "--dry-run")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith(f"coord: error: cannot read {TARGET}:{source}/{third}: "), refused.stderr
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -120,9 +143,8 @@ def test_backup_list_verify_restore_prune_on_a_remote_target(
     assert [item["archive"] for item in volume_result["kept"]] == [ref]
     assert sorted(path.name for path in remote_dir.iterdir()) == sorted([newest, f"{newest}.manifest.json", *leftovers])
 
-    third = backup_to_target(coord, source)  # the backup's own retention, on the remote
-    assert sorted(path.name for path in remote_dir.iterdir()) == sorted([third, f"{third}.manifest.json", *leftovers])
-    assert json.loads((remote_dir / f"{third}.manifest.json").read_text())["archive"] == third
+    if kind == "s3":  # the same code for every kind: once is enough for the suite's time
+        check_backup_retention_and_corruption(coord, remote_dir, source, leftovers, tmp_path)
     everything = listed.stdout + listed.stderr + text.stdout + text.stderr + restored.stdout + restored.stderr
     assert remote.password not in everything
     assert passphrase_file.read_text().splitlines()[0] not in everything + verified.stdout + verified.stderr
