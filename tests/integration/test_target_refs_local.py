@@ -91,3 +91,25 @@ def test_refs_that_name_nothing_complete_are_usage_errors(tmp_path: Path, state_
     assert empty.returncode == 0 and "no complete archive yet" in empty.stdout
     nothing = run_coord("list", "--state-dir", str(state_dir), "--policies-dir", str(tmp_path / "none"))
     assert nothing.returncode == 2 and "no target: pass --dest DIR" in nothing.stderr
+
+
+def test_latest_with_nothing_verified_fails_and_latest_reads_one_target(tmp_path: Path, state_dir: Path) -> None:
+    dest, policies = tmp_path / "dest", tmp_path / "policies"
+    policies.mkdir()
+    (policies / "_defaults.yaml").write_text(f"targets:\n  nas: {{path: {tmp_path / 'nas'}}}\n")
+    common = ("--state-dir", str(state_dir), "--policies-dir", str(policies))
+
+    verified = run_coord("verify", "--latest", "app", "--dest", str(dest), *common)
+    assert verified.returncode == 1
+    assert verified.stdout == f"FAIL {dest}/app: no verified archive of volume app in {dest}\n"
+    restored = run_coord("restore", "--latest", "app", "--target", "nas", "--target-dir", str(tmp_path / "t"), *common)
+    assert restored.returncode == 1 and f"no verified archive of volume app in {tmp_path / 'nas'}" in restored.stderr
+    assert not (tmp_path / "t").exists()
+
+    (policies / "_defaults.yaml").write_text(
+        f"targets:\n  nas: {{path: {tmp_path / 'nas'}}}\n  other: {{path: {tmp_path / 'other'}}}\n"
+    )
+    several = run_coord("verify", "--latest", "app", *common)
+    assert several.returncode == 2 and "several are configured (nas, other): pass --target NAME" in several.stderr
+    misplaced = run_coord("verify", str(tmp_path), "--target", "nas", *common)
+    assert misplaced.returncode == 2 and "--target goes with --latest" in misplaced.stderr
