@@ -70,7 +70,7 @@ def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | No
         job.result.errors.append(f"destination {dest}: {error.strerror}")
         return
     partial = final.with_name(final.name + ".partial")
-    remote = RemoteArchive(job.primary, job.volume, final.name) if job.local_dest is None else None
+    remote = job.remote_archive(job.primary, final.name) if job.local_dest is None else None
     check = _check_for(job, remote)
     try:
         if remote is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coord.backup.steps import Step
+from coord.backup.upload import Capabilities
 from coord.docker_ops import Engine
 from coord.encrypt import DEFAULT_STATE_DIR
 from coord.errors import UsageError
@@ -59,7 +60,7 @@ class RunContext:
     actions: list[ContainerAction] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)  # the run's (request.run_targets())
-    offered_hashes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by target: asked once a run
+    capabilities: dict[str, Capabilities] = field(default_factory=dict)  # by target: asked once a run
 
     def for_group(self) -> RunContext:
         """The context of one quiesce group: its own container actions, the run's step record."""

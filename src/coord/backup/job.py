@@ -18,7 +18,7 @@ from pathlib import Path
 
 from coord.archive import ArchiveOutcome
 from coord.backup.context import RunContext
-from coord.backup.upload import CHECKED_HASHES, RemoteArchive, offered_hashes, probe_target
+from coord.backup.upload import CHECKED_HASHES, Capabilities, RemoteArchive, capabilities_of, probe_target
 from coord.encrypt import Encryption, encryption_for, warm_up
 from coord.errors import CoordError
 from coord.fsutil import open_directory
@@ -76,6 +76,7 @@ class Job:
     targets: list[Target] = field(default_factory=list)  # where its archive goes; the first is written to
     planned_targets: list[str] = field(default_factory=list)  # the policy's targets, in the order defined
     extra_hashes: tuple[str, ...] = ()  # md5/sha1 the targets check uploads by, computed with the sha256
+    atomic_targets: frozenset[str] = frozenset()  # targets whose uploads are atomic (object stores: upload.py)
 
     @property
     def volume(self) -> str:
@@ -90,6 +91,10 @@ class Job:
     def local_dest(self) -> Path | None:
         """The primary target's directory when it is local (None: the archive streams to a remote)."""
         return self.primary.local_path
+
+    def remote_archive(self, target: Target, file_name: str) -> RemoteArchive:
+        """The archive's names on `target` (uploaded straight to its name where uploads are atomic)."""
+        return RemoteArchive(target, self.volume, file_name, direct=target.name in self.atomic_targets)
 
     @property
     def other_targets(self) -> list[Target]:
@@ -126,7 +131,9 @@ def admit(plan: VolumePlan, group_error: str | None, ctx: RunContext) -> tuple[V
         return result, None
     job = Job(plan, result, source, encryption, targets=targets)
     job.planned_targets = [target.name for target in targets_of(plan.policy.policy, ctx.targets)]
-    job.extra_hashes = hashes_for(targets, ctx)
+    capabilities = remote_capabilities(targets, ctx)
+    job.extra_hashes = tuple(name for name in CHECKED_HASHES if any(name in c.hashes for c in capabilities.values()))
+    job.atomic_targets = frozenset(name for name, offered in capabilities.items() if offered.atomic)
     return result, job
 
 
@@ -159,14 +166,12 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
     return usable
 
 
-def hashes_for(targets: list[Target], ctx: RunContext) -> tuple[str, ...]:
-    """The hashes (md5, sha1) the remote `targets` check uploads by, asked once per target and run."""
-    offered: set[str] = set()
+def remote_capabilities(targets: list[Target], ctx: RunContext) -> dict[str, Capabilities]:
+    """What each remote target's backend offers (hashes, atomic uploads), asked once per target and run."""
     for target in targets:
-        if target.name not in ctx.offered_hashes:
-            ctx.offered_hashes[target.name] = offered_hashes([target])
-        offered.update(ctx.offered_hashes[target.name])
-    return tuple(name for name in CHECKED_HASHES if name in offered)
+        if not target.is_local and target.name not in ctx.capabilities:
+            ctx.capabilities[target.name] = capabilities_of(target)
+    return {target.name: ctx.capabilities[target.name] for target in targets if not target.is_local}
 
 
 def check_destination(directory: Path) -> None:

@@ -223,11 +223,13 @@ def send_to_other_targets(job: Job, written: Written, read: ReadBack, ctx: RunCo
             assert isinstance(check, RemoteArchiveCheck)
             size, _, hashes = check.stored(written.outcome)
             manifest = manifest_bytes(build_manifest(job, written, read))
-            outcome = copy_published(written.remote, target, size, hashes, manifest, ctx.journal)
+            remote = job.remote_archive(target, written.remote.file_name)
+            outcome = copy_published(written.remote, remote, size, hashes, manifest, ctx.journal)
         else:
             manifest_file = manifest_path_for(written.final)
             hashes = local_hashes(job, written)
-            outcome = upload_published(target, job.volume, written.final, manifest_file, hashes, ctx.journal)
+            remote = job.remote_archive(target, written.final.name)
+            outcome = upload_published(remote, written.final, manifest_file, hashes, ctx.journal)
         result.targets.append(outcome)
 
 

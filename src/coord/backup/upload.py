@@ -7,6 +7,10 @@ On a target, an archive never looks finished before it is (`RemoteArchive`):
     md5/sha1 where the backend offers one, computed in the same pass as coord's sha256) -> rename to <file>
     -> upload the manifest as <file>.manifest.json.partial -> rename it -> clear the entry
 
+On an object store (S3, GCS, B2, Azure: rclone reports no server-side Move and no partial uploads), an object
+appears whole or not at all and a rename would copy it all: the upload goes straight to <file> (never over an
+existing one) and is checked there; the manifest, last, is still what makes it complete.
+
 An archive without its manifest is not complete (never listed, never latest). A failure on the way removes what
 this upload put there; a crash leaves the entry, and `coord recover` removes the temporaries and an archive whose
 manifest never landed (recovery.py). Transient failures are retried (targets/rclone.py); a target that still fails
@@ -51,11 +55,14 @@ CHECKED_HASHES = ("md5", "sha1")  # rclone's hash names that are hashlib's too; 
 
 @dataclass(frozen=True)
 class RemoteArchive:
-    """One archive's names on one target."""
+    """One archive's names on one target. `direct`: the target's uploads are atomic (an object store: the object
+    appears whole or not at all, and a rename would copy it), so the upload goes to the final name itself; the
+    manifest, uploaded last, still is what makes it complete."""
 
     target: Target
     volume: str
     file_name: str
+    direct: bool = False
 
     @property
     def location(self) -> str:
@@ -63,7 +70,8 @@ class RemoteArchive:
 
     @property
     def temporary(self) -> str:
-        return self.location + PARTIAL_SUFFIX
+        """Where the upload goes before it is checked."""
+        return self.location if self.direct else self.location + PARTIAL_SUFFIX
 
     @property
     def manifest(self) -> str:
@@ -129,12 +137,24 @@ def manifest_bytes(manifest: dict[str, object]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
 
 
-def finish(rclone: Rclone, archive: RemoteArchive, manifest: bytes) -> None:
-    """Rename the checked temporary to the archive's name, then upload its manifest (temporary, renamed).
-    Raises RemoteError, also when an archive of that name is already there (never replaced)."""
+def refuse_taken_name(rclone: Rclone, archive: RemoteArchive) -> None:
+    """Raise AlreadyThere when a file has the archive's name on the target: an upload never replaces one."""
     if rclone.stat(archive.location) is not None:
         raise AlreadyThere(f"target {rclone.target}: {archive.location} already exists; not replaced")
-    rclone.move(archive.temporary, archive.location)
+
+
+def begin(rclone: Rclone, archive: RemoteArchive) -> None:
+    """Before an upload straight to the final name: that name must be free. Raises RemoteError."""
+    if archive.direct:
+        refuse_taken_name(rclone, archive)
+
+
+def finish(rclone: Rclone, archive: RemoteArchive, manifest: bytes) -> None:
+    """Rename the checked temporary to the archive's name (not for a direct upload), then upload its manifest
+    (temporary, renamed). Raises RemoteError, also when an archive of that name is already there."""
+    if not archive.direct:
+        refuse_taken_name(rclone, archive)
+        rclone.move(archive.temporary, archive.location)
     rclone.write_bytes(manifest, archive.manifest_temporary)
     rclone.move(archive.manifest_temporary, archive.manifest)
 
@@ -152,17 +172,18 @@ def give_up(rclone: Rclone, archive: RemoteArchive, journal: Journal, entry: Jou
 
 
 def upload_published(
-    target: Target, volume: str, archive: Path, manifest: Path, hashes: dict[str, str], journal: Journal
+    remote: RemoteArchive, archive: Path, manifest: Path, hashes: dict[str, str], journal: Journal
 ) -> TargetResult:
-    """Upload a published local archive and its manifest to `target` (hashes: those of the archive file, by
+    """Upload a published local archive and its manifest as `remote` (hashes: those of the archive file, by
     hashlib name). Returns the target's result; never raises for the target's failure."""
-    remote = RemoteArchive(target, volume, archive.name)
+    target = remote.target
     rclone = target.rclone()
     try:
         entry = record_upload(journal, remote)
     except CoordError as error:
         return TargetResult(target.name, TargetStatus.FAILED, error=f"target {target.name}: {error.message}")
     try:
+        begin(rclone, remote)
         rclone.upload_file(archive, remote.temporary)
         check_landed(rclone, remote.temporary, archive.stat().st_size, hashes)
         finish(rclone, remote, manifest.read_bytes())
@@ -177,17 +198,19 @@ def upload_published(
 
 
 def copy_published(
-    source: RemoteArchive, target: Target, size: int, hashes: dict[str, str], manifest: bytes, journal: Journal
+    source: RemoteArchive, remote: RemoteArchive, size: int, hashes: dict[str, str], manifest: bytes, journal: Journal
 ) -> TargetResult:
-    """Copy an archive published on one target to another (rclone copies remote to remote, server-side where it
-    can), checked like an upload. Returns the target's result; never raises for the target's failure."""
-    remote = RemoteArchive(target, source.volume, source.file_name)
+    """Copy an archive published on one target to another (`remote`: rclone copies remote to remote,
+    server-side where it can), checked like an upload. Returns the target's result; never raises for the
+    target's failure."""
+    target = remote.target
     rclone = target.rclone()
     try:
         entry = record_upload(journal, remote)
     except CoordError as error:
         return TargetResult(target.name, TargetStatus.FAILED, error=f"target {target.name}: {error.message}")
     try:
+        begin(rclone, remote)
         rclone.copy(source.location, remote.temporary)
         check_landed(rclone, remote.temporary, size, hashes)
         finish(rclone, remote, manifest)
@@ -208,18 +231,27 @@ def probe_target(target: Target, volume: str) -> None:
     rclone.delete(probe)
 
 
-def offered_hashes(targets: Sequence[Target]) -> tuple[str, ...]:
-    """The hashes (md5, sha1) any of the remote `targets` can check uploads by; asked once per target.
-    A target that cannot be asked offers none (its upload still gets the size check; its failure shows later)."""
-    offered: set[str] = set()
-    for target in targets:
-        if target.is_local:
-            continue
-        try:
-            offered.update(target.rclone().hash_types(target.location()))
-        except RemoteError as error:
-            log.warning("%s", error.message)
-    return tuple(name for name in CHECKED_HASHES if name in offered)
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target's backend offers coord: the hashes it checks uploads by, and whether uploads are atomic."""
+
+    hashes: tuple[str, ...] = ()
+    atomic: bool = False
+
+
+def capabilities_of(target: Target) -> Capabilities:
+    """Ask the target's backend once (`rclone backend features`). A local target, or one that cannot be asked,
+    gets none: the size check, and a temporary name (its failure, if any, shows at the upload)."""
+    if target.is_local:
+        return Capabilities()
+    rclone = target.rclone()
+    try:
+        hashes = rclone.hash_types(target.location())
+        atomic = rclone.uploads_atomically(target.location())
+    except RemoteError as error:
+        log.warning("%s", error.message)
+        return Capabilities()
+    return Capabilities(tuple(name for name in CHECKED_HASHES if name in hashes), atomic)
 
 
 def file_hashes(path: Path, names: Sequence[str]) -> dict[str, str]:
@@ -245,6 +277,7 @@ class RemoteStore:
 
     def __call__(self, stream: ByteStream, _local: Path) -> None:
         rclone = self.archive.target.rclone()
+        begin(rclone, self.archive)
         if self.encryption is None:
             rclone.upload_stream(stream, self.archive.temporary)  # the caller's reader hashes these bytes
             return

@@ -313,14 +313,29 @@ class Rclone:
             return None
         return _remote_file(entry)
 
-    def hash_types(self, path: str) -> list[str]:
-        """The hashes the backend of `path` supports (`rclone backend features`), e.g. ["md5", "sha1"]; [] when
-        it offers none. Raises RemoteError."""
+    def features(self, path: str) -> dict[str, object]:
+        """What the backend of `path` can do (`rclone backend features`): its "Hashes" list and its "Features"
+        flags (Move, Copy, PartialUploads, ...). Raises RemoteError."""
         root = path.split(":", 1)[0] + ":" if ":" in path and not path.startswith("/") else path
         output = self._retried(f"asking {root} for its features", ["backend", "features", root])
         features = json.loads(output or b"{}")
-        hashes = features.get("Hashes") if isinstance(features, dict) else None
+        return features if isinstance(features, dict) else {}
+
+    def hash_types(self, path: str) -> list[str]:
+        """The hashes the backend of `path` supports (`rclone backend features`), e.g. ["md5", "sha1"]; [] when
+        it offers none. Raises RemoteError."""
+        hashes = self.features(path).get("Hashes")
         return [str(name) for name in hashes] if isinstance(hashes, list) else []
+
+    def uploads_atomically(self, path: str) -> bool:
+        """Whether an upload to the backend of `path` appears only once complete and a rename would copy it all:
+        an object store (S3, GCS, B2, Azure: no server-side Move, no partial uploads), where coord uploads under
+        the final name instead of a temporary one (the manifest, last, still marks it complete). Raises
+        RemoteError."""
+        flags = self.features(path).get("Features")
+        if not isinstance(flags, dict):
+            return False
+        return flags.get("Move") is False and flags.get("PartialUploads") is False and flags.get("IsLocal") is False
 
     # -- small files -----------------------------------------------------------------------------------------
 
