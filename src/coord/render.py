@@ -70,6 +70,8 @@ def run_summary(result: RunResult) -> list[str]:
                 + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
             )
             lines.append(f"     -> {volume.archive}")
+            if len(volume.targets) > 1:  # which targets hold it (a failed one's error follows among the errors)
+                lines.append("     targets: " + ", ".join(f"{t.target} {t.status.value}" for t in volume.targets))
             for pruned in volume.pruned:
                 lines.append(f"     pruned {pruned} (retention)")
             for reason in volume.verdict_reasons:

@@ -60,6 +60,10 @@ def test_sidecar_backs_up_on_schedule_and_reports(example_stack, docker_client) 
     coord, writer = (CONTAINER_NAME[version].format(project=project, service=s) for s in ("coord", "clickhouse"))
     backups = Path(docker_client.volumes.get(f"{project}_backups").attrs["Mountpoint"])
 
+    # the off-host target's rclone configuration arrives as a compose secret file (RCLONE_CONFIG)
+    remotes = subprocess.run(["docker", "exec", coord, "rclone", "listremotes"], capture_output=True, text=True)
+    assert remotes.stdout.split() == ["offsite:"], remotes.stderr
+
     plan = coord_in(coord, "plan")
     assert plan.returncode == 0, plan.stderr
     assert "coord runs as a sidecar: volume <name> is read at /volumes/<name>" in plan.stdout

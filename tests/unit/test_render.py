@@ -31,3 +31,20 @@ def test_times_are_utc_with_a_z() -> None:
 def test_an_archived_volume_in_one_line() -> None:
     assert archived_line(1_500_000, "consistent", 0.0, "/b/v.tar.zst") == "1.5 MB, verdict consistent -> /b/v.tar.zst"
     assert archived_line(10, "fuzzy", 0.4151, "/b/v.tar.zst") == "10 B, verdict fuzzy, downtime 0.42s -> /b/v.tar.zst"
+
+
+def test_the_summary_names_the_targets_holding_the_archive() -> None:
+    from coord.policy import Strategy
+    from coord.render import run_summary
+    from coord.results import RunResult, TargetResult, TargetStatus, VolumeResult, VolumeStatus
+
+    volume = VolumeResult("v", "p", Strategy.LIVE, VolumeStatus.FAILED, archive="/b/v/v-1.tar.zst", entries=3)
+    volume.targets = [
+        TargetResult("local", TargetStatus.OK, "local:v/v-1.tar.zst"),
+        TargetResult("offsite", TargetStatus.FAILED, error="target offsite: upload of ...: 403"),
+    ]
+    volume.errors = ["target offsite: upload of ...: 403"]
+    lines = run_summary(RunResult(volumes=[volume]))
+    assert "     -> /b/v/v-1.tar.zst" in lines
+    assert "     targets: local ok, offsite failed" in lines
+    assert "     error: target offsite: upload of ...: 403" in lines

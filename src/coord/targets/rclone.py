@@ -438,13 +438,18 @@ class Rclone:
             while count := stream.readinto(buffer):
                 upload.write(view[:count])
 
-    def upload_file(self, local: Path, path: str) -> None:
-        """Copy the local file to `path` (`rclone copyto`). Raises RemoteError."""
-        self._retried(f"upload of {local.name} to {path}", ["copyto", str(local), path])
+    def upload_file(self, local: Path, path: str, *, checksum: bool = True) -> None:
+        """Copy the local file to `path` (`rclone copyto`). Raises RemoteError. `checksum=False` when the caller
+        checks a hash of what landed itself: rclone then skips its own comparison (a second hash of the file on
+        both sides: on SFTP the server reads the whole file again)."""
+        flags = [] if checksum else ["--ignore-checksum"]
+        self._retried(f"upload of {local.name} to {path}", ["copyto", *flags, str(local), path])
 
-    def copy(self, source: str, destination: str) -> None:
-        """Copy a file between remotes, or within one (server-side where the backend can). Raises RemoteError."""
-        self._retried(f"copy of {source} to {destination}", ["copyto", source, destination])
+    def copy(self, source: str, destination: str, *, checksum: bool = True) -> None:
+        """Copy a file between remotes, or within one (server-side where the backend can). Raises RemoteError.
+        `checksum` as for upload_file."""
+        flags = [] if checksum else ["--ignore-checksum"]
+        self._retried(f"copy of {source} to {destination}", ["copyto", *flags, source, destination])
 
     def move(self, source: str, destination: str) -> None:
         """Rename `source` to `destination` on the same remote (`rclone moveto`). Raises RemoteError.
