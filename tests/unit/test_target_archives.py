@@ -148,10 +148,11 @@ def test_a_manifest_that_does_not_prove_its_archive_is_never_counted() -> None:
 def test_manifest_problems_name_what_is_wrong() -> None:
     ref = Ref("off", "app", "a.tar.zst")
     document = {"archive": "a.tar.zst", "volume": "app", "started_at": NOW.isoformat(), "size": 5}
-    assert manifest_problem(ref, document, 5) == (None, NOW)
-    assert "names archive 'b'" in str(manifest_problem(ref, {**document, "archive": "b"}, 5)[0])
-    assert "no usable 'started_at'" in str(manifest_problem(ref, {**document, "started_at": "yesterday"}, 5)[0])
-    assert "is 6 bytes" in str(manifest_problem(ref, document, 6)[0])
+    assert manifest_problem(ref, document, 5) == (None, NOW, False)
+    assert "names archive 'b'" in str(manifest_problem(ref, {**document, "archive": "b"}, 5).problem)
+    assert "no usable 'started_at'" in str(manifest_problem(ref, {**document, "started_at": "yesterday"}, 5).problem)
+    short = manifest_problem(ref, document, 6)
+    assert short.started_at is None and short.differs and "is 6 bytes" in str(short.problem)
 
 
 def test_remote_retention_makes_the_local_decisions_and_deletes_the_manifest_first() -> None:

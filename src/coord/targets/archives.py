@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from coord.archive_location import ArchiveLocation, LocalArchive
 from coord.encrypt import GPG_SUFFIX
@@ -358,13 +358,14 @@ class RcloneStore:
             why = error.message if isinstance(error, CoordError) else f"unreadable manifest ({error})"
             listing.warnings.append(f"{ref}: {why}; not counted, left alone")
             return
-        problem, started_at = manifest_problem(ref, manifest, item.size)
-        if problem is not None or started_at is None:
-            line = f"{ref}: {problem}; not counted, left alone"
+        checked = manifest_problem(ref, manifest, item.size)
+        if checked.started_at is None:
+            line = f"{ref}: {checked.problem}; not counted, left alone"
             listing.warnings.append(line)
-            if problem is not None and "bytes" in problem:
+            if checked.differs:
                 listing.mismatched.append(line)
             return
+        started_at = checked.started_at
         listed = listed_from_manifest(ref, manifest, started_at, item.size)
         if is_future(started_at, now):
             why = f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
@@ -395,21 +396,29 @@ class RcloneStore:
         self.rclone.delete(path)
 
 
-def manifest_problem(ref: Ref, manifest: dict[str, Any], size: int) -> tuple[str | None, datetime | None]:
-    """Why a remote archive's manifest does not prove it complete (None: it does), and its start time."""
+class ManifestCheck(NamedTuple):
+    """What a remote archive's manifest proves: its start time when it proves the archive complete, else why not."""
+
+    problem: str | None
+    started_at: datetime | None  # None: not proven (then `problem` says why)
+    differs: bool = False  # the archive is not the size its manifest records: corrupt, cut short or replaced
+
+
+def manifest_problem(ref: Ref, manifest: dict[str, Any], size: int) -> ManifestCheck:
+    """Whether a remote archive's manifest (given the size the remote lists) proves the archive complete."""
     started_at = parse_time(manifest.get("started_at"))
     recorded = manifest.get("size")
     if manifest.get("archive") != ref.file:
-        return f"its manifest names archive {manifest.get('archive')!r}", None
+        return ManifestCheck(f"its manifest names archive {manifest.get('archive')!r}", None)
     if manifest.get("volume") != ref.volume:
-        return f"its manifest is for volume {manifest.get('volume')!r}, not {ref.volume!r}", None
+        return ManifestCheck(f"its manifest is for volume {manifest.get('volume')!r}, not {ref.volume!r}", None)
     if started_at is None:
-        return "its manifest has no usable 'started_at'", None
+        return ManifestCheck("its manifest has no usable 'started_at'", None)
     if not isinstance(recorded, int) or isinstance(recorded, bool):
-        return "its manifest records no usable 'size'", None
+        return ManifestCheck("its manifest records no usable 'size'", None)
     if recorded != size:
-        return f"is {size} bytes on the target, its manifest says {recorded}", None
-    return None, started_at
+        return ManifestCheck(f"is {size} bytes on the target, its manifest says {recorded}", None, differs=True)
+    return ManifestCheck(None, started_at)
 
 
 # ---------------------------------------------------------------------------------------------------------------
