@@ -25,7 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -76,10 +78,10 @@ def time_rclone(archive: Path, destination: str) -> float:
 PHASES: dict[str, float] = {}
 
 
-def stopwatch(name: str, function):  # type: ignore[no-untyped-def]
+def stopwatch(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     """`function`, adding the seconds each call takes to PHASES[name]."""
 
-    def timed(*arguments, **keywords):  # type: ignore[no-untyped-def]
+    def timed(*arguments: Any, **keywords: Any) -> Any:
         started = time.perf_counter()
         try:
             return function(*arguments, **keywords)
@@ -110,7 +112,9 @@ def time_coord(archive: Path, manifest: Path, hashes: dict[str, str], target: Ta
     return elapsed
 
 
-def bench_kind(kind: str, archive: Path, manifest: Path, hashes: dict[str, str], out: Path, repeat: int) -> dict:
+def bench_kind(
+    kind: str, archive: Path, manifest: Path, hashes: dict[str, str], out: Path, repeat: int
+) -> dict[str, list[float]]:
     runs: dict[str, list[float]] = {"rclone": [], "coord": [], "upload": [], "check": [], "rename+manifest": []}
     with serve_remote(kind, out / f"served-{kind}" / "root") as remote:
         os.environ.update(remote.environment())

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from tests.rclone_servers import KINDS, ServedRemote
@@ -113,11 +114,11 @@ def test_a_server_that_is_down_fails_after_bounded_retries(
 
 
 def test_a_config_file_works_like_the_environment(
-    served: ServedRemote, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+    served: ServedRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in served.environment():
         monkeypatch.delenv(name)
-    config = served.write_config(tmp_path / "rclone.conf")  # type: ignore[operator]
+    config = served.write_config(tmp_path / "rclone.conf")
     rclone = Rclone("offsite", config_file=config)
     rclone.write_bytes(b"via config", join(served, "conf", "c.json"))
     assert rclone.read_bytes(join(served, "conf", "c.json")) == b"via config"

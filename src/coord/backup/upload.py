@@ -246,8 +246,9 @@ def capabilities_of(target: Target) -> Capabilities:
         return Capabilities()
     rclone = target.rclone()
     try:
-        hashes = rclone.hash_types(target.location())
-        atomic = rclone.uploads_atomically(target.location())
+        features = rclone.features(target.location())
+        hashes = rclone.hash_types(target.location(), features)
+        atomic = rclone.uploads_atomically(target.location(), features)
     except RemoteError as error:
         log.warning("%s", error.message)
         return Capabilities()

@@ -321,18 +321,18 @@ class Rclone:
         features = json.loads(output or b"{}")
         return features if isinstance(features, dict) else {}
 
-    def hash_types(self, path: str) -> list[str]:
-        """The hashes the backend of `path` supports (`rclone backend features`), e.g. ["md5", "sha1"]; [] when
-        it offers none. Raises RemoteError."""
-        hashes = self.features(path).get("Hashes")
+    def hash_types(self, path: str, features: dict[str, object] | None = None) -> list[str]:
+        """The hashes the backend of `path` supports (`rclone backend features`, or `features` already asked),
+        e.g. ["md5", "sha1"]; [] when it offers none. Raises RemoteError."""
+        hashes = (features if features is not None else self.features(path)).get("Hashes")
         return [str(name) for name in hashes] if isinstance(hashes, list) else []
 
-    def uploads_atomically(self, path: str) -> bool:
+    def uploads_atomically(self, path: str, features: dict[str, object] | None = None) -> bool:
         """Whether an upload to the backend of `path` appears only once complete and a rename would copy it all:
         an object store (S3, GCS, B2, Azure: no server-side Move, no partial uploads), where coord uploads under
-        the final name instead of a temporary one (the manifest, last, still marks it complete). Raises
-        RemoteError."""
-        flags = self.features(path).get("Features")
+        the final name instead of a temporary one (the manifest, last, still marks it complete). `features`: as
+        for hash_types. Raises RemoteError."""
+        flags = (features if features is not None else self.features(path)).get("Features")
         if not isinstance(flags, dict):
             return False
         return flags.get("Move") is False and flags.get("PartialUploads") is False and flags.get("IsLocal") is False
