@@ -610,6 +610,57 @@ def policies(policies_dir: PoliciesDir = Path("policies"), as_json: JsonFlag = F
         print(f"{row['policy']}: {row['strategy']} {', '.join(row['volumes'])}  ({row['file']})")
 
 
+ReadTargets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        metavar="NAME",
+        help="Only this target (a name from _defaults.yaml `targets:`, or `local` for --dest); repeatable. "
+        "Default: every target.",
+    ),
+]
+LatestTarget = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        metavar="NAME",
+        help="The target --latest reads (a name from _defaults.yaml `targets:`, or `local` for --dest). Default: "
+        "--dest when given, else the only target.",
+    ),
+]
+ArchiveOrRef = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="ARCHIVE",
+        help="An archive file (its manifest beside it), or a ref as `coord list` prints it: <target>:<volume>/<file>.",
+    ),
+]
+
+
+def _store_options(
+    policies_dir: Path, dest: Path | None, targets: list[str] | None, state_dir: Path, rclone_config: Path | None
+) -> Any:
+    """The read commands' way to their targets. Raises UsageError for an --rclone-config that is not a file."""
+    from coord.targets.archives import StoreOptions
+
+    if rclone_config is not None and not rclone_config.is_file():
+        raise UsageError(f"--rclone-config {rclone_config}: no such file")
+    return StoreOptions(policies_dir, dest, tuple(targets or ()), state_dir, rclone_config)
+
+
+def _latest_archive(volume: str, options: Any) -> Any:
+    """The newest verified archive of `volume` on the one target `--latest` reads (a LatestChoice); what was
+    passed over goes to stderr (the JSON on stdout stays one document). Raises UsageError, CoordError."""
+    from datetime import UTC, datetime
+
+    from coord.targets.archives import choose_latest
+
+    chosen = choose_latest(options, volume, datetime.now(UTC))
+    for line in chosen.skipped:
+        print(f"passed over: {line}", file=sys.stderr)
+    return chosen
+
+
 def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: Path) -> Callable[[], Any]:
     """Decryption settings, built only when an archive turns out to be encrypted."""
 
@@ -621,58 +672,94 @@ def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: 
     return build
 
 
-@app.command()
-def verify(
-    archive: Annotated[
-        Path | None, typer.Argument(metavar="ARCHIVE", help="The archive file (its manifest must be beside it).")
-    ] = None,
-    latest: Annotated[
-        str | None, typer.Option("--latest", metavar="VOLUME", help="Verify the newest archive of VOLUME under --dest.")
+@app.command("list")
+def list_archives(
+    target: ReadTargets = None,
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", metavar="V", help="Only the archives of this volume; repeatable.")
     ] = None,
     dest: DestOption = None,
+    policies_dir: PoliciesDir = Path("policies"),
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    rclone_config: RcloneConfig = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the complete archives on each target (--dest, and _defaults.yaml `targets:`): start time, size,
+    status, verdict, encrypted or not, and the ref that `coord verify` and `coord restore` take.
+
+    An archive counts only with its manifest; temporaries and archives without manifest are not listed. Exit 0
+    when every target was listed (even with no archive), 1 when one could not be, 2 for a usage error.
+    """
+    from datetime import UTC, datetime
+
+    from coord.render import listing_lines
+    from coord.targets.archives import TargetListing, list_targets, selected_stores
+
+    volumes = tuple(volume or ())
+
+    def work() -> list[TargetListing]:
+        stores = selected_stores(_store_options(policies_dir, dest, target, state_dir, rclone_config))
+        return list_targets(stores, volumes, datetime.now(UTC))
+
+    listings = _run(as_json, work)
+    failed = any(listing.error is not None for listing in listings)
+    if as_json:
+        print(json.dumps({"ok": not failed, "targets": [listing.to_json() for listing in listings]}))
+    else:
+        for listing in listings:
+            for line in listing.warnings:  # stderr: what to look at, apart from the listing itself
+                print(f"warning: {listing.target}: {line}", file=sys.stderr)
+        print("\n".join(listing_lines(listings, volumes)))
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def verify(
+    archive: ArchiveOrRef = None,
+    latest: Annotated[
+        str | None,
+        typer.Option("--latest", metavar="VOLUME", help="Verify the newest verified archive of VOLUME on a target."),
+    ] = None,
+    target: LatestTarget = None,
+    dest: DestOption = None,
+    policies_dir: PoliciesDir = Path("policies"),
     gpg_home: GpgHome = None,
     passphrase_file: PassphraseFile = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Read a whole archive (decrypting, decompressing), check its sha256 and entries against its manifest.
 
-    Prints one line, OK or FAIL; exit 0 when it verifies, 1 when it does not, 2 for a usage error.
+    The archive is a local file, a ref (`<target>:<volume>/<file>`, see `coord list`), or the newest of a volume
+    (--latest VOLUME [--target NAME]); a remote one is streamed, never stored. Prints one line, OK or FAIL;
+    exit 0 when it verifies, 1 when it does not, 2 for a usage error.
     """
-    from datetime import UTC, datetime
-
     from coord.errors import UsageError
-    from coord.retention import choose_latest
+    from coord.targets.archives import resolve_archive
     from coord.verify import Verification, verify_archive
 
     def work() -> Verification:
         if (archive is None) == (latest is None):
             raise UsageError("give either an ARCHIVE or --latest VOLUME")
-        path = archive
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
+        decryption = _decryption(gpg_home, passphrase_file, state_dir)
         if latest is not None:
-            if dest is None:
-                raise UsageError("--latest needs the destination: pass --dest DIR or set COORD_DEST")
-            chosen = choose_latest(dest / latest, datetime.now(UTC), state_dir)
-            for line in chosen.skipped:  # stderr: the JSON on stdout stays one document
-                print(f"passed over: {line}", file=sys.stderr)
-            path = chosen.archive
-            if path is None:
-                passed = f"; passed over: {'; '.join(chosen.skipped)}" if chosen.skipped else ""
-                return Verification(
-                    archive=str(dest / latest), problems=[f"no verified archive of volume {latest} in {dest}{passed}"]
-                )
-            assert path is not None
-            if not path.is_file():
-                raise UsageError(f"archive {path} does not exist or is not a file")
-            verification = verify_archive(path, _decryption(gpg_home, passphrase_file, state_dir))
+            chosen = _latest_archive(latest, options)
+            if chosen.archive is None:
+                return Verification(archive=chosen.where, problems=[chosen.problem()])
+            verification = verify_archive(chosen.archive, decryption)
             # An archive that no longer matches its manifest fails the check even when an older one verifies:
             # `verify --latest` is what monitoring runs, and a corrupt backup must not pass unnoticed.
             verification.problems += chosen.mismatched
             return verification
-        assert path is not None
-        if not path.is_file():
-            raise UsageError(f"archive {path} does not exist or is not a file")
-        return verify_archive(path, _decryption(gpg_home, passphrase_file, state_dir))
+        assert archive is not None
+        if target:
+            raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+        resolved = resolve_archive(archive, options)
+        if isinstance(resolved, Path) and not resolved.is_file():
+            raise UsageError(f"archive {resolved} does not exist or is not a file")
+        return verify_archive(resolved, decryption)
 
     result = _run(as_json, work)
     print(json.dumps(result.to_json()) if as_json else result.verdict())
@@ -681,9 +768,14 @@ def verify(
 
 @app.command()
 def restore(
-    archive: Annotated[
-        Path, typer.Argument(metavar="ARCHIVE", help="The archive file (.tar.zst, .tar.gz, optionally .gpg).")
-    ],
+    archive: ArchiveOrRef = None,
+    latest: Annotated[
+        str | None,
+        typer.Option("--latest", metavar="VOLUME", help="Restore the newest verified archive of VOLUME on a target."),
+    ] = None,
+    source_target: LatestTarget = None,
+    dest: DestOption = None,
+    rclone_config: RcloneConfig = None,
     volume: Annotated[
         str | None, typer.Option("--volume", metavar="NAME", help="Docker volume to restore into (created if missing).")
     ] = None,
@@ -707,8 +799,10 @@ def restore(
 ) -> None:
     """Restore an archive into a volume, exactly (owners, modes, links, mtimes), refusing unsafe archives.
 
-    The whole archive is checked before anything is written; containers using the volume are stopped for the
-    restore and started again afterwards. See docs/restore.md.
+    The archive is a local file, a ref (`<target>:<volume>/<file>`, see `coord list`), or the newest of a volume
+    (--latest VOLUME [--target NAME]). The whole archive is checked before anything is written (an archive on a
+    remote target is streamed twice, never stored: once to check, once to extract); containers using the volume
+    are stopped for the restore and started again afterwards. See docs/restore.md.
     """
     from coord.errors import UsageError
     from coord.restore import RestoreRequest, RestoreResult, restore_settings_for
@@ -717,13 +811,16 @@ def restore(
     def work() -> RestoreResult:
         if (volume is None) == (target_dir is None):
             raise UsageError("give either --volume NAME or --target-dir DIR")
+        chosen = _archive_to_restore(
+            archive, latest, _store_options(policies_dir, dest, source_target, state_dir, rclone_config)
+        )
         request = RestoreRequest(
-            archive=archive,
+            archive=chosen,
             volume=volume,
             target_dir=target_dir,
             force=force,
             dry_run=dry_run,
-            allowed=restore_settings_for(policies_dir, volume, archive),
+            allowed=restore_settings_for(policies_dir, volume, chosen),
             stop_timeout_s=stop_timeout,
             state_dir=state_dir,
             sources=VolumeSources.detect(volumes_root),
@@ -766,6 +863,25 @@ def restore(
     for container in result.containers:
         back = "put back" if container.restored else f"NOT put back: {container.error}"
         print(f"  container {container.container}: {container.action} ({container.prior_state} before), {back}")
+
+
+def _archive_to_restore(archive: str | None, latest: str | None, options: Any) -> Any:
+    """The archive `coord restore` reads: a local path, a ref's location, or --latest's. Raises UsageError."""
+    from coord.targets.archives import resolve_archive
+
+    if (archive is None) == (latest is None):
+        raise UsageError("give either an ARCHIVE or --latest VOLUME")
+    if latest is not None:
+        chosen = _latest_archive(latest, options)
+        if chosen.archive is None:
+            from coord.errors import RestoreError
+
+            raise RestoreError(chosen.problem())  # exit 1: nothing to restore is a failure, not a usage error
+        return chosen.archive
+    assert archive is not None
+    if options.names:
+        raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+    return resolve_archive(archive, options)
 
 
 @app.command()
@@ -829,18 +945,21 @@ def prune(
     ] = None,
     policies_dir: PoliciesDir = Path("policies"),
     dest: DestOption = None,
+    target: ReadTargets = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Apply each policy's retention to the archives under --dest; archives and manifests go together."""
-    from coord.errors import UsageError
-    from coord.retention import PruneResult, prune_all
+    """Apply each policy's retention to the archives on every target (--dest, and _defaults.yaml `targets:`;
+    --target picks); archives and manifests go together, the newest verified archive of a volume always stays."""
+    from coord.retention import PruneResult
+    from coord.targets.archives import selected_stores
+    from coord.targets.prune import prune_stores
 
     def work() -> list[PruneResult]:
-        if dest is None:
-            raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-        return prune_all(policies_dir, dest, tuple(policy or ()), dry_run, state_dir)
+        stores = selected_stores(_store_options(policies_dir, dest, target, state_dir, rclone_config))
+        return prune_stores(policies_dir, stores, tuple(policy or ()), dry_run)
 
     results = _run(as_json, work)
     failed = any(result.errors for result in results)
@@ -849,18 +968,20 @@ def prune(
     else:
         verb = "would delete" if dry_run else "deleted"
         for result in results:
+            # --dest's volumes as they always were; another target's named with it
+            label = result.volume if result.target == "local" else f"{result.target}:{result.volume or '*'}"
             for path, why in result.deleted:
-                print(f"{result.volume}: {verb} {path} ({why})")
+                print(f"{label}: {verb} {path} ({why})")
             for path, why in result.kept:
-                print(f"{result.volume}: keep {path} ({why})")
+                print(f"{label}: keep {path} ({why})")
             for line in result.ignored:
-                print(f"{result.volume}: ignored {line}")
+                print(f"{label}: ignored {line}")
             for line in result.warnings:
-                print(f"{result.volume}: warning: {line}")
+                print(f"{label}: warning: {line}")
             for error in result.errors:
-                print(f"{result.volume}: error: {error}")
+                print(f"{label}: error: {error}")
         if not results:
-            print("nothing to prune: no policy with 'retention:' covers a volume directory under the destination")
+            print("nothing to prune: no policy with 'retention:' covers a volume directory on the targets")
         else:
             deleted = sum(len(result.deleted) for result in results)
             kept = sum(len(result.kept) for result in results)

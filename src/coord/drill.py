@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from coord.archive import TAR_ENVIRONMENT
+from coord.archive_location import LocalArchive
 from coord.docker_ops import Engine
 from coord.encrypt import DEFAULT_STATE_DIR, Decryption
 from coord.errors import CoordError, UsageError
@@ -377,10 +378,10 @@ def _source_of(archive: Path, decryption: Callable[[], Decryption] | None) -> Ar
     manifest = read_manifest(manifest_path_for(archive))
     compression = archive_compression(archive, manifest)
     if not archive_is_encrypted(archive, manifest):
-        return ArchiveSource(archive, compression, None, manifest)
+        return ArchiveSource(LocalArchive(archive), compression, None, manifest)
     if decryption is None:
         raise CoordError(f"{archive.name} is encrypted: pass --gpg-home DIR or --passphrase-file FILE")
-    return ArchiveSource(archive, compression, decryption(), manifest)
+    return ArchiveSource(LocalArchive(archive), compression, decryption(), manifest)
 
 
 def _check_against_manifest(source: ArchiveSource, root: Path, result: DrillResult) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from coord.grammar import plural
 from coord.results import RunResult, VolumeStatus
+
+if TYPE_CHECKING:
+    from coord.targets.archives import TargetListing
 
 
 def volumes_line(total: int, failed: int) -> str:
@@ -122,3 +126,29 @@ def notification_text(host: str, run_id: int, result: RunResult | None, error: s
         lines = run_summary(result)
     lines.append(f"(run {run_id} on {host}; `coord status` there shows each volume's last backup)")
     return "\n".join(lines)
+
+
+def listing_lines(listings: list[TargetListing], volumes: tuple[str, ...]) -> list[str]:
+    """`coord list`: per target, a header line, then one line per complete archive (newest first per volume):
+    start time, size, status, verdict, encrypted or not, ref. An empty target says so and what fills it."""
+    lines: list[str] = []
+    which = f" of {', '.join(volumes)}" if volumes else ""
+    for listing in listings:
+        header = f"target {listing.target} ({listing.where})"
+        if listing.error is not None:
+            lines.append(f"{header}: cannot be listed: {listing.error}")
+            continue
+        archives = listing.archives
+        if not archives:
+            lines.append(
+                f"{header}: no complete archive{which} yet (`coord backup` puts them there; an archive counts "
+                "only with its manifest)"
+            )
+            continue
+        lines.append(f"{header}: {plural(len(archives), 'archive')}{which}")
+        for item in archives:
+            lines.append(
+                f"  {short_time(item.started_at)}  {human_size(item.size):>9}  {item.status or '?':<7}  "
+                f"{item.verdict or '-':<10}  {'encrypted' if item.encrypted else 'plain':<9}  {item.ref}"
+            )
+    return lines

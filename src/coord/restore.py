@@ -39,13 +39,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, cast
 
+from coord.archive_location import AnyArchive, ArchiveLocation, location_of
 from coord.backup.quiesce import quiesced
 from coord.docker_ops import DockerControl
 from coord.encrypt import DEFAULT_STATE_DIR, Decryption
-from coord.errors import ArchiveRejected, ContainersMustStayDown, RestoreContainersError, RestoreError, UsageError
+from coord.errors import (
+    ArchiveRejected,
+    ContainersMustStayDown,
+    CoordError,
+    RestoreContainersError,
+    RestoreError,
+    UsageError,
+)
 from coord.journal import EXTRACTING, SWAPPING, Journal, JournalEntry
 from coord.lock import run_lock
-from coord.manifest import manifest_path_for, read_manifest
 from coord.plan import QuiesceGroup, plan_volumes
 from coord.policy import Compression, RestoreSettings, Strategy, load_policies, policy_files
 from coord.recovery import recover
@@ -304,10 +311,12 @@ class ArchiveContent:
 
 
 def read_members(
-    archive: Path, compression: Compression, decryption: Decryption | None, allowed: RestoreSettings
+    archive: AnyArchive, compression: Compression, decryption: Decryption | None, allowed: RestoreSettings
 ) -> ArchiveContent:
-    """Read the whole archive once and judge every member header. Raises RestoreError when it cannot be read."""
+    """Read the whole archive (a local file or any ArchiveLocation) once and judge every member header. Raises
+    RestoreError when it cannot be read."""
     content = ArchiveContent()
+    described = location_of(archive).describe()
     try:
         with open_tar_stream(archive, compression, decryption) as opened:
             try:
@@ -321,9 +330,9 @@ def read_members(
                 opened.result.errors.append(f"not a readable tar stream: {error}")
         content.stream = opened.result
     except OSError as error:
-        raise RestoreError(f"cannot read {archive}: {error}") from None
+        raise RestoreError(f"cannot read {described}: {error}") from None
     if content.stream.errors:
-        raise RestoreError(f"cannot read {archive}: " + "; ".join(content.stream.errors[:3]))
+        raise RestoreError(f"cannot read {described}: " + "; ".join(content.stream.errors[:3]))
     content.problems.extend(check_members(content.members, allowed))
     return content
 
@@ -578,11 +587,16 @@ def _write_content(descriptor: int, source: IO[bytes], member: Member) -> None:
 
 
 def extract_members(
-    archive: Path, compression: Compression, decryption: Decryption | None, members: list[Member], staging: Path
+    archive: AnyArchive,
+    compression: Compression,
+    decryption: Decryption | None,
+    members: list[Member],
+    staging: Path,
 ) -> tuple[ReadBack, list[str]]:
     """Extract the checked archive into `staging` exactly (owners, modes, ns mtimes, links, xattrs, ACLs, holes),
     comparing every member with the first read. Returns the read's hashes and warnings for attributes the file
     system refused. Raises RestoreError."""
+    described = location_of(archive).describe()
     position = 0
     try:
         with open_tar_stream(archive, compression, decryption) as opened, opened_directory(staging) as directory:
@@ -605,9 +619,9 @@ def extract_members(
             finally:
                 extractor.close()
     except (tarfile.TarError, OSError, ArchiveChanged) as error:
-        raise RestoreError(f"extracting {archive} failed: {error}") from None
+        raise RestoreError(f"extracting {described} failed: {error}") from None
     if opened.result.errors:
-        raise RestoreError(f"extracting {archive} failed: " + "; ".join(opened.result.errors[:3]))
+        raise RestoreError(f"extracting {described} failed: " + "; ".join(opened.result.errors[:3]))
     return opened.result, extractor.skipped.warnings()
 
 
@@ -623,7 +637,7 @@ def _entries(root: Path, swap: RestoreSwap | None = None) -> list[str]:
 class ArchiveSource:
     """The archive to restore and how it is read: its compression and decryption, from its name and manifest."""
 
-    archive: Path
+    archive: ArchiveLocation
     compression: Compression
     decryption: Decryption | None
     manifest: dict[str, Any] | None  # None: no manifest beside the archive
@@ -678,7 +692,7 @@ def _fill_staging(
         source.archive, source.compression, source.decryption, content.members, swap.staging
     )
     if read.sha256 != content.stream.sha256:
-        raise RestoreError(f"{source.archive} changed between the check and the extraction (sha256 differs)")
+        raise RestoreError(f"{source.archive.describe()} changed between the check and the extraction (sha256 differs)")
     present = _entries(root, swap)
     if present and not force:
         raise RestoreError(f"{root} is no longer empty ({', '.join(present[:5])}); nothing was replaced")
@@ -727,7 +741,7 @@ def _swap_staging_in(swap: RestoreSwap, journal: Journal, entry: JournalEntry) -
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    archive: Path
+    archive: AnyArchive  # a local file, or an archive on a target (read as a stream, twice)
     volume: str | None = None
     target_dir: Path | None = None
     force: bool = False
@@ -768,7 +782,7 @@ class RestoreResult:
         }
 
 
-def _check_manifest(archive: Path, content: ArchiveContent, manifest: dict[str, Any] | None) -> None:
+def _check_manifest(archive: str, content: ArchiveContent, manifest: dict[str, Any] | None) -> None:
     if manifest is None:
         return
     problems = []
@@ -780,14 +794,15 @@ def _check_manifest(archive: Path, content: ArchiveContent, manifest: dict[str, 
         raise RestoreError(f"{archive} does not match its manifest ({'; '.join(problems)}): corrupt or replaced")
 
 
-def _load_manifest(archive: Path) -> dict[str, Any] | None:
-    path = manifest_path_for(archive)
-    if not path.exists():
-        return None
+def _load_manifest(archive: ArchiveLocation) -> dict[str, Any] | None:
+    """The archive's manifest; None when it has none. Raises RestoreError when it cannot be read (CoordError from a
+    transport)."""
     try:
-        return read_manifest(path)
+        return archive.read_manifest()
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as error:
-        raise RestoreError(f"cannot read the manifest {path}: {error}") from None
+        raise RestoreError(f"cannot read the manifest {archive.manifest_name()}: {error}") from None
 
 
 def restore(
@@ -802,7 +817,7 @@ def restore(
     clock = time.monotonic()
     source = _archive_source(request.archive, decryption_for_archive)
     target = request.volume if request.volume is not None else str(request.target_dir)
-    result = RestoreResult(archive=str(source.archive), target=target, dry_run=request.dry_run)
+    result = RestoreResult(archive=source.archive.describe(), target=target, dry_run=request.dry_run)
     if os.geteuid() != 0:
         result.warnings.append("not running as root: owners will not be restored")
     root, exists = _locate_target(request, docker)
@@ -824,24 +839,24 @@ def restore(
     return result
 
 
-def _archive_source(archive: Path, decryption_for_archive: Callable[[], Decryption] | None) -> ArchiveSource:
+def _archive_source(archive: AnyArchive, decryption_for_archive: Callable[[], Decryption] | None) -> ArchiveSource:
     """The archive, its manifest (if any), and how to read it; asks `decryption_for_archive` only when the archive
     is encrypted. Raises UsageError (no such file; encrypted and no way to decrypt), RestoreError (unreadable
-    manifest, unknown compression), EncryptionError."""
-    if not archive.is_file():
+    manifest, unknown compression), EncryptionError, CoordError (a transport's)."""
+    if isinstance(archive, Path) and not archive.is_file():
         raise UsageError(f"archive {archive} does not exist or is not a file")
-    manifest = _load_manifest(archive)
+    location = location_of(archive)
+    manifest = _load_manifest(location)
     try:
-        compression = archive_compression(archive, manifest)
+        compression = archive_compression(Path(location.name), manifest)
     except ValueError as error:
-        manifest_path = manifest_path_for(archive)
-        raise RestoreError(f"the manifest {manifest_path} records an unknown compression: {error}") from None
+        raise RestoreError(f"the manifest {location.manifest_name()} records an unknown compression: {error}") from None
     decryption = None
-    if archive_is_encrypted(archive, manifest):
+    if archive_is_encrypted(Path(location.name), manifest):
         if decryption_for_archive is None:
-            raise UsageError(f"{archive} is encrypted: pass --gpg-home DIR or --passphrase-file FILE")
+            raise UsageError(f"{location.describe()} is encrypted: pass --gpg-home DIR or --passphrase-file FILE")
         decryption = decryption_for_archive()
-    return ArchiveSource(archive, compression, decryption, manifest)
+    return ArchiveSource(location, compression, decryption, manifest)
 
 
 def _note_content_replaced(request: RestoreRequest, root: Path, result: RestoreResult) -> None:
@@ -863,8 +878,8 @@ def _checked_content(source: ArchiveSource, allowed: RestoreSettings, result: Re
     (a warning in `result` when there is none). Raises ArchiveRejected, RestoreError."""
     content = read_members(source.archive, source.compression, source.decryption, allowed)
     if content.problems:
-        raise ArchiveRejected(str(source.archive), content.problems)
-    _check_manifest(source.archive, content, source.manifest)
+        raise ArchiveRejected(source.archive.describe(), content.problems)
+    _check_manifest(source.archive.describe(), content, source.manifest)
     if source.manifest is None:
         result.warnings.append(f"no manifest beside {source.archive.name}: its sha256 was not checked against a record")
     return content
@@ -928,7 +943,7 @@ def _restore_with_containers_stopped(
         )
 
 
-def restore_settings_for(policies_dir: Path, volume: str | None, archive: Path) -> RestoreSettings:
+def restore_settings_for(policies_dir: Path, volume: str | None, archive: AnyArchive) -> RestoreSettings:
     """The `restore:` rules of the policy owning `volume` (or, for a directory target, of the policy the archive's
     manifest names). Defaults (no devices, no FIFOs) when no policy applies or there is no policies directory, so a
     restore works on a bare host. The owner is decided as a backup decides it (plan.plan_volumes: an exact name
@@ -942,8 +957,8 @@ def restore_settings_for(policies_dir: Path, volume: str | None, archive: Path) 
         if owner is not None:
             return owner.policy.restore
     try:
-        manifest = _load_manifest(archive)
-    except RestoreError:
+        manifest = _load_manifest(location_of(archive))
+    except CoordError:
         manifest = None
     named = manifest.get("policy") if manifest else None
     return next((item.policy.restore for item in policies if item.name == named), RestoreSettings())

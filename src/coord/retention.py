@@ -34,10 +34,11 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from coord.fsutil import fsync_directory, write_json_atomically
 from coord.hashing import hash_stream
@@ -157,7 +158,7 @@ class StoredArchives:
     ignored: list[str] = field(default_factory=list)  # 'path: why it is left alone' (ordinary leftovers)
 
 
-def _parse_time(text: Any) -> datetime | None:
+def parse_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
@@ -196,7 +197,7 @@ def _read_claims(volume_dir: Path, found: StoredArchives) -> list[_Claim]:
             continue
         document: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
         archive_name = document.get("archive")
-        started_at = _parse_time(document.get("started_at"))
+        started_at = parse_time(document.get("started_at"))
         if (
             not isinstance(archive_name, str)
             or not archive_name
@@ -358,27 +359,50 @@ def _report_unclaimed(volume_dir: Path, claims: list[_Claim], found: StoredArchi
         found.ignored.append(f"{path}: {why}; left alone")
 
 
+class RetainedArchive(Protocol):
+    """What retention decides on: an archive in a local directory (StoredArchive) or on any target
+    (targets.archives.ListedArchive). `archive` tells archives apart."""
+
+    @property
+    def archive(self) -> Hashable: ...
+
+    @property
+    def started_at(self) -> datetime: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def verified(self) -> bool: ...
+
+    @property
+    def written_by_this_run(self) -> bool: ...
+
+
+Retained = TypeVar("Retained", bound=RetainedArchive)
+
+
 @dataclass
-class RetentionPlan:
-    keep: list[tuple[StoredArchive, str]] = field(default_factory=list)
-    delete: list[tuple[StoredArchive, str]] = field(default_factory=list)
+class RetentionPlan(Generic[Retained]):
+    keep: list[tuple[Retained, str]] = field(default_factory=list)
+    delete: list[tuple[Retained, str]] = field(default_factory=list)
 
 
-def plan_retention(archives: list[StoredArchive], rules: RetentionSettings, now: datetime) -> RetentionPlan:
+def plan_retention(archives: Sequence[Retained], rules: RetentionSettings, now: datetime) -> RetentionPlan[Retained]:
     """Decide, for archives sorted newest first, which to keep and which to delete, each with its reason.
 
     Each archive file appears once in the plan. Whatever the input, an archive dated in the future or listed
     twice is kept without counting, the archive the current run wrote is kept, and the newest verified archive
-    (of those that count) is kept.
+    (of those that count) is kept. The same decisions for every target: a local directory or a remote.
     """
-    plan = RetentionPlan()
-    listed: dict[Path, int] = {}
+    plan: RetentionPlan[Retained] = RetentionPlan()
+    listed: dict[Hashable, int] = {}
     for item in archives:
         listed[item.archive] = listed.get(item.archive, 0) + 1
     counted = [item for item in archives if listed[item.archive] == 1 and not is_future(item.started_at, now)]
     newest_verified = next((item for item in counted if item.verified), None)
     verified_rank = 0
-    decided: set[Path] = set()
+    decided: set[Hashable] = set()
     for item in archives:
         if item.archive in decided:
             continue
@@ -408,7 +432,7 @@ def plan_retention(archives: list[StoredArchive], rules: RetentionSettings, now:
     return plan
 
 
-def _why_delete(item: StoredArchive, rules: RetentionSettings, age: timedelta) -> str:
+def _why_delete(item: RetainedArchive, rules: RetentionSettings, age: timedelta) -> str:
     parts = []
     if rules.keep_last is not None:
         parts.append(f"not among the newest {rules.keep_last}" if item.verified else f"status {item.status or '?'}")
@@ -426,9 +450,11 @@ class PruneResult:
     warnings: list[str] = field(default_factory=list)  # future-dated, copied or mismatching manifests
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
+    target: str = "local"  # the target the volume's archives are on (`local`: --dest)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "target": self.target,
             "volume": self.volume,
             "dry_run": self.dry_run,
             "kept": [{"archive": path, "reason": why} for path, why in self.kept],

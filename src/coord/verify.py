@@ -32,6 +32,7 @@ from coord.archive import (
     decompressor_command,
     write_file,
 )
+from coord.archive_location import AnyArchive, location_of
 from coord.encrypt import (
     GPG_SUFFIX,
     Decryption,
@@ -43,7 +44,6 @@ from coord.encrypt import (
 )
 from coord.errors import CoordError
 from coord.hashing import CHUNK_SIZE, HashingReader, hash_file
-from coord.manifest import manifest_path_for, read_manifest
 from coord.policy import Compression
 from coord.stream_types import ByteStream, buffered_pipe
 
@@ -73,22 +73,30 @@ class Expected:
 
 
 def feed_archive(
-    path: Path, decryption: Decryption | None, sink: Callable[[bytes], None], result: ReadBack, *, drain: bool
+    archive: AnyArchive,
+    decryption: Decryption | None,
+    sink: Callable[[bytes], None],
+    result: ReadBack,
+    *,
+    drain: bool,
 ) -> None:
-    """Read the archive file, decrypt it when `decryption` is given, and hand the compressed stream to `sink`.
+    """Read the archive (a local file or any ArchiveLocation), decrypt it when `decryption` is given, and hand the
+    compressed stream to `sink`.
 
-    Fills `result.sha256`/`size` (the file) and `result.errors` (decryption and read failures). With `drain`,
-    the file is hashed to its end even when decryption stopped early. Exceptions from `sink` propagate.
+    Fills `result.sha256`/`size` (what was read) and `result.errors` (decryption, read and transport failures).
+    With `drain`, the archive is hashed to its end even when decryption stopped early. Exceptions from `sink`
+    propagate.
     """
+    location = location_of(archive)
     try:
-        with open(path, "rb") as handle:
+        with location.open() as handle:
             source = HashingReader(handle)
             try:
                 if decryption is None:
                     while chunk := source.read(CHUNK_SIZE):
                         sink(chunk)
                 else:
-                    decrypt_stream(source, sink, decryption, path.name)
+                    decrypt_stream(source, sink, decryption, location.name)
             except CoordError as error:
                 result.errors.append(error.message)
                 result.undecrypted = decryption is not None
@@ -99,7 +107,9 @@ def feed_archive(
     except BrokenPipeError:
         raise  # from the sink: its reader went away, not a problem reading the file
     except OSError as error:
-        result.errors.append(f"cannot read {path}: {error.strerror}")
+        result.errors.append(f"cannot read {location.describe()}: {error.strerror}")
+    except CoordError as error:  # the transport ended badly (a remote read cut short): never a complete read
+        result.errors.append(error.message)
 
 
 def _start_decompressor(compression: Compression) -> subprocess.Popen[bytes]:
@@ -209,8 +219,9 @@ class _TeeStream:
         return count
 
 
-def read_back(path: Path, compression: Compression, decryption: Decryption | None = None) -> ReadBack:
-    """Hash, decrypt (when `decryption` is given), decompress and list the archive at `path`.
+def read_back(path: AnyArchive, compression: Compression, decryption: Decryption | None = None) -> ReadBack:
+    """Hash, decrypt (when `decryption` is given), decompress and list the archive at `path` (a local file or any
+    ArchiveLocation).
 
     Never raises for a bad archive: errors are in the result.
     """
@@ -352,8 +363,9 @@ class TarStream:
 
 
 @contextmanager
-def open_tar_stream(path: Path, compression: Compression, decryption: Decryption | None) -> Iterator[TarStream]:
-    """Yield the archive's tar stream; a background thread feeds the file (decrypting) into the decompressor.
+def open_tar_stream(path: AnyArchive, compression: Compression, decryption: Decryption | None) -> Iterator[TarStream]:
+    """Yield the archive's tar stream; a background thread feeds the archive (a local file or any ArchiveLocation),
+    decrypting, into the decompressor.
 
     When the block ends normally the rest of the stream is drained and `result` holds both sha256s and every error
     (decryption, decompression, reading); the caller checks them AFTER the block. When the block raises, the
@@ -379,7 +391,7 @@ def open_tar_stream(path: Path, compression: Compression, decryption: Decryption
         except BrokenPipeError:
             feed_side.errors.append("the decompressor stopped reading (corrupt data, or the reader gave up)")
         except Exception as error:  # a thread's exception would otherwise vanish with it
-            feed_side.errors.append(f"reading {path} failed: {error!r}")
+            feed_side.errors.append(f"reading {location_of(path).describe()} failed: {error!r}")
         finally:
             with suppress(BrokenPipeError):
                 decompressor_input.close()
@@ -460,31 +472,36 @@ def archive_compression(archive: Path, manifest: dict[str, Any] | None) -> Compr
     return Compression(recorded) if recorded else compression_of(archive)
 
 
-def verify_archive(archive: Path, decryption: Callable[[], Decryption]) -> Verification:
-    """Read the whole archive (decrypting with `decryption()` when it is encrypted) and compare it with its manifest.
+def verify_archive(archive: AnyArchive, decryption: Callable[[], Decryption]) -> Verification:
+    """Read the whole archive (a local file or any ArchiveLocation; decrypting with `decryption()` when it is
+    encrypted) and compare it with its manifest.
 
     Never raises for a bad archive or manifest: the problems are in the result.
     """
-    result = Verification(archive=str(archive))
-    manifest_path = manifest_path_for(archive)
+    location = location_of(archive)
+    result = Verification(archive=location.describe())
     try:
-        manifest = read_manifest(manifest_path)
+        manifest = location.read_manifest()
         expected = Expected(
             sha256=str(manifest["sha256"]),
             entries=int(manifest["entries"]),
             entries_digest=manifest.get("entries_digest"),
             stream_sha256=manifest.get("stream_sha256"),
         )
-        compression = archive_compression(archive, manifest)
+        compression = archive_compression(Path(location.name), manifest)
     except FileNotFoundError:
-        result.problems.append(f"no manifest {manifest_path.name} beside the archive: nothing to verify it against")
+        manifest_name = Path(location.manifest_name()).name
+        result.problems.append(f"no manifest {manifest_name} beside the archive: nothing to verify it against")
         return result
     except (OSError, ValueError, KeyError, TypeError) as error:
-        result.problems.append(f"unreadable manifest {manifest_path}: {error}")
+        result.problems.append(f"unreadable manifest {location.manifest_name()}: {error}")
         return result
-    result.encrypted = archive_is_encrypted(archive, manifest)
+    except CoordError as error:  # the transport could not fetch it
+        result.problems.append(error.message)
+        return result
+    result.encrypted = archive_is_encrypted(Path(location.name), manifest)
     try:
-        read = read_back(archive, compression, decryption() if result.encrypted else None)
+        read = read_back(location, compression, decryption() if result.encrypted else None)
     except CoordError as error:
         result.problems.append(error.message)
         return result

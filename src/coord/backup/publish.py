@@ -143,6 +143,8 @@ def publish_job(job: Job, ctx: RunContext) -> None:
     result.duration_s = time.monotonic() - written.clock
     if published and written.remote is None:
         _apply_retention(job, written, read, ctx)
+    if published:
+        _apply_target_retention(job, written, read, ctx)
     settle_targets(job)
     log.info("%s: %s, verdict %s, %d entries", job.volume, result.status.value, result.verdict, result.entries)
 
@@ -310,3 +312,29 @@ def _apply_retention(job: Job, written: Written, read: ReadBack, ctx: RunContext
     result.pruned = [path for path, _ in pruned.deleted]
     result.retention_warnings = pruned.warnings
     result.retention_errors = pruned.errors
+
+
+def _apply_target_retention(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
+    """Prune the volume's older archives on every other target the archive landed on (targets/prune.py: the
+    same rules and decisions as above, the manifest deleted before the archive on a remote). The archive this run
+    put there is never deleted; what each target did is added to the volume's result, named by the target."""
+    from coord.targets.archives import parse_ref, store_of
+    from coord.targets.prune import LandedArchive, prune_store_volume
+
+    retention = job.plan.policy.policy.retention
+    if retention is None:
+        return
+    result, outcome = job.result, written.outcome
+    pruned_above = job.primary.name if written.remote is None else None
+    landed = {item.target: parse_ref(item.ref or "") for item in result.targets if item.status is TargetStatus.OK}
+    size, sha256 = (read.size if read.sha256 else outcome.size), (read.sha256 or outcome.sha256)
+    for target in job.targets:
+        ref = landed.get(target.name)
+        if ref is None or target.name == pruned_above:
+            continue
+        store = store_of(target, ctx.journal.directory.parent)  # the state directory: remembered local hashes
+        now = datetime.now(UTC)
+        pruned = prune_store_volume(store, job.volume, retention, now, written=LandedArchive(ref.file, size, sha256))
+        result.pruned += [path for path, _ in pruned.deleted]
+        result.retention_warnings += [f"target {target.name}: {line}" for line in pruned.warnings]
+        result.retention_errors += [f"target {target.name}: {line}" for line in pruned.errors]
