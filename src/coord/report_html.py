@@ -120,6 +120,8 @@ def drill_html(drill: DrillRow | None) -> str:
     if drill is None:
         return '<div class="drill never">last restore drill: never (run <code>coord drill</code>)</div>'
     archive = escape(drill.archive.rsplit("/", 1)[-1]) if drill.archive else "no archive"
+    if drill.target:
+        archive += f" from target {escape(drill.target)}"
     compared = (
         f": {drill.entries:,} entries, {drill.files_hashed:,} files ({escape(human_size(drill.bytes_hashed))}) compared"
         if drill.entries

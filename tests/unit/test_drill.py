@@ -47,7 +47,10 @@ def test_a_drill_restores_compares_and_removes_its_scratch_volume(tmp_path: Path
     (result,) = drill_volumes(request, engine)
     assert result.problems == []
     assert (result.entries, result.files_hashed, result.bytes_hashed) == (8, 4, 6 + 5 + 5000 + 6)
-    assert result.line().startswith("OK   drill v: v-") and "8 entries match the manifest" in result.line()
+    assert (
+        result.line().startswith("OK   drill v from target local: v-")
+        and "8 entries match the manifest" in result.line()
+    )
     created = [call.target for call in engine.calls if call.method == "create_volume"]
     assert len(created) == 1 and created[0].startswith(SCRATCH_PREFIX)
     assert scratch_volumes(engine) == []  # removed
@@ -77,7 +80,7 @@ def test_a_restore_that_does_not_reproduce_the_archive_fails_the_drill(
         f"{result_sha('beta')} in the archive, {result_sha('BETA')} restored; mtime_ns "
         f"{mtime_of(tmp_path, 'sub/b.txt')} in the archive, 0 restored)"
     ]
-    assert result.line().startswith("FAIL drill v (drilled v-")
+    assert result.line().startswith("FAIL drill v from target local (drilled v-")
     assert scratch_volumes(engine) == []  # removed on failure too
     assert History(request.state_dir).last_drills()["v"].status == "failed"
 
