@@ -44,10 +44,10 @@ def use_remote(remote: ServedRemote, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def configure(tmp_path: Path, targets: dict[str, dict[str, str]]) -> None:
+def configure(tmp_path: Path, targets: dict[str, dict[str, str]], policy: str = "") -> None:
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
-    (policies / "data.yaml").write_text("volumes: [v]\nstrategy: live\n")
+    (policies / "data.yaml").write_text("volumes: [v]\nstrategy: live\n" + policy)
     (policies / "_defaults.yaml").write_text(json.dumps({"targets": targets}))
 
 
@@ -156,3 +156,25 @@ def test_a_target_that_is_down_fails_its_drill_and_the_other_target_is_still_dri
     (last,) = History(tmp_path / "state").last_drills().values()
     assert (last.target, last.status) == ("cloud", "failed")
     assert last.problems[0].startswith("target cloud: ")
+
+
+def test_an_encrypted_remote_archive_is_drilled_with_the_passphrase_and_refused_without(
+    tmp_path: Path, engine: FakeEngine, rclone_servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = rclone_servers("sftp")
+    use_remote(remote, monkeypatch)
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse\n")
+    passphrase.chmod(0o600)
+    configure(tmp_path, {"offsite": {"rclone": remote.under("d4")}}, f"encrypt: {{passphrase_file: {passphrase}}}\n")
+    ref = backed_up(tmp_path)["archive"]
+    assert ref.startswith("offsite:v/") and ref.endswith(".tar.zst.gpg")
+
+    code, document = coord(tmp_path, "drill", "--passphrase-file", str(passphrase))
+    (drilled,) = document["drills"]
+    assert code == 0 and drilled["problems"] == [] and drilled["archive"] == ref and drilled["files_hashed"] == 3
+    code, document = coord(tmp_path, "drill")
+    (drilled,) = document["drills"]
+    assert code == 1 and drilled["problems"][0].startswith(f"cannot read {ref}: ")
+    assert "is encrypted with a passphrase: pass --passphrase-file FILE" in drilled["problems"][0]
+    assert no_scratch_left(tmp_path)
