@@ -16,7 +16,7 @@ import typer
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.grammar import plural
-from coord.policy import LoadedPolicy, load_policies, render_json_schema
+from coord.policy import LoadedPolicy, current_policy_names, load_policies, render_json_schema
 from coord.render import human_size, run_summary
 from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
@@ -1029,7 +1029,7 @@ def report(
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        policies = _current_policy_names(policies_dir)
+        policies = current_policy_names(policies_dir)
         history = History(state_dir)
         if html is not None:
             write_html(html, html_report_for(history, period, policies, now))
@@ -1052,7 +1052,7 @@ def status(
     from coord.history import History
     from coord.report import render_status, status_of
 
-    found = _run(as_json, lambda: status_of(History(state_dir), _current_policy_names(policies_dir)))
+    found = _run(as_json, lambda: status_of(History(state_dir), current_policy_names(policies_dir)))
     latest, latest_status, gone = found["last_run"], found["last_run_status"], found["gone"]
     if as_json:
         print(
@@ -1068,19 +1068,6 @@ def status(
         )
     else:
         print("\n".join(render_status(latest, latest_status, found["volumes"], gone)))
-
-
-def _current_policy_names(policies_dir: Path | None) -> list[str] | None:
-    """The names of the policies now in `policies_dir`, or None when it was not given or cannot be read (status
-    and report still work then, without telling which policies are gone)."""
-    from coord.policy import policy_files
-
-    if policies_dir is None:
-        return None
-    try:
-        return [path.stem for path in policy_files(policies_dir)]
-    except CoordError:
-        return None
 
 
 @app.command()

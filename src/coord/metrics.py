@@ -26,10 +26,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coord.consistency import Verdict
-from coord.errors import CoordError, UsageError
+from coord.errors import UsageError
 from coord.fsutil import fsync_directory
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, VolumeRow
-from coord.policy import policy_files
+from coord.policy import current_policy_names
 from coord.problems import ProblemKind
 from coord.report import status_of
 from coord.results import TargetStatus, VolumeStatus
@@ -186,17 +186,6 @@ def metric_families(state: CoordState) -> list[Metric]:
     if state.next_run_at is not None:
         next_run.add_metric([], state.next_run_at.timestamp())
     return [run_time, run_status, next_run, *volume_families(state.volumes)]
-
-
-def current_policy_names(policies_dir: Path | None) -> list[str] | None:
-    """The names of the policies in `policies_dir` (None when not given or unreadable: nothing is marked gone
-    for a missing policy then)."""
-    if policies_dir is None:
-        return None
-    try:
-        return [path.stem for path in policy_files(policies_dir)]
-    except CoordError:
-        return None
 
 
 class HistoryCollector(Collector):
