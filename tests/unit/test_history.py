@@ -298,6 +298,10 @@ def test_target_outcomes_are_recorded_shown_by_status_and_counted_by_the_report(
         "offsite": {"ok": 1, "failed": 1, "skipped": 0},
     }
     assert render_report(report)[-1] == "targets: pg (policy db): offsite failed in 1 of 2 runs"
+    from coord.report_html import render_html
+
+    page = render_html(report, history.volume_runs(), at("2026-11-30T00:00:00"))
+    assert '<div class="error">targets: pg (policy db): offsite failed in 1 of 2 runs</div>' in page
 
 
 def test_a_history_of_version_2_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
