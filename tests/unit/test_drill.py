@@ -188,3 +188,17 @@ def test_in_a_sidecar_the_scratch_space_is_a_directory_in_the_state_directory(tm
     assert result.scratch is not None and result.scratch.startswith(f"scratch directory {request.state_dir}/")
     assert not any(path.name.startswith(SCRATCH_PREFIX) for path in request.state_dir.iterdir())
     assert len(engine.calls) == calls_before  # the engine was not used
+
+
+def test_an_archive_that_no_longer_matches_its_manifest_is_named_alike_on_local_and_remote_targets() -> None:
+    """The read side says it in each store's words (retention.find_archives locally, RcloneStore remotely); the
+    drill names the file and keeps what differs."""
+    local = "/b/v/v-1.tar.zst: size 10, its manifest says 12; does not match its manifest, not counted, left alone"
+    remote = "offsite:v/v-1.tar.zst: is 10 bytes on the target, its manifest says 12; not counted, left alone"
+    assert coord.drill._corrupt(local) == (
+        "v-1.tar.zst size 10, its manifest says 12: it no longer matches its manifest (corrupt or replaced; that "
+        "backup is lost, older ones are drilled)"
+    )
+    assert coord.drill._corrupt(remote).startswith(
+        "v-1.tar.zst is 10 bytes on the target, its manifest says 12: it no longer matches its manifest"
+    )
