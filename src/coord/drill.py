@@ -91,7 +91,7 @@ class DrillRequest:
 
 @dataclass
 class DrillResult:
-    volume: str  # empty only when the target's volumes could not be listed
+    volume: str  # empty only for a target that could not be listed or holds no volume (nothing drilled)
     started_at: datetime
     target: str = ""
     archive: str | None = None  # how it is named: a local path, or a ref (`offsite:volume/file`)
