@@ -382,13 +382,6 @@ def backup(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _required_dest(dest: Path | None) -> Path:
-    """The destination given (--dest or COORD_DEST). Raises UsageError when there is none."""
-    if dest is None:
-        raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-    return dest
-
-
 def _checked_request(
     request: BackupRequest, target_names: Sequence[str], rclone_config: Path | None, metrics_file: Path | None
 ) -> tuple[BackupRequest, Monitoring]:
@@ -889,34 +882,41 @@ def drill(
     volume: Annotated[
         list[str] | None,
         typer.Option(
-            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume under --dest."
+            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume on each target."
         ),
     ] = None,
+    target: ReadTargets = None,
     dest: DestOption = None,
     gpg_home: GpgHome = None,
     passphrase_file: PassphraseFile = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     policies_dir: PoliciesDir = Path("policies"),
     volumes_root: VolumesRoot = None,
+    rclone_config: RcloneConfig = None,
     lock_timeout: LockTimeout = 0.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Restore each volume's latest verified archive into a scratch volume, compare it with the manifest and the
-    archive (entries, each file's content), remove the scratch volume, and record the drill in the history.
+    """Restore each volume's latest verified archive on each target (--dest, and _defaults.yaml `targets:`; a
+    remote one streamed) into a scratch volume, compare it with the manifest and the archive (entries, each
+    file's content), remove the scratch volume, and record the drill in the history.
 
-    One line per volume, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See docs/drills.md.
+    One line per volume and target, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See
+    docs/drills.md.
     """
     from coord.drill import DrillRequest, DrillResult, drill_volumes
 
     def work() -> list[DrillResult]:
         sources = VolumeSources.detect(volumes_root)
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
         request = DrillRequest(
-            dest=_required_dest(dest),
+            dest=options.dest,
             volumes=tuple(volume or ()),
             state_dir=state_dir,
             policies_dir=policies_dir,
             sources=sources,
             lock_timeout_s=lock_timeout,
+            targets=options.names,
+            rclone_config=options.rclone_config,
         )
         docker = None
         if sources.volumes_root is None:
@@ -1129,8 +1129,8 @@ def daemon(
         typer.Option(
             "--drill-schedule",
             envvar="COORD_DRILL_SCHEDULE",
-            help="Cron expression for restore drills of every volume under --dest (see `coord drill`); default: "
-            "no drills. Env: COORD_DRILL_SCHEDULE.",
+            help="Cron expression for restore drills of every volume on each of the backups' targets (see `coord "
+            "drill`); default: no drills. Env: COORD_DRILL_SCHEDULE.",
         ),
     ] = None,
     gpg_home: GpgHome = None,
@@ -1162,12 +1162,14 @@ def daemon(
         request, monitoring = _checked_request(request, target or (), rclone_config, metrics_file)
         drills = None
         if drill_schedule:
-            drill_request = DrillRequest(
-                dest=_required_dest(request.dest),
+            drill_request = DrillRequest(  # the backups' targets: --dest, _defaults.yaml, --target
+                dest=request.dest,
                 state_dir=state_dir,
                 policies_dir=policies_dir,
                 sources=request.sources,
                 lock_timeout_s=lock_timeout,
+                targets=tuple(target or ()),
+                rclone_config=rclone_config,
             )
             decryption = _decryption(gpg_home, passphrase_file, state_dir)
             drills = ScheduledDrills(parse_schedule(drill_schedule), drill_request, decryption)
