@@ -19,7 +19,9 @@ is that target's failure: the others keep their archive, and the volume fails na
 With only remote targets, the compressed (and encrypted) stream goes to `rclone rcat` of the temporary name while
 tar writes it (`RemoteStore`): no local copy, so a volume larger than the host's free disk can be backed up. The
 in-line check (decompress and list while writing) still runs; a passphrase-encrypted archive is read back from
-the remote and decrypted (`RemoteArchiveCheck`). Further targets get a copy from that first one.
+the remote and decrypted (`RemoteArchiveCheck`). Further targets get a copy from that first one. Read while the
+containers wait (pause, stop), such an archive is spooled to a local file instead and uploaded afterwards as a
+local archive is (`upload_published`): containers never wait for an upload.
 """
 
 from __future__ import annotations
