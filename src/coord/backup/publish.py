@@ -276,14 +276,15 @@ def upload_spooled(job: Job, written: Written, read: ReadBack, ctx: RunContext) 
 
 
 def remove_spool(job: Job, written: Written, ctx: RunContext) -> None:
-    """Remove the spool file and its journal entry; one that cannot be removed is reported on the volume and
-    left, with its entry, to `coord recover`."""
+    """Remove the spool file and its journal entry; one that cannot be removed is reported on the volume (at best
+    `warning`) and left, with its entry, to `coord recover`."""
+    result = job.result
     try:
         remove_partial(written.partial)
     except OSError as error:
-        job.result.errors.append(
-            f"spool {written.partial} could not be removed ({error.strerror}); `coord recover` removes it"
-        )
+        result.errors.append(f"spool {written.partial} could not be removed ({error.strerror}); `coord recover` will")
+        if result.status is VolumeStatus.OK:
+            result.status = VolumeStatus.WARNING
         return
     clear_entry(ctx, written.entry, job.result)
 

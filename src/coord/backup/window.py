@@ -3,8 +3,8 @@ each step it executes in the run context.
 
 Containers are held (quiesce.py) from the QUIESCE step to the RESUME step, and put back however the window
 ends; snapshots are dropped however it ends. A volume with only remote targets read while they are held is
-spooled to a local file (SPOOL), never uploaded then. A volume refused at a step (its snapshot could not be linked or
-brought up to date) is skipped at the steps after it.
+spooled to a local file (SPOOL), never uploaded then. A volume refused at a step (its snapshot could not be
+linked or brought up to date) is skipped at the steps after it.
 """
 
 from __future__ import annotations
