@@ -9,6 +9,7 @@ for it (real tar, zstd and rclone; a real rclone server on loopback, one per kin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -120,6 +121,25 @@ def test_a_quiesced_remote_only_volume_is_spooled_and_uploaded_once_the_containe
     assert files_under(spool) == [] and Journal(request.state_dir).entries() == []
     assert any("local spool file" in line and "free space" in line for line in lines), lines
     assert any("upload the spooled archive of v" in line for line in lines), lines
+
+
+def test_an_encrypted_spool_is_checked_and_uploaded_like_a_local_archive(
+    tmp_path: Path, rclone_servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = rclone_servers("sftp")  # checks md5/sha1: of the encrypted spool file, which gpg wrote
+    (tmp_path / "pass").write_text("correct horse\n")
+    encrypt = f"encrypt: {{passphrase_file: {tmp_path}/pass}}\n"
+    request, engine = scene(tmp_path, monkeypatch, remote, "pause", "spool-gpg", encrypt)
+    volume = run_backup(request, engine).volumes[0]
+
+    assert (volume.status, volume.errors) == (VolumeStatus.OK, [])
+    name = (volume.archive or "").removeprefix("offsite:v/")
+    assert name.endswith(".tar.zst.gpg") and landed(remote, "spool-gpg") == [name, name + MANIFEST_SUFFIX]
+    stored = remote.local_root / "spool-gpg" / "v" / name
+    manifest = json.loads(stored.with_name(name + MANIFEST_SUFFIX).read_text())
+    assert manifest["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert manifest["validated_by"] == "read back: decrypted, decompressed and listed"
+    assert files_under(tmp_path / "state" / "uploads") == [] and Journal(request.state_dir).entries() == []
 
 
 def test_a_failed_upload_of_a_spool_fails_the_volume_and_leaves_no_spool(
