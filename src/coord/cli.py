@@ -416,6 +416,7 @@ def plan(
     would take, and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy
     error."""
     from coord.backup.plan import describe_group
+    from coord.backup.steps import remote_only_volumes
     from coord.docker_ops import DockerControl
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
@@ -439,7 +440,7 @@ def plan(
                     for p in group.volumes
                 ],
                 "containers": [{"name": c.name, "state": c.state} for c in group.containers],
-                "steps": describe_group(group),
+                "steps": describe_group(group, remote_only_volumes(group.volumes, run_targets)),
             }
             for group in group_volumes(plans, docker, own_container_id())
         ]
