@@ -411,7 +411,10 @@ class Rclone:
             assert process.stdin is not None
             try:
                 yield UploadPipe(process.stdin, lambda: self._died(process, stderr, f"upload of {path}"))
-                process.stdin.close()
+                try:
+                    process.stdin.close()  # flushes the last bytes: fails when rclone died
+                except OSError:
+                    raise self._died(process, stderr, f"upload of {path}") from None
             except BaseException:
                 process.kill()
                 process.wait()
