@@ -53,6 +53,7 @@ class Escalation(StrEnum):
 class Compression(StrEnum):
     ZSTD = "zstd"
     GZIP = "gzip"
+    NONE = "none"  # a plain .tar: what a restic target gets (restic compresses and deduplicates the tar stream)
 
 
 class OnAtRisk(StrEnum):
@@ -315,7 +316,10 @@ class Policy(BaseModel):
     )
     compression: Compression = Field(
         default=Compression.ZSTD,
-        description="Archive compression: zstd (.tar.zst, default, multi-threaded) or gzip (.tar.gz).",
+        description=(
+            "Archive compression: zstd (.tar.zst, default, multi-threaded), gzip (.tar.gz) or none (.tar). A volume "
+            "sent to a restic target is always sent uncompressed (restic compresses after deduplicating)."
+        ),
         examples=["zstd"],
     )
     on_at_risk: OnAtRisk = Field(

@@ -662,6 +662,34 @@ def resolve_archive(text: str, options: StoreOptions) -> Path | ArchiveLocation:
     return stores[ref.target].location(ref)
 
 
+def init_restic_target(policies_dir: Path, name: str, rclone_config: Path | None = None) -> None:
+    """`coord init-target NAME`: `restic init` of the restic target NAME of _defaults.yaml. Raises UsageError (no
+    such target, not a restic one), PolicyError, CoordError (restic refused)."""
+    from coord.defaults import load_defaults
+
+    defined = load_defaults(policies_dir).targets
+    if name not in defined:
+        raise unknown_target(name, list(defined))
+    target = Target.of(name, defined[name], rclone_config)
+    if target.restic is None:
+        raise UsageError(
+            f"target {name} is not a restic target ({target.describe()}): only a restic repository is initialised"
+        )
+    target.repository().init()
+
+
+def check_repository(archive: Path | ArchiveLocation, read_data_subset: str | None) -> list[str]:
+    """`coord verify --read-data-subset`: `restic check` of the repository holding `archive` (a restic target's);
+    the problems found (none for an archive elsewhere, or without the option)."""
+    if read_data_subset is None or not isinstance(archive, ResticArchive):
+        return []
+    try:
+        archive.restic.check(read_data_subset)
+    except CoordError as error:
+        return [error.message]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # `coord list`
 
