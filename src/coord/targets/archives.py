@@ -440,11 +440,17 @@ class ResticPair:
     manifest: Snapshot | None
 
 
+def completes(manifest: Snapshot, of: str, archive: Snapshot) -> bool:
+    """Whether `manifest` (whose `coord-of` tag is `of`) is the manifest snapshot of `archive`."""
+    return len(of) >= 8 and archive.id.startswith(of) and manifest.file == archive.file + MANIFEST_SUFFIX
+
+
 def restic_pairs(snapshots: list[Snapshot], volume: str | None = None) -> list[ResticPair]:
     """coord's archive snapshots (of `volume` when given), each with its manifest snapshot when there is one."""
-    manifests = {item.values.get("of"): item for item in snapshots if TAG_MANIFEST in item.tags}
+    # `coord-of` holds the id restic's backup summary gave (its short form, 8 hex digits): a prefix of the id.
+    manifests = {item.values["of"]: item for item in snapshots if TAG_MANIFEST in item.tags and item.values.get("of")}
     return [
-        ResticPair(item, manifests.get(item.id))
+        ResticPair(item, next((found for of, found in manifests.items() if completes(found, of, item)), None))
         for item in snapshots
         if TAG_ARCHIVE in item.tags and (volume is None or item.values.get("volume") == volume)
     ]
