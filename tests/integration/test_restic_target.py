@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from coord.cli import app
 from coord.docker_ops import DockerControl
 from coord.targets.rclone import rclone_binary
-from coord.targets.restic import TAG_ARCHIVE, TAG_COORD, Restic, ResticError
+from coord.targets.restic import LOCK_WAIT_ENV, TAG_ARCHIVE, TAG_COORD, Restic, ResticError
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is installed by scripts/bootstrap.sh")
 
@@ -161,20 +161,22 @@ def test_the_second_backup_after_a_small_change_adds_a_small_fraction(
     repository = str(tmp_path / "repo")
     setting(tmp_path, repository, password_file)
     root = engine.add_volume("v")
-    for part in range(50):  # 50 "parts" of 200 KiB of incompressible data
-        (root / f"part-{part:02d}.bin").write_bytes(os.urandom(200 * 1024))
+    # 60 "parts" of 1 MiB of incompressible data: restic's chunks average 1 MiB (512 KiB to 8 MiB), so a much
+    # smaller volume has too few chunks for the fraction to mean anything
+    for part in range(60):
+        (root / f"part-{part:02d}.bin").write_bytes(os.urandom(1 << 20))
     assert coord(tmp_path, "init-target", "repo")[0] == 0
     first = restic_json(repository, password_file, "stats", "--mode", "raw-data")["total_size"]
     assert backup(tmp_path)[0] == 0
     after_first = restic_json(repository, password_file, "stats", "--mode", "raw-data")["total_size"]
-    (root / "part-00.bin").unlink()  # one part merged away, one new: 2% of the parts changed
-    (root / "part-50.bin").write_bytes(os.urandom(200 * 1024))
+    (root / "part-30.bin").unlink()  # one part merged away, one new: 2 of 60 parts changed
+    (root / "part-60.bin").write_bytes(os.urandom(1 << 20))
     time.sleep(1.1)  # a distinct archive name (one per second)
     assert backup(tmp_path)[0] == 0
     after_second = restic_json(repository, password_file, "stats", "--mode", "raw-data")["total_size"]
     day1, day2 = after_first - first, after_second - after_first
     print(f"restic day 1 added {day1} bytes, day 2 {day2} bytes: {day2 / day1:.1%}")
-    assert day2 < day1 * 0.2  # loose: about 2% plus chunk boundaries and metadata
+    assert day2 < day1 * 0.25  # loose: the new part, the chunks around the removed one, metadata
 
 
 def test_wrong_password_fails_the_volume_without_the_secret(
@@ -226,7 +228,7 @@ def kill_restic_children() -> list[int]:
 
 
 def test_a_backup_killed_mid_stream_leaves_the_repository_consistent_and_the_next_run_succeeds(
-    tmp_path: Path, engine: FakeEngine, rest_server: str, password_file: Path
+    tmp_path: Path, engine: FakeEngine, rest_server: str, password_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repository = f"{rest_server}killed-{tmp_path.name}"
     setting(tmp_path, repository, password_file)
@@ -239,15 +241,22 @@ def test_a_backup_killed_mid_stream_leaves_the_repository_consistent_and_the_nex
     with pytest.raises(ResticError, match=r"target repo: backup of v-killed\.tar"):
         restic.backup_stream(stream, "v-killed.tar", tags)
     assert stream.killed and restic.snapshots() == []
+    # The dead restic's lock stays. A backup takes a shared lock and is not blocked by it; what needs the
+    # repository alone (check, prune) waits, then reports it, and coord never runs `restic unlock` by itself.
+    monkeypatch.setenv(LOCK_WAIT_ENV, "1")
+    with pytest.raises(ResticError, match=r"locked by another restic process.*coord did not break the lock"):
+        restic.check()
     # coord killed half-way: restic sees its stdin end and stores what it got, but no manifest ever follows
     restic.backup_bytes(b"half a tar stream", "v-20000101T000000Z.tar", tags)
-    check = restic.check()
-    assert "no errors were found" in check
     code, document, _ = backup(tmp_path)
     assert (code, document["volumes"][0]["status"]) == (0, "ok"), document
     code, listed, _ = coord(tmp_path, "list", "--json")
     archives = json.loads(listed)["targets"][0]["archives"]
     assert [item["ref"] for item in archives] == [document["volumes"][0]["archive"]]  # the incomplete one is not
+    # The operator's `restic unlock` removes only stale locks (of dead processes); then the repository checks clean
+    environment = {**os.environ, "RESTIC_REPOSITORY": repository, "RESTIC_PASSWORD_FILE": str(password_file)}
+    subprocess.run(["restic", "unlock"], env=environment, check=True, capture_output=True)
+    assert "no errors were found" in restic.check()
 
 
 def test_retention_forgets_and_prunes_and_keeps_the_newest(
