@@ -158,4 +158,5 @@ def test_schema_of_the_defaults_file_describes_targets() -> None:
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == {"notify", "ping", "metrics", "targets"}
     target = schema["$defs"]["TargetConfig"]
-    assert set(target["properties"]) == {"path", "rclone", "restic", "password_file"} and target["additionalProperties"] is False
+    assert set(target["properties"]) == {"path", "rclone", "restic", "password_file"}
+    assert target["additionalProperties"] is False
