@@ -10,7 +10,7 @@ How an archive is stored (restic 0.14: one file per `--stdin` snapshot):
 
 - the **archive**: one snapshot per volume and run, holding one file `/<volume>-<time>.tar` (the uncompressed
   tar stream), tagged `coord`, `coord-archive`, `coord-volume=<volume>`, `coord-policy=<policy>`,
-  `coord-run=<run's start>`;
+  `coord-run=<when the archive started>`;
 - its **manifest**: a second, small snapshot holding `/<archive file>.manifest.json` (the same document as on
   every target), written last, after the archive was checked, tagged `coord`, `coord-manifest`,
   `coord-volume=<volume>`, `coord-of=<the archive snapshot's id>` and the figures `coord list` shows
