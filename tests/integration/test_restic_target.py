@@ -267,7 +267,7 @@ def test_retention_forgets_and_prunes_and_keeps_the_newest(
     make_volume(engine)
     assert coord(tmp_path, "init-target", "repo")[0] == 0
     refs = []
-    for _ in range(3):
+    for _ in range(2):
         code, document, _ = backup(tmp_path)
         assert code == 0, document
         refs.append(document["volumes"][0]["archive"])
@@ -276,3 +276,39 @@ def test_retention_forgets_and_prunes_and_keeps_the_newest(
     assert [item["ref"] for item in json.loads(listed)["targets"][0]["archives"]] == [refs[-1]]
     snapshots = restic_json(repository, password_file, "snapshots")
     assert len(snapshots) == 2  # the newest archive and its manifest; the others forgotten, their data pruned
+
+
+@pytest.mark.parametrize(
+    ("targets", "policy", "expected"),
+    [
+        pytest.param(
+            {"local": {"path": "DEST"}},
+            "",
+            "a restic target must be a volume's only target (it gets the uncompressed stream); give policy data "
+            "`targets: [repo]` or the others",
+            id="with-another-target",
+        ),
+        pytest.param(
+            {},
+            "encrypt: {passphrase_file: SECRET}\n",
+            "which encrypts by itself and could not deduplicate gpg's output: drop `encrypt:` for this policy",
+            id="with-gpg-encryption",
+        ),
+    ],
+)
+def test_a_restic_target_alone_and_unencrypted_or_refused_before_anything_runs(
+    tmp_path: Path, engine: FakeEngine, password_file: Path, targets: dict[str, Any], policy: str, expected: str
+) -> None:
+    (tmp_path / "passphrase").write_text("a passphrase of some length\n")
+    (tmp_path / "passphrase").chmod(0o600)
+    policies = setting(
+        tmp_path, str(tmp_path / "repo"), password_file, policy.replace("SECRET", str(tmp_path / "passphrase"))
+    )
+    defaults = json.loads((policies / "_defaults.yaml").read_text())
+    defaults["targets"].update({name: {"path": str(tmp_path / "dest")} for name in targets})
+    (policies / "_defaults.yaml").write_text(json.dumps(defaults))
+    engine.add_volume("v", {"a.txt": "alpha\n"})
+    code, document, _ = backup(tmp_path)
+    volume = document["volumes"][0]
+    assert code == 1 and volume["status"] == "failed" and expected in volume["errors"][0]
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "dest").exists()  # nothing was written anywhere
