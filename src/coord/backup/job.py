@@ -170,7 +170,10 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
             continue
         usable.append(target)
     if not usable:
-        result.errors += [item.error for item in result.targets if item.error]
+        errors = [item.error for item in result.targets if item.error]
+        if len(errors) == 1:  # the volume's only target: its error is the volume's
+            raise CoordError(errors[0])
+        result.errors += errors
         raise CoordError("no target can be written to; nothing was run, paused or stopped")
     return usable
 
