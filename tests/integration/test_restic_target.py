@@ -11,9 +11,9 @@ Docker is not the point here: tests/fakes.py's in-memory engine stands in for it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -32,8 +32,6 @@ from coord.docker_ops import DockerControl
 from coord.targets.rclone import rclone_binary
 from coord.targets.restic import LOCK_WAIT_ENV, TAG_ARCHIVE, TAG_COORD, Restic, ResticError
 
-pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is installed by scripts/bootstrap.sh")
-
 PASSWORD = "restic-test-s3cr3t-Passw0rd"
 KINDS = ("local", "rest")
 
@@ -46,12 +44,10 @@ def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`rclone serve restic` on loopback at a free port; yields its base URL (`rest:http://127.0.0.1:PORT/`)."""
-    directory = tmp_path_factory.mktemp("rest-server")
-    port = free_port()
-    log = (directory.parent / "rest-server.log").open("wb")
+@contextlib.contextmanager
+def serve_restic(directory: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`rclone serve restic` (restic's REST protocol) over `directory` on 127.0.0.1:`port`, once it answers."""
+    log = (directory.parent / f"rest-server-{port}.log").open("ab")
     process = subprocess.Popen(
         [rclone_binary(), "serve", "restic", str(directory), "--addr", f"127.0.0.1:{port}"],
         stdout=log,
@@ -62,11 +58,19 @@ def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"]).returncode != 0:
             assert process.poll() is None and time.monotonic() < deadline, "rclone serve restic did not start"
             time.sleep(0.1)
-        yield f"rest:http://127.0.0.1:{port}/"
+        yield process
     finally:
         process.terminate()
         process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One rest server for the module; yields its base URL (`rest:http://127.0.0.1:PORT/`)."""
+    port = free_port()
+    with serve_restic(tmp_path_factory.mktemp("rest-server"), port):
+        yield f"rest:http://127.0.0.1:{port}/"
 
 
 @pytest.fixture
