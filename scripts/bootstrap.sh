@@ -18,6 +18,7 @@ command -v debootstrap >/dev/null || need_packages+=(debootstrap)         # offl
 command -v setfacl >/dev/null || need_packages+=(acl)                     # restore tests: ACLs round trip
 command -v setcap >/dev/null || need_packages+=(libcap2-bin)              # restore tests: file capabilities
 command -v chromium >/dev/null || need_packages+=(chromium)                # report tests: renders the HTML report
+command -v restic >/dev/null || need_packages+=(restic)                    # restic targets (Debian 12: restic 0.14)
 [ -x /usr/bin/python3 ] || need_packages+=(python3)                       # restore tests run on Debian's python3 too
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_packages+=(python3-venv)

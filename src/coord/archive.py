@@ -59,17 +59,21 @@ def compressor_command(compression: Compression, level: int | None = None, threa
     """The compressor reading tar's stream: zstd -3 on every core by default, or gzip -6."""
     if compression is Compression.ZSTD:
         return ["zstd", "-q", "-c", f"-{level or 3}", f"-T{threads}"]
+    if compression is Compression.NONE:
+        return ["cat"]  # the same pipeline, so tar's stream is handled (hashed, listed, stored) one way
     return ["gzip", "-c", f"-{level or 6}"]
 
 
 def decompressor_command(compression: Compression) -> list[str]:
     if compression is Compression.ZSTD:
         return ["zstd", "-q", "-d", "-c"]
+    if compression is Compression.NONE:
+        return ["cat"]
     return ["gzip", "-d", "-c"]
 
 
 def archive_suffix(compression: Compression) -> str:
-    return ".tar.zst" if compression is Compression.ZSTD else ".tar.gz"
+    return {Compression.ZSTD: ".tar.zst", Compression.GZIP: ".tar.gz", Compression.NONE: ".tar"}[compression]
 
 
 def compression_of(path: Path) -> Compression:
@@ -77,6 +81,8 @@ def compression_of(path: Path) -> Compression:
     name = path.name.removesuffix(".gpg").removesuffix(".partial")
     if name.endswith(".tar.gz"):
         return Compression.GZIP
+    if name.endswith(".tar"):
+        return Compression.NONE
     return Compression.ZSTD
 
 

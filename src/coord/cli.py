@@ -666,6 +666,21 @@ def _decryption(gpg_home: Path | None, passphrase_file: Path | None, state_dir: 
     return build
 
 
+@app.command("init-target")
+def init_target(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A restic target of _defaults.yaml `targets:`.")],
+    policies_dir: PoliciesDir = Path("policies"),
+    rclone_config: RcloneConfig = None,
+) -> None:
+    """Create the repository of a restic target (`restic init`, with the target's password_file). coord never
+    creates one by itself. Exit 0 when created, 1 when restic refused (one is already there, unreachable), 2 for
+    a usage error (no such target, or not a restic one)."""
+    from coord.targets.archives import init_restic_target
+
+    _run(False, lambda: init_restic_target(policies_dir, name, rclone_config))
+    print(f"created the restic repository of target {name}")
+
+
 @app.command("list")
 def list_archives(
     target: ReadTargets = None,
@@ -721,6 +736,15 @@ def verify(
     passphrase_file: PassphraseFile = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     rclone_config: RcloneConfig = None,
+    read_data_subset: Annotated[
+        str | None,
+        typer.Option(
+            "--read-data-subset",
+            metavar="SUBSET",
+            help="For an archive on a restic target: also run `restic check --read-data-subset SUBSET` on its "
+            "repository (e.g. 5%, 1/10, 2G).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Read a whole archive (decrypting, decompressing), check its sha256 and entries against its manifest.
@@ -730,7 +754,7 @@ def verify(
     exit 0 when it verifies, 1 when it does not, 2 for a usage error.
     """
     from coord.errors import UsageError
-    from coord.targets.archives import resolve_archive
+    from coord.targets.archives import check_repository, resolve_archive
     from coord.verify import Verification, verify_archive
 
     def work() -> Verification:
@@ -753,7 +777,9 @@ def verify(
         resolved = resolve_archive(archive, options)
         if isinstance(resolved, Path) and not resolved.is_file():
             raise UsageError(f"archive {resolved} does not exist or is not a file")
-        return verify_archive(resolved, decryption)
+        verification = verify_archive(resolved, decryption)
+        verification.problems += check_repository(resolved, read_data_subset)
+        return verification
 
     result = _run(as_json, work)
     print(json.dumps(result.to_json()) if as_json else result.verdict())

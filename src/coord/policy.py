@@ -53,6 +53,7 @@ class Escalation(StrEnum):
 class Compression(StrEnum):
     ZSTD = "zstd"
     GZIP = "gzip"
+    NONE = "none"  # a plain .tar: what a restic target gets (restic compresses and deduplicates the tar stream)
 
 
 class OnAtRisk(StrEnum):
@@ -221,11 +222,36 @@ class RetentionSettings(BaseModel):
         ),
         examples=[30],
     )
+    keep_daily: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Keep the newest verified archive of each of the last N days that have one (UTC days).",
+        examples=[7],
+    )
+    keep_weekly: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Keep the newest verified archive of each of the last N ISO weeks that have one.",
+        examples=[4],
+    )
+    keep_monthly: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Keep the newest verified archive of each of the last N months that have one.",
+        examples=[12],
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> RetentionSettings:
-        if self.keep_last is None and self.keep_days is None:
-            raise ValueError("give keep_last, keep_days or both; an empty retention would delete nothing or all")
+        rules = (self.keep_last, self.keep_days, self.keep_daily, self.keep_weekly, self.keep_monthly)
+        if all(rule is None for rule in rules):
+            raise ValueError(
+                "give keep_last, keep_days, keep_daily, keep_weekly or keep_monthly (any together); an empty "
+                "retention would delete nothing or all"
+            )
         return self
 
 
@@ -315,7 +341,10 @@ class Policy(BaseModel):
     )
     compression: Compression = Field(
         default=Compression.ZSTD,
-        description="Archive compression: zstd (.tar.zst, default, multi-threaded) or gzip (.tar.gz).",
+        description=(
+            "Archive compression: zstd (.tar.zst, default, multi-threaded), gzip (.tar.gz) or none (.tar). A volume "
+            "sent to a restic target is always sent uncompressed (restic compresses after deduplicating)."
+        ),
         examples=["zstd"],
     )
     on_at_risk: OnAtRisk = Field(

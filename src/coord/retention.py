@@ -34,7 +34,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -401,6 +401,7 @@ def plan_retention(archives: Sequence[Retained], rules: RetentionSettings, now: 
         listed[item.archive] = listed.get(item.archive, 0) + 1
     counted = [item for item in archives if listed[item.archive] == 1 and not is_future(item.started_at, now)]
     newest_verified = next((item for item in counted if item.verified), None)
+    per_period = period_keepers(counted, rules)
     verified_rank = 0
     decided: set[Hashable] = set()
     for item in archives:
@@ -422,6 +423,7 @@ def plan_retention(archives: Sequence[Retained], rules: RetentionSettings, now: 
             verified_rank += 1
             if rules.keep_last is not None and verified_rank <= rules.keep_last:
                 reasons.append(f"among the newest {rules.keep_last} (keep_last)")
+        reasons += per_period.get(item.archive, [])
         age = now - item.started_at
         if rules.keep_days is not None and age < timedelta(days=rules.keep_days):
             reasons.append(f"started {age.total_seconds() / 86400:.1f} days ago (keep_days {rules.keep_days})")
@@ -432,12 +434,46 @@ def plan_retention(archives: Sequence[Retained], rules: RetentionSettings, now: 
     return plan
 
 
+# keep_daily / keep_weekly / keep_monthly: the period an archive's (UTC) start falls in, for each rule.
+PERIODS: tuple[tuple[str, str, Callable[[datetime], Hashable]], ...] = (
+    ("keep_daily", "day", lambda moment: moment.date()),
+    ("keep_weekly", "week", lambda moment: moment.isocalendar()[:2]),
+    ("keep_monthly", "month", lambda moment: (moment.year, moment.month)),
+)
+
+
+def period_keepers(counted: Sequence[RetainedArchive], rules: RetentionSettings) -> dict[Hashable, list[str]]:
+    """For keep_daily/weekly/monthly N: the newest verified archive of each of the newest N periods (days, ISO
+    weeks, months, in UTC) that have one, as restic's `forget --keep-*` count them. `counted`: newest first.
+    Returns each kept archive's reasons, by its key."""
+    reasons: dict[Hashable, list[str]] = {}
+    for rule, word, period_of in PERIODS:
+        wanted = getattr(rules, rule)
+        if wanted is None:
+            continue
+        seen: set[Hashable] = set()
+        for item in counted:
+            if not item.verified:
+                continue
+            period = period_of(item.started_at.astimezone(UTC))
+            if period in seen:
+                continue
+            if len(seen) == wanted:
+                break
+            seen.add(period)
+            reasons.setdefault(item.archive, []).append(f"newest verified of its {word} ({rule} {wanted})")
+    return reasons
+
+
 def _why_delete(item: RetainedArchive, rules: RetentionSettings, age: timedelta) -> str:
     parts = []
     if rules.keep_last is not None:
         parts.append(f"not among the newest {rules.keep_last}" if item.verified else f"status {item.status or '?'}")
     if rules.keep_days is not None:
         parts.append(f"started {age.total_seconds() / 86400:.1f} days ago (keep_days {rules.keep_days})")
+    periods = [f"{rule} {getattr(rules, rule)}" for rule, _, _ in PERIODS if getattr(rules, rule) is not None]
+    if periods:
+        parts.append(f"not the newest verified of a period kept by {', '.join(periods)}")
     return ", ".join(parts)
 
 

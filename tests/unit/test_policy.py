@@ -107,7 +107,7 @@ def problems_of(text: str, name: str = "policies/clickhouse.yaml") -> list[str]:
         pytest.param(
             "volumes: [a]\nstrategy: live\non_at_risk: ignore\ncompression: xz\n",
             [
-                "policies/clickhouse.yaml:4: compression: 'xz' is not one of zstd, gzip",
+                "policies/clickhouse.yaml:4: compression: 'xz' is not one of zstd, gzip, none",
                 "policies/clickhouse.yaml:3: on_at_risk: 'ignore' is not one of warn, fail",
             ],
             id="every-problem-at-once",

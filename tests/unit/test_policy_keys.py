@@ -55,7 +55,7 @@ def test_a_missing_key_file_is_reported_with_its_resolved_path(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("retention", "expected"),
     [
-        ("retention: {}", "retention: give keep_last, keep_days or both"),
+        ("retention: {}", "retention: give keep_last, keep_days, keep_daily, keep_weekly or keep_monthly"),
         ("retention: {keep_last: 0}", "retention.keep_last: must be 1 or more, got a number 0"),
         ("retention: {keep_days: -1}", "retention.keep_days: must be 0 or more"),
         ("retention: {keep_last: '3'}", "retention.keep_last: expected a whole number, got a string '3'"),

@@ -39,19 +39,20 @@ def test_no_targets_key_means_none(tmp_path: Path) -> None:
     [
         pytest.param(
             "targets:\n  offsite: {}\n",
-            "_defaults.yaml:2: targets.offsite: give `path:` (a local directory) or `rclone:` (remote:path), "
-            "got neither",
+            "_defaults.yaml:2: targets.offsite: give `path:` (a local directory), `rclone:` (remote:path) or "
+            "`restic:` (a restic repository URL), got neither",
             id="neither",
         ),
         pytest.param(
             "targets:\n  offsite: {path: /b, rclone: 'r:b'}\n",
-            "_defaults.yaml:2: targets.offsite: give `path:` (a local directory) or `rclone:` (remote:path), got both",
+            "_defaults.yaml:2: targets.offsite: give `path:` (a local directory), `rclone:` (remote:path) or "
+            "`restic:` (a restic repository URL), got both",
             id="both",
         ),
         pytest.param(
             "targets:\n  local: {path: /b}\n  offsite:\n    rclnoe: 'r:b'\n",
             "_defaults.yaml:4: targets.offsite.rclnoe: unknown key 'rclnoe' (did you mean 'rclone'?); allowed keys: "
-            "path, rclone",
+            "path, rclone, restic, password_file",
             id="unknown-key",
         ),
         pytest.param(
@@ -157,4 +158,5 @@ def test_schema_of_the_defaults_file_describes_targets() -> None:
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == {"notify", "ping", "metrics", "targets"}
     target = schema["$defs"]["TargetConfig"]
-    assert set(target["properties"]) == {"path", "rclone"} and target["additionalProperties"] is False
+    assert set(target["properties"]) == {"path", "rclone", "restic", "password_file"}
+    assert target["additionalProperties"] is False

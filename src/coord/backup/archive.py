@@ -16,6 +16,7 @@ from pathlib import Path
 from coord.archive import ArchiveSettings, archive_suffix, compressor_command, create_archive
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
+from coord.backup.restic import ResticArchiveCheck, ResticSink, archive_tags
 from coord.backup.upload import RemoteArchive, RemoteArchiveCheck, RemoteStore, record_upload
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import JournalError
@@ -52,9 +53,12 @@ def matcher_of(job: Job) -> ExcludeMatcher:
     return ExcludeMatcher.of([*job.plan.policy.policy.exclude, *(f"/{prefix}*" for prefix in COORD_ROOT_PREFIXES)])
 
 
-def _check_for(job: Job, remote: RemoteArchive | None) -> WrittenArchiveCheck:
-    """How the archive is stored and checked: to its local .partial file, or streamed to the remote."""
-    compression = job.plan.policy.policy.compression
+def _check_for(job: Job, remote: RemoteArchive | None, final: Path, started: datetime) -> WrittenArchiveCheck:
+    """How the archive is stored and checked: to its local .partial file, streamed to the remote, or streamed
+    into a restic repository (backup/restic.py)."""
+    compression = job.compression
+    if job.primary.is_restic:
+        return ResticArchiveCheck(ResticSink(job.primary, final.name, archive_tags(job, started.isoformat())))
     if remote is None:
         return WrittenArchiveCheck(compression, job.encryption)
     return RemoteArchiveCheck(compression, job.encryption, RemoteStore(remote, job.encryption, job.extra_hashes))
@@ -70,19 +74,20 @@ def archive_job(
     policy = job.plan.policy.policy
     started, clock = datetime.now(UTC), time.monotonic()
     # No local target: the name is decided the same way, in a directory of coord's own (the spool's, if any).
-    spooled = spool and job.local_dest is None
+    spooled = spool and job.local_dest is None and not job.primary.is_restic  # restic reads the stream itself
     dest = job.local_dest or ctx.request.state_dir / UPLOADS_DIRECTORY
     try:
         if spooled:
             (dest / job.volume).mkdir(mode=0o700, parents=True, exist_ok=True)
-        suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if job.encryption else "")
+        suffix = archive_suffix(job.compression) + (GPG_SUFFIX if job.encryption else "")
         final = archive_path(dest, job.volume, started, suffix)
     except OSError as error:
         job.result.errors.append(f"{'spool directory' if spooled else 'destination'} {dest}: {error.strerror}")
         return
     partial = final.with_name(final.name + ".partial")
-    remote = job.remote_archive(job.primary, final.name) if job.local_dest is None and not spooled else None
-    check = _check_for(job, remote)
+    streamed = job.local_dest is None and not spooled and not job.primary.is_restic
+    remote = job.remote_archive(job.primary, final.name) if streamed else None
+    check = _check_for(job, remote, final, started)
     try:
         if remote is None:
             entry = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
@@ -98,7 +103,7 @@ def archive_job(
             ctx.progress.begin(job.volume)
         settings = ArchiveSettings(
             matcher_of(job),
-            compressor_command(policy.compression, policy.compression_level, policy.compression_threads),
+            compressor_command(job.compression, policy.compression_level, policy.compression_threads),
             check.write,
             policy.consistency,
             content_unchanged=snapshot.content_unchanged if snapshot else None,

@@ -24,7 +24,7 @@ from coord.errors import CoordError
 from coord.fsutil import open_directory
 from coord.journal import JournalEntry
 from coord.plan import VolumePlan
-from coord.policy import Strategy
+from coord.policy import Compression, Strategy
 from coord.restore_swap import STAGING_PREFIX
 from coord.results import TargetResult, TargetStatus, VolumeResult, VolumeStatus
 from coord.snapshot import Snapshot
@@ -96,6 +96,12 @@ class Job:
         return self.targets[0]
 
     @property
+    def compression(self) -> Compression:
+        """The policy's, or none when the archive goes to a restic repository (restic compresses after
+        deduplicating; a compressed stream would not deduplicate)."""
+        return Compression.NONE if self.primary.is_restic else self.plan.policy.policy.compression
+
+    @property
     def local_dest(self) -> Path | None:
         """The primary target's directory when it is local (None: the archive streams to a remote)."""
         return self.primary.local_path
@@ -156,11 +162,14 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
             f"no target: policy {plan.policy.name} sends its archives to {named}, and this run writes to "
             f"{', '.join(target.name for target in ctx.targets)} only (--target)"
         )
+    refuse_restic_with_others(plan, wanted)
     usable = []
     for target in sorted(wanted, key=lambda item: not item.is_local):
         try:
             if target.local_path is not None:
                 check_destination(target.local_path / plan.volume)
+            elif target.restic is not None:
+                probe_repository(target)
             else:
                 probe_target(target, plan.volume)
         except CoordError as error:  # among the volume's errors once it is published (publish.settle_targets)
@@ -177,12 +186,39 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
     return usable
 
 
+def refuse_restic_with_others(plan: VolumePlan, wanted: list[Target]) -> None:
+    """A restic target takes the volume's uncompressed tar stream (no other target wants that) and does its own
+    encryption: it must be the volume's only target, and the policy must not ask gpg to encrypt (restic could not
+    deduplicate gpg's output). Raises CoordError saying what to change."""
+    restic = [target.name for target in wanted if target.is_restic]
+    if not restic:
+        return
+    name = plan.policy.name
+    if len(wanted) > 1:
+        raise CoordError(
+            f"policy {name} sends its archives to the restic target {restic[0]} and to "
+            f"{', '.join(t.name for t in wanted if t.name != restic[0])}: a restic target must be a volume's only "
+            f"target (it gets the uncompressed stream); give policy {name} `targets: [{restic[0]}]` or the others"
+        )
+    if plan.policy.policy.encrypt is not None:
+        raise CoordError(
+            f"policy {name} encrypts with gpg (`encrypt:`), and its target {restic[0]} is a restic repository, "
+            "which encrypts by itself and could not deduplicate gpg's output: drop `encrypt:` for this policy"
+        )
+
+
+def probe_repository(target: Target) -> None:
+    """List the repository's coord snapshots before anything is touched: it is there, reachable, the password
+    is right, and a lock held by another restic process is waited for. Raises CoordError naming the target."""
+    target.repository().snapshots("coord-probe")
+
+
 def remote_capabilities(targets: list[Target], ctx: RunContext) -> dict[str, Capabilities]:
     """What each remote target's backend offers (hashes, atomic uploads), asked once per target and run."""
     for target in targets:
-        if not target.is_local and target.name not in ctx.capabilities:
+        if not target.is_local and not target.is_restic and target.name not in ctx.capabilities:
             ctx.capabilities[target.name] = capabilities_of(target)
-    return {target.name: ctx.capabilities[target.name] for target in targets if not target.is_local}
+    return {target.name: ctx.capabilities[target.name] for target in targets if target.name in ctx.capabilities}
 
 
 def check_destination(directory: Path) -> None:

@@ -38,7 +38,7 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
         "started_at": written.started.isoformat(),
         "finished_at": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(),
         "archive": Path(result.archive or "").name,
-        "compression": plan.policy.policy.compression.value,
+        "compression": job.compression.value,
         "encryption": encryption.to_manifest() if encryption else None,
         # sha256/size: the file as on disk (`sha256sum` checks it); stream_*: the compressed tar stream inside it
         # (the same as the file without encryption; `gpg -d FILE | sha256sum` with it).

@@ -23,6 +23,7 @@ from coord.archive import ArchiveOutcome, remove_partial
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.backup.manifest import build_manifest
+from coord.backup.restic import discard_from_restic, publish_to_restic
 from coord.backup.steps import Step, StepKind
 from coord.backup.upload import (
     RemoteArchiveCheck,
@@ -137,6 +138,8 @@ def publish_job(job: Job, ctx: RunContext) -> None:
             result.errors.extend(f"validation: {problem}" for problem in mismatches)
     if result.status is VolumeStatus.FAILED:
         discard(job, written, ctx)
+    elif job.primary.is_restic:
+        publish_to_restic(job, written, read, ctx)
     elif written.remote is not None:
         publish_streamed(job, written, read, ctx)
     elif written.spooled:
@@ -147,7 +150,7 @@ def publish_job(job: Job, ctx: RunContext) -> None:
     if published and not written.spooled:  # a spool went to every target
         send_to_other_targets(job, written, read, ctx)
     result.duration_s = time.monotonic() - written.clock
-    if published and written.local:
+    if published and written.local and not job.primary.is_restic:
         _apply_retention(job, written, read, ctx)
     if published:
         _apply_target_retention(job, written, read, ctx)
@@ -215,7 +218,10 @@ def _fail(result: VolumeResult, message: str) -> None:
 
 
 def discard(job: Job, written: Written, ctx: RunContext) -> None:
-    """A failed volume's archive goes: its .partial file, or what was streamed to the remote."""
+    """A failed volume's archive goes: its .partial file, what was streamed to the remote, or its snapshot."""
+    if job.primary.is_restic:
+        discard_from_restic(job, written, ctx)
+        return
     if written.remote is None:
         remove_partial(written.partial)
         clear_entry(ctx, written.entry, job.result)
@@ -368,7 +374,7 @@ def _apply_target_retention(job: Job, written: Written, read: ReadBack, ctx: Run
     if retention is None:
         return
     result, outcome = job.result, written.outcome
-    pruned_above = job.primary.name if written.local else None
+    pruned_above = job.primary.name if written.local and not job.primary.is_restic else None
     landed = {item.target: parse_ref(item.ref or "") for item in result.targets if item.status is TargetStatus.OK}
     size, sha256 = (read.size if read.sha256 else outcome.size), (read.sha256 or outcome.sha256)
     for target in job.targets:

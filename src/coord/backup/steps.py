@@ -148,5 +148,6 @@ def remote_only_volumes(plans: Sequence[VolumePlan], run_targets: Sequence[Targe
     return {
         plan.volume
         for plan in plans
-        if (targets := targets_of(plan.policy.policy, run_targets)) and not any(t.is_local for t in targets)
+        if (targets := targets_of(plan.policy.policy, run_targets))
+        and not any(t.is_local or t.is_restic for t in targets)  # restic: the stream goes to restic, never spooled
     }

@@ -11,6 +11,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coord.errors import PolicyError, UsageError
 from coord.policy import LoadedPolicy, Policy
@@ -18,28 +19,36 @@ from coord.targets.config import (
     LOCAL_TARGET,
     LocalTargetConfig,
     RcloneTargetConfig,
+    ResticTargetConfig,
     TargetConfig,
     unknown_target_problems,
 )
 from coord.targets.rclone import Rclone
+
+if TYPE_CHECKING:
+    from coord.targets.restic import Restic
 
 PARTIAL_SUFFIX = ".partial"  # a temporary name on any target: never listed, never an archive
 
 
 @dataclass(frozen=True)
 class Target:
-    """One named target of a run: a local directory (`local_path`) or an rclone path (`rclone_path`)."""
+    """One named target of a run: a local directory (`local_path`), an rclone path (`rclone_path`) or a restic
+    repository (`restic`)."""
 
     name: str
     local_path: Path | None = None
     rclone_path: str | None = None
     rclone_config: Path | None = None  # --rclone-config FILE; None: rclone's own (RCLONE_CONFIG, env vars)
+    restic: ResticTargetConfig | None = None
 
     @classmethod
     def of(cls, name: str, config: TargetConfig, rclone_config: Path | None = None) -> Target:
         resolved = config.resolved()
         if isinstance(resolved, LocalTargetConfig):
             return cls(name, local_path=resolved.path)
+        if isinstance(resolved, ResticTargetConfig):
+            return cls(name, restic=resolved, rclone_config=rclone_config)
         return cls(name, rclone_path=resolved.rclone, rclone_config=rclone_config)
 
     @property
@@ -47,11 +56,24 @@ class Target:
         return self.local_path is not None
 
     @property
-    def config(self) -> LocalTargetConfig | RcloneTargetConfig:
+    def is_restic(self) -> bool:
+        return self.restic is not None
+
+    @property
+    def config(self) -> LocalTargetConfig | RcloneTargetConfig | ResticTargetConfig:
         if self.local_path is not None:
             return LocalTargetConfig(self.local_path)
+        if self.restic is not None:
+            return self.restic
         assert self.rclone_path is not None
         return RcloneTargetConfig(self.rclone_path)
+
+    def repository(self) -> Restic:
+        """The restic repository of a restic target (targets/restic.py)."""
+        from coord.targets.restic import Restic
+
+        assert self.restic is not None
+        return Restic(self.name, self.restic.restic, self.restic.password_file, self.rclone_config)
 
     def rclone(self) -> Rclone:
         """The transport for this target (a local one too: rclone takes a plain path)."""
@@ -72,6 +94,8 @@ class Target:
 
     def describe(self) -> str:
         """The target in words for `coord plan` and logs (no credentials: a target holds none)."""
+        if self.restic is not None:
+            return f"{self.name} (restic {self.restic.restic})"
         where = str(self.local_path) if self.local_path is not None else f"rclone {self.rclone_path}"
         return f"{self.name} ({where})"
 

@@ -44,6 +44,7 @@ from coord.stream_types import ByteStream, buffered_pipe
 from coord.targets import PARTIAL_SUFFIX, Target, resolve_targets
 from coord.targets.config import LOCAL_TARGET
 from coord.targets.rclone import Rclone, RemoteFile
+from coord.targets.restic import TAG_ARCHIVE, TAG_COORD, TAG_MANIFEST, Restic, Snapshot
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refs
@@ -396,6 +397,136 @@ class RcloneStore:
         self.rclone.delete(path)
 
 
+@dataclass(frozen=True)
+class ResticArchive:
+    """An archive in a restic repository (targets/restic.py): its snapshot's one file, read as a stream (`restic
+    dump`), never copied to local disk; its manifest is the file of a second, small snapshot."""
+
+    restic: Restic
+    snapshot_id: str
+    manifest_snapshot_id: str
+    ref: Ref
+
+    @property
+    def name(self) -> str:
+        return self.ref.file
+
+    def describe(self) -> str:
+        return str(self.ref)
+
+    def manifest_name(self) -> str:
+        return f"{self.ref}{MANIFEST_SUFFIX}"
+
+    def read_manifest(self) -> dict[str, Any]:
+        document: object = json.loads(self.restic.read_file(self.manifest_snapshot_id, self.name + MANIFEST_SUFFIX))
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document
+
+    @contextmanager
+    def _opened(self) -> Iterator[ByteStream]:
+        with self.restic.open_dump(self.snapshot_id, self.name) as stream:
+            yield stream
+
+    def open(self) -> AbstractContextManager[ByteStream]:
+        return self._opened()
+
+
+@dataclass(frozen=True)
+class ResticPair:
+    """An archive snapshot and the manifest snapshot that completes it (None: not complete)."""
+
+    archive: Snapshot
+    manifest: Snapshot | None
+
+
+def completes(manifest: Snapshot, of: str, archive: Snapshot) -> bool:
+    """Whether `manifest` (whose `coord-of` tag is `of`) is the manifest snapshot of `archive`."""
+    return len(of) >= 8 and archive.id.startswith(of) and manifest.file == archive.file + MANIFEST_SUFFIX
+
+
+def restic_pairs(snapshots: list[Snapshot], volume: str | None = None) -> list[ResticPair]:
+    """coord's archive snapshots (of `volume` when given), each with its manifest snapshot when there is one."""
+    # `coord-of` holds the id restic's backup summary gave (its short form, 8 hex digits): a prefix of the id.
+    manifests = {item.values["of"]: item for item in snapshots if TAG_MANIFEST in item.tags and item.values.get("of")}
+    return [
+        ResticPair(item, next((found for of, found in manifests.items() if completes(found, of, item)), None))
+        for item in snapshots
+        if TAG_ARCHIVE in item.tags and (volume is None or item.values.get("volume") == volume)
+    ]
+
+
+@dataclass
+class ResticStore:
+    """A restic repository target. An archive counts when its manifest snapshot is there and names it (tag
+    `coord-of=<id>`), with a usable start time and size; `coord verify` reads the archive whole (and can run
+    `restic check`). Retention forgets the manifest snapshot first, then the archive's; `compact()` prunes."""
+
+    name: str
+    restic: Restic
+
+    def describe(self) -> str:
+        return f"restic {self.restic.repository}"
+
+    def volumes(self) -> list[str]:
+        snapshots = self.restic.snapshots(TAG_COORD)
+        return sorted(
+            {item.values["volume"] for item in snapshots if TAG_ARCHIVE in item.tags and "volume" in item.values}
+        )
+
+    def list_volume(self, volume: str, now: datetime) -> VolumeListing:
+        listing = VolumeListing(self.name, volume)
+        for pair in restic_pairs(self.restic.snapshots(TAG_COORD), volume):
+            ref = Ref(self.name, volume, pair.archive.file)
+            if pair.manifest is None:
+                listing.ignored.append(
+                    f"{ref} (snapshot {pair.archive.id[:8]}): no manifest snapshot (a backup in progress or one "
+                    "that failed); not listed"
+                )
+                continue
+            values = pair.manifest.values
+            started_at = parse_time(values.get("started"))
+            size = values.get("size", "")
+            if started_at is None or not size.isdigit():
+                listing.warnings.append(f"{ref}: its manifest snapshot has no usable start or size; not counted")
+                continue
+            verdict = values.get("verdict")
+            listed = ListedArchive(
+                ref, started_at, int(size), values.get("status", ""), verdict if verdict != "none" else None, False
+            )
+            if is_future(started_at, now):
+                why = f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
+                listing.held.append((listed, why))
+                listing.warnings.append(f"{ref}: {why}, kept; check the clock of the host that wrote it")
+                continue
+            listing.archives.append(listed)
+        listing.archives.sort(key=lambda found: (found.started_at, found.ref.file), reverse=True)
+        return listing
+
+    def _pair(self, ref: Ref) -> ResticPair:
+        for pair in restic_pairs(self.restic.snapshots(TAG_COORD), ref.volume):
+            if pair.archive.file == ref.file and pair.manifest is not None:
+                return pair
+        raise _missing(ref, self.describe(), f"no complete archive {ref.file} of volume {ref.volume}")
+
+    def location(self, ref: Ref) -> ArchiveLocation:
+        pair = self._pair(ref)
+        assert pair.manifest is not None
+        return ResticArchive(self.restic, pair.archive.id, pair.manifest.id, ref)
+
+    def delete(self, archive: ListedArchive) -> None:
+        """Forget the manifest snapshot first (the archive leaves the listing), then the archive's; the data goes
+        at the next `compact()` (restic prune)."""
+        pair = self._pair(archive.ref)
+        assert pair.manifest is not None
+        self.restic.forget(pair.manifest.id)
+        self.restic.forget(pair.archive.id)
+
+    def compact(self) -> None:
+        """`restic prune`: remove the data of forgotten snapshots. Raises ResticError."""
+        self.restic.prune()
+
+
 class ManifestCheck(NamedTuple):
     """What a remote archive's manifest proves: its start time when it proves the archive complete, else why not."""
 
@@ -438,9 +569,11 @@ class StoreOptions:
 
 
 def store_of(target: Target, state_dir: Path | None = None) -> ArchiveStore:
-    """The read side of one of the run's targets (targets.Target): a LocalStore or an RcloneStore."""
+    """The read side of one of the run's targets (targets.Target): a LocalStore, a ResticStore or an RcloneStore."""
     if target.local_path is not None:
         return LocalStore(target.name, target.local_path, state_dir)
+    if target.restic is not None:
+        return ResticStore(target.name, target.repository())
     assert target.rclone_path is not None
     return RcloneStore(target.name, target.rclone_path, target.rclone())
 
@@ -533,6 +666,34 @@ def resolve_archive(text: str, options: StoreOptions) -> Path | ArchiveLocation:
             f"{text}: no such file, and not a ref to a configured target: {unknown_target(ref.target, list(stores))}"
         )
     return stores[ref.target].location(ref)
+
+
+def init_restic_target(policies_dir: Path, name: str, rclone_config: Path | None = None) -> None:
+    """`coord init-target NAME`: `restic init` of the restic target NAME of _defaults.yaml. Raises UsageError (no
+    such target, not a restic one), PolicyError, CoordError (restic refused)."""
+    from coord.defaults import load_defaults
+
+    defined = load_defaults(policies_dir).targets
+    if name not in defined:
+        raise unknown_target(name, list(defined))
+    target = Target.of(name, defined[name], rclone_config)
+    if target.restic is None:
+        raise UsageError(
+            f"target {name} is not a restic target ({target.describe()}): only a restic repository is initialised"
+        )
+    target.repository().init()
+
+
+def check_repository(archive: Path | ArchiveLocation, read_data_subset: str | None) -> list[str]:
+    """`coord verify --read-data-subset`: `restic check` of the repository holding `archive` (a restic target's);
+    the problems found (none for an archive elsewhere, or without the option)."""
+    if read_data_subset is None or not isinstance(archive, ResticArchive):
+        return []
+    try:
+        archive.restic.check(read_data_subset)
+    except CoordError as error:
+        return [error.message]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ targets:
   offsite: {rclone: "offsite:coord-backups"}      # an rclone remote:path, from rclone's own configuration
 ```
 
-A target is one of the kinds below, chosen by the key it gives (`path:` or `rclone:`); giving neither or both is
-an error that says which to give. (One model with a key per kind, not a pydantic union: errors then name the
-key as written, `targets.offsite.rclone`, with its line.)
+A target is one of the kinds below, chosen by the key it gives (`path:`, `rclone:` or `restic:`); giving none
+or several is an error that says which to give. (One model with a key per kind, not a pydantic union: errors
+then name the key as written, `targets.offsite.rclone`, with its line.)
 
 Credentials never appear here: an rclone remote's come from rclone's own
 configuration (RCLONE_CONFIG, --rclone-config FILE, or RCLONE_CONFIG_<REMOTE>_<KEY> environment variables).
-Another kind (restic) is a third key of `TargetConfig` and a third resolved class.
+A restic repository (`restic:`, with its `password_file`) is the third kind: ResticTargetConfig.
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ class RcloneTargetConfig:
     rclone: str
 
 
+@dataclass(frozen=True)
+class ResticTargetConfig:
+    """A restic repository (any URL restic takes: a directory, `sftp:`, `s3:`, `rest:`, `rclone:`): one
+    deduplicated snapshot per volume and run (targets/restic.py). Its password is read from `password_file`, or
+    from restic's own RESTIC_PASSWORD_FILE / RESTIC_PASSWORD when that is None."""
+
+    restic: str
+    password_file: Path | None = None
+
+
 class TargetConfig(BaseModel):
     """One target: a local directory (`path:`) or an rclone remote:path (`rclone:`), exactly one."""
 
@@ -67,7 +77,25 @@ class TargetConfig(BaseModel):
         examples=["offsite:coord-backups", "b2:my-bucket/coord"],
     )
 
-    @field_validator("path")
+    restic: str | None = Field(
+        default=None,
+        description=(
+            "A restic target: a restic repository URL (`/srv/restic`, `sftp:user@host:/srv/coord`, `s3:...`, "
+            "`rest:http://host:8000/`, `rclone:remote:path`). Deduplicated: a nightly backup stores only what changed. "
+            "Create it once with `coord init-target NAME`."
+        ),
+        examples=["sftp:backup@host:/srv/coord", "rest:http://127.0.0.1:8000/coord"],
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description=(
+            "restic targets only: the file holding the repository's password (default: restic's own "
+            "RESTIC_PASSWORD_FILE or RESTIC_PASSWORD). Never printed."
+        ),
+        examples=["/run/secrets/restic"],
+    )
+
+    @field_validator("path", "password_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -90,16 +118,35 @@ class TargetConfig(BaseModel):
             raise ValueError("must not start or end with white space")
         return value if value.endswith(":") else value.rstrip("/")
 
+    @field_validator("restic")
+    @classmethod
+    def _repository(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or value.strip() != value:
+            raise ValueError("give a restic repository URL, without surrounding white space")
+        if re.search(r"://[^/@]*:[^/@]*@", value):
+            raise ValueError("carries a password; keep it in the password_file (or the repository's own configuration)")
+        return value
+
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> TargetConfig:
-        if (self.path is None) == (self.rclone is None):
-            got = "both" if self.path is not None else "neither"
-            raise ValueError(f"give `path:` (a local directory) or `rclone:` (remote:path), got {got}")
+        given = [key for key in ("path", "rclone", "restic") if getattr(self, key) is not None]
+        if len(given) != 1:
+            got = {0: "neither", 2: "both"}.get(len(given), "all three")
+            raise ValueError(
+                "give `path:` (a local directory), `rclone:` (remote:path) or `restic:` (a restic repository URL), "
+                f"got {got}"
+            )
+        if self.password_file is not None and self.restic is None:
+            raise ValueError("password_file: only a restic target (`restic:`) has a password")
         return self
 
-    def resolved(self) -> LocalTargetConfig | RcloneTargetConfig:
+    def resolved(self) -> LocalTargetConfig | RcloneTargetConfig | ResticTargetConfig:
         if self.path is not None:
             return LocalTargetConfig(self.path)
+        if self.restic is not None:
+            return ResticTargetConfig(self.restic, self.password_file)
         assert self.rclone is not None  # _exactly_one_kind
         return RcloneTargetConfig(self.rclone)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from coord.errors import CoordError
 from coord.policy import RetentionSettings
 from coord.retention import ArchiveHashes, PruneResult, WrittenArchive, plan_retention, prune_volume
-from coord.targets.archives import ArchiveStore, LocalStore, Ref
+from coord.targets.archives import ArchiveStore, LocalStore, Ref, ResticStore
 
 log = logging.getLogger("coord.retention")
 
@@ -78,6 +78,11 @@ def prune_store_volume(
                 continue
             log.info("%s: deleted %s (%s)", store.name, item.ref, why)
         result.deleted.append((str(item.ref), why))
+    if isinstance(store, ResticStore) and result.deleted and not dry_run:
+        try:  # the forgotten snapshots' data: restic prune, once per volume (it waits for other restic locks)
+            store.compact()
+        except CoordError as error:
+            result.errors.append(f"restic prune after forgetting: {error.message}")
     return result
 
 
