@@ -23,7 +23,12 @@ if [ "$#" -gt 0 ]; then
 fi
 # One worker per core (COORD_TEST_WORKERS overrides; 0 runs in this process). --dist loadfile keeps a module's
 # tests on one worker: module-scoped fixtures (rclone servers, compose stacks) are started once.
-workers=(-n "${COORD_TEST_WORKERS:-auto}" --dist loadfile)
+# A short base for the tests' temporary directories: xdist adds popen-gwN/ to each, and gpg-agent's socket path
+# under a test's state directory must stay within 80 characters (a long one is refused, see encrypt.py).
+basetemp=$(mktemp -d /tmp/ct.XXXX)
+trap 'rm -rf "$basetemp"' EXIT
+workers=(-n "${COORD_TEST_WORKERS:-auto}" --dist loadfile --basetemp "$basetemp/t")
 "$venv/bin/python" -m pytest "${workers[@]}"
 echo "test.sh: the restore tests again on Debian's python3 ($(.venv-debian/bin/python --version))" >&2
+workers[-1]="$basetemp/d"
 .venv-debian/bin/python -m pytest "${workers[@]}" "${RESTORE_TESTS[@]}"
