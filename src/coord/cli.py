@@ -423,7 +423,7 @@ def plan(
     would take, and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy
     error."""
     from coord.backup.plan import describe_group
-    from coord.docker_ops import DockerControl
+    from coord.docker_ops import DockerControl, swarm_place
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
 
@@ -445,7 +445,7 @@ def plan(
                     }
                     for p in group.volumes
                 ],
-                "containers": [{"name": c.name, "state": c.state} for c in group.containers],
+                "containers": [{"name": c.name, "state": c.state, **swarm_place(c)} for c in group.containers],
                 "steps": describe_group(group),
             }
             for group in group_volumes(plans, docker, own_container_id())
