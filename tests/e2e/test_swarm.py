@@ -41,9 +41,11 @@ def swarm(docker_client) -> Iterator[str]:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=60)
 
 
-def tasks_of(docker_client, service_id: str, running_only: bool = True) -> list:
-    containers = docker_client.containers.list(all=not running_only, filters={"label": f"{SERVICE_ID}={service_id}"})
-    return [c for c in containers if not running_only or c.status == "running"]
+def tasks_of(docker_client, service_id: str, running_only: bool = True) -> list[str]:
+    """The ids of the service's task containers here (running ones only, or all). From the listing alone: a task
+    container Swarm removes meanwhile must not make an inspect fail."""
+    listed = docker_client.api.containers(all=True, filters={"label": f"{SERVICE_ID}={service_id}"})
+    return sorted(c["Id"] for c in listed if not running_only or c["State"] == "running")
 
 
 def replicas_of(docker_client, service_id: str) -> int:
@@ -91,7 +93,7 @@ def test_stop_scales_a_replicated_service_to_0_and_back_and_plan_names_node_serv
 ):
     volume = make_volume("data")
     service = make_service("db", volume, replicas=2)
-    before = {c.id for c in tasks_of(docker_client, service)}
+    before = set(tasks_of(docker_client, service))
     write_policy(tmp_path / "p", "db", f"volumes: [{volume}]\nstrategy: stop\nstop_timeout: 5\n")
 
     plan = run_coord("plan", "--policies-dir", str(tmp_path / "p"), "--dest", str(tmp_path / "b"), "--json")
@@ -111,7 +113,7 @@ def test_stop_scales_a_replicated_service_to_0_and_back_and_plan_names_node_serv
     # back to two replicas, run by new tasks: the old ones were really stopped (scaled away), not left running
     assert replicas_of(docker_client, service) == 2
     wait_for(lambda: len(tasks_of(docker_client, service)) == 2, what="two tasks again")
-    assert not before & {c.id for c in tasks_of(docker_client, service)}
+    assert not before & set(tasks_of(docker_client, service))
     assert CLAIM_LABEL not in labels_of(docker_client, service)  # the claim was released
     assert not list((isolated_state_dir / "journal").glob("*.json"))
     assert len((volume_path(docker_client, volume) / "tasks.log").read_text().split()) == 4  # 2 tasks, twice
@@ -167,7 +169,7 @@ def test_a_global_service_is_refused_under_stop_and_paused_under_pause(
 ):
     volume = make_volume("data")
     service = make_service("agent", volume, replicas=None)
-    [task] = tasks_of(docker_client, service)
+    [task] = [docker_client.containers.get(identifier) for identifier in tasks_of(docker_client, service)]
     write_policy(tmp_path / "stop", "agent", f"volumes: [{volume}]\nstrategy: stop\n")
 
     plan = run_coord("plan", "--policies-dir", str(tmp_path / "stop"), "--dest", str(tmp_path / "b"), "--json")
@@ -181,7 +183,7 @@ def test_a_global_service_is_refused_under_stop_and_paused_under_pause(
     assert entry["status"] == "failed" and entry["containers"] == [], entry
     assert "use strategy pause or snapshot" in " ".join(entry["errors"]), entry
     task.reload()
-    assert task.status == "running" and [c.id for c in tasks_of(docker_client, service)] == [task.id]  # untouched
+    assert task.status == "running" and tasks_of(docker_client, service) == [task.id]  # untouched
     assert CLAIM_LABEL not in labels_of(docker_client, service)
 
     write_policy(tmp_path / "pause", "agent", f"volumes: [{volume}]\nstrategy: pause\n")
@@ -233,7 +235,7 @@ def test_claim_contention_between_two_coord_processes_exactly_one_wins_and_a_bac
         refused = backup(tmp_path / "p", tmp_path / "b")
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert f"is claimed by node {winner}" in " ".join(refused.json["volumes"][0]["errors"]), refused.stdout
-        assert [c.id for c in tasks_of(docker_client, service)] == [task.id]
+        assert tasks_of(docker_client, service) == [task]
         assert replicas_of(docker_client, service) == 1
         assert not list((isolated_state_dir / "journal").glob("*.json"))
 
