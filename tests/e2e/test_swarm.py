@@ -30,6 +30,7 @@ def swarm(docker_client) -> Iterator[str]:
     module ends. An engine already in a swarm (someone else's) is used as it is and never left."""
     state = docker_client.info()["Swarm"]["LocalNodeState"]
     joined_here = state == "inactive"
+    had_gateway_bridge = bool(docker_client.networks.list(names=["docker_gwbridge"]))
     if joined_here:
         subprocess.run(
             ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True, capture_output=True, timeout=60
@@ -39,6 +40,8 @@ def swarm(docker_client) -> Iterator[str]:
     finally:
         if joined_here:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=60)
+            if not had_gateway_bridge:  # made by `swarm init`, left behind by `leave`
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=60)
 
 
 def tasks_of(docker_client, service_id: str, running_only: bool = True) -> list[str]:
@@ -252,3 +255,32 @@ def test_claim_contention_between_two_coord_processes_exactly_one_wins_and_a_bac
             if claimer.poll() is None:
                 claimer.kill()
                 claimer.wait()
+
+
+def test_the_fleet_report_counts_what_each_node_published_to_the_shared_target(
+    swarm, docker_client, make_volume, make_service, tmp_path, isolated_state_dir
+):
+    shared = tmp_path / "shared-target"
+    published = {}
+    for node, strategy in (("node-a", "stop"), ("node-b", "pause")):  # one node's stack each, one shared target
+        volume = make_volume(f"data-{node}")
+        make_service(f"db-{node}", volume, replicas=1)
+        write_policy(tmp_path / node, "db", f"volumes: [{volume}]\nstrategy: {strategy}\nstop_timeout: 5\n")
+        run = backup(tmp_path / node, shared, env={"COORD_NODE": node})
+        assert run.returncode == 0, run.stdout + run.stderr
+        published[node] = volume
+        assert json.loads(Path(run.json["volumes"][0]["manifest"]).read_text())["node"] == node
+
+    report = run_coord("report", "--fleet", "--dest", str(shared), "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert report.json["nodes"] == ["node-a", "node-b"] and report.json["errors"] == []
+    rows = {row["node"]: row for row in report.json["rows"]}
+    for node, volume in published.items():
+        row = rows[node]
+        assert (row["volume"], row["archives"], row["statuses"]) == (volume, 1, {"ok": 1}), row
+        assert row["last_success"] is not None and row["targets"] == ["local"]
+    assert rows["node-a"]["services"][0].startswith("service coordtest-")  # scaled to 0 and back
+    assert rows["node-b"]["services"][0].startswith("coordtest-")  # its task container, paused
+    text = run_coord("report", "--fleet", "--dest", str(shared))
+    assert text.returncode == 0 and "2 node(s), 2 archive(s) published" in text.stdout, text.stdout
+    print(text.stdout)
