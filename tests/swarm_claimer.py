@@ -46,7 +46,7 @@ def main() -> None:
             wait_for_file(Path(barrier) / "go")
         original(self, service, replicas, labels)
 
-    DockerControl.update_service = update_after_the_barrier  # type: ignore[method-assign]
+    DockerControl.update_service = update_after_the_barrier
     journal = Journal(Path(state_dir))
     try:
         claim, entry = swarm.take_claim(docker, journal, service_id, node, swarm.new_run_id())
