@@ -83,29 +83,38 @@ def recover(journal: Journal, docker: Engine) -> RecoveryReport:
     """
     report = RecoveryReport()
     # Files first, containers last: a volume's half-done work (a restore swap, a publish) is completed or rolled
-    # back before any container that uses it runs again.
-    # Claims are released after the services they guard are scaled back.
+    # back before any container that uses it runs again. Claims are released after the services they guard are
+    # scaled back, and kept while a service could not be (no other node should act on it meanwhile).
     order = {CONTAINER: 1, SERVICE: 1, CLAIM: 2}
+    kept: set[str] = set()
     for entry in sorted(journal.entries(), key=lambda item: order.get(item.kind, 0)):
         handler = HANDLERS.get(entry.kind)
         if handler is None:
             report.errors.append(f"journal entry {entry.file_name}: unknown kind {entry.kind!r} (kept)")
             continue
-        try:
-            handler(entry, docker, report)
-        except EntryNotDone as error:
-            report.errors.append(str(error))
+        if entry.kind == CLAIM and entry.key in kept:
+            report.errors.append(f"claim on service {entry.name}: kept while the service is not scaled back")
             continue
-        except CoordError as error:
-            report.errors.append(f"{entry.kind} {entry.name or entry.key}: {error.message} (kept for next recovery)")
-            continue
-        except OSError as error:
-            report.errors.append(
-                f"{entry.kind} {entry.key}: {error.strerror or error} (kept for the next `coord recover`)"
-            )
+        error = _handle(handler, entry, docker, report)
+        if error is not None:
+            report.errors.append(error)
+            kept.add(entry.key)
             continue
         journal.clear(entry)
     return report
+
+
+def _handle(handler: Handler, entry: JournalEntry, docker: Engine, report: RecoveryReport) -> str | None:
+    """Run one entry's handler: None when the entry is done with, else why it is kept."""
+    try:
+        handler(entry, docker, report)
+    except EntryNotDone as error:
+        return str(error)
+    except CoordError as error:
+        return f"{entry.kind} {entry.name or entry.key}: {error.message} (kept for next recovery)"
+    except OSError as error:
+        return f"{entry.kind} {entry.key}: {error.strerror or error} (kept for the next `coord recover`)"
+    return None
 
 
 def _recover_snapshot(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:

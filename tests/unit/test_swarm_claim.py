@@ -106,3 +106,25 @@ def test_unreadable_labels_are_no_claim() -> None:
     assert swarm.Claim.from_label("not json") is None
     assert swarm.Claim.from_label('{"node": "a"}') is None
     assert swarm.Claim.from_label(None) is None
+
+
+def test_recover_scales_back_then_releases_and_keeps_the_claim_while_the_service_cannot_be_scaled_back(
+    tmp_path: Path,
+) -> None:
+    from coord.journal import CLAIM, CLAIMED, SCALED_TO_ZERO, SERVICE
+    from coord.recovery import recover
+
+    claim = swarm.Claim("node-a", "run1", 8, time.time() + 60)
+    services = a_service({swarm.CLAIM_LABEL: claim.to_label()}, replicas=0)
+    journal = Journal(tmp_path)
+    journal.record(CLAIM, "svc1", CLAIMED, "db", identity=claim.to_label())
+    journal.record(SERVICE, "svc1", SCALED_TO_ZERO, "db", identity="not a count")
+    report = recover(journal, services)
+    assert len(report.errors) == 2 and "kept while the service is not scaled back" in report.errors[1]
+    assert claim_of(services) == claim and len(journal.entries()) == 2
+
+    journal.record(SERVICE, "svc1", SCALED_TO_ZERO, "db", identity="3")
+    report = recover(journal, services)
+    assert report.errors == [] and journal.entries() == []
+    assert services.current.replicas == 3 and claim_of(services) is None
+    assert report.restored[0].startswith("scaled service db back to 3")

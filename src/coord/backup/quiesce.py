@@ -162,6 +162,9 @@ def _claim_services(group: QuiesceGroup, hold: _Hold) -> dict[str, list[Containe
 
 def _claim_releaser(service: ServiceInfo, claim: swarm.Claim, entry: JournalEntry, hold: _Hold) -> Callable[[], None]:
     def release() -> None:
+        if any(action.id == service.id and not action.restored for action in hold.actions):
+            log.error("keeping the claim on service %s until it is scaled back (coord recover)", service.name)
+            return  # its journal entry stays: `coord recover` releases it once the service is back
         error = swarm.release_claim(hold.docker, service.id, claim)
         if error is None:
             hold.journal.clear(entry)
