@@ -21,6 +21,9 @@ venv=${COORD_TEST_VENV:-.venv}
 if [ "$#" -gt 0 ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi
-"$venv/bin/python" -m pytest
+# One worker per core (COORD_TEST_WORKERS overrides; 0 runs in this process). --dist loadfile keeps a module's
+# tests on one worker: module-scoped fixtures (rclone servers, compose stacks) are started once.
+workers=(-n "${COORD_TEST_WORKERS:-auto}" --dist loadfile)
+"$venv/bin/python" -m pytest "${workers[@]}"
 echo "test.sh: the restore tests again on Debian's python3 ($(.venv-debian/bin/python --version))" >&2
-.venv-debian/bin/python -m pytest "${RESTORE_TESTS[@]}"
+.venv-debian/bin/python -m pytest "${workers[@]}" "${RESTORE_TESTS[@]}"

@@ -16,7 +16,7 @@ import typer
 from coord import __version__
 from coord.errors import EXIT_FAILED, EXIT_OK, CoordError, PolicyError, UsageError
 from coord.grammar import plural
-from coord.policy import LoadedPolicy, load_policies, render_json_schema
+from coord.policy import LoadedPolicy, current_policy_names, load_policies, render_json_schema
 from coord.render import human_size, run_summary
 from coord.results import RunResult
 from coord.runner import DEFAULT_STATE_DIR, BackupRequest
@@ -382,13 +382,6 @@ def backup(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _required_dest(dest: Path | None) -> Path:
-    """The destination given (--dest or COORD_DEST). Raises UsageError when there is none."""
-    if dest is None:
-        raise UsageError("no destination: pass --dest DIR or set COORD_DEST")
-    return dest
-
-
 def _checked_request(
     request: BackupRequest, target_names: Sequence[str], rclone_config: Path | None, metrics_file: Path | None
 ) -> tuple[BackupRequest, Monitoring]:
@@ -423,6 +416,7 @@ def plan(
     would take, and the volumes no policy covers (not backed up). Exit 1 when a volume would fail, 2 for a policy
     error."""
     from coord.backup.plan import describe_group
+    from coord.backup.steps import remote_only_volumes
     from coord.docker_ops import DockerControl, swarm_place
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
@@ -446,7 +440,7 @@ def plan(
                     for p in group.volumes
                 ],
                 "containers": [{"name": c.name, "state": c.state, **swarm_place(c)} for c in group.containers],
-                "steps": describe_group(group),
+                "steps": describe_group(group, remote_only_volumes(group.volumes, run_targets)),
             }
             for group in group_volumes(plans, docker, own_container_id())
         ]
@@ -889,34 +883,41 @@ def drill(
     volume: Annotated[
         list[str] | None,
         typer.Option(
-            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume under --dest."
+            "--volume", metavar="NAME", help="Volume to drill; repeatable. Default: every volume on each target."
         ),
     ] = None,
+    target: ReadTargets = None,
     dest: DestOption = None,
     gpg_home: GpgHome = None,
     passphrase_file: PassphraseFile = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     policies_dir: PoliciesDir = Path("policies"),
     volumes_root: VolumesRoot = None,
+    rclone_config: RcloneConfig = None,
     lock_timeout: LockTimeout = 0.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Restore each volume's latest verified archive into a scratch volume, compare it with the manifest and the
-    archive (entries, each file's content), remove the scratch volume, and record the drill in the history.
+    """Restore each volume's latest verified archive on each target (--dest, and _defaults.yaml `targets:`; a
+    remote one streamed) into a scratch volume, compare it with the manifest and the archive (entries, each
+    file's content), remove the scratch volume, and record the drill in the history.
 
-    One line per volume, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See docs/drills.md.
+    One line per volume and target, OK or FAIL; exit 0 when every drill passed, 1 when one failed. See
+    docs/drills.md.
     """
     from coord.drill import DrillRequest, DrillResult, drill_volumes
 
     def work() -> list[DrillResult]:
         sources = VolumeSources.detect(volumes_root)
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
         request = DrillRequest(
-            dest=_required_dest(dest),
+            dest=options.dest,
             volumes=tuple(volume or ()),
             state_dir=state_dir,
             policies_dir=policies_dir,
             sources=sources,
             lock_timeout_s=lock_timeout,
+            targets=options.names,
+            rclone_config=options.rclone_config,
         )
         docker = None
         if sources.volumes_root is None:
@@ -1047,7 +1048,7 @@ def report(
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        policies = _current_policy_names(policies_dir)
+        policies = current_policy_names(policies_dir)
         history = History(state_dir)
         if html is not None:
             write_html(html, html_report_for(history, period, policies, now))
@@ -1091,7 +1092,7 @@ def status(
     from coord.history import History
     from coord.report import render_status, status_of
 
-    found = _run(as_json, lambda: status_of(History(state_dir), _current_policy_names(policies_dir)))
+    found = _run(as_json, lambda: status_of(History(state_dir), current_policy_names(policies_dir)))
     latest, latest_status, gone = found["last_run"], found["last_run_status"], found["gone"]
     if as_json:
         print(
@@ -1107,19 +1108,6 @@ def status(
         )
     else:
         print("\n".join(render_status(latest, latest_status, found["volumes"], gone)))
-
-
-def _current_policy_names(policies_dir: Path | None) -> list[str] | None:
-    """The names of the policies now in `policies_dir`, or None when it was not given or cannot be read (status
-    and report still work then, without telling which policies are gone)."""
-    from coord.policy import policy_files
-
-    if policies_dir is None:
-        return None
-    try:
-        return [path.stem for path in policy_files(policies_dir)]
-    except CoordError:
-        return None
 
 
 @app.command()
@@ -1181,8 +1169,8 @@ def daemon(
         typer.Option(
             "--drill-schedule",
             envvar="COORD_DRILL_SCHEDULE",
-            help="Cron expression for restore drills of every volume under --dest (see `coord drill`); default: "
-            "no drills. Env: COORD_DRILL_SCHEDULE.",
+            help="Cron expression for restore drills of every volume on each of the backups' targets (see `coord "
+            "drill`); default: no drills. Env: COORD_DRILL_SCHEDULE.",
         ),
     ] = None,
     gpg_home: GpgHome = None,
@@ -1214,12 +1202,14 @@ def daemon(
         request, monitoring = _checked_request(request, target or (), rclone_config, metrics_file)
         drills = None
         if drill_schedule:
-            drill_request = DrillRequest(
-                dest=_required_dest(request.dest),
+            drill_request = DrillRequest(  # the backups' targets: --dest, _defaults.yaml, --target
+                dest=request.dest,
                 state_dir=state_dir,
                 policies_dir=policies_dir,
                 sources=request.sources,
                 lock_timeout_s=lock_timeout,
+                targets=tuple(target or ()),
+                rclone_config=rclone_config,
             )
             decryption = _decryption(gpg_home, passphrase_file, state_dir)
             drills = ScheduledDrills(parse_schedule(drill_schedule), drill_request, decryption)

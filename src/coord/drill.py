@@ -1,7 +1,13 @@
 """Restore drills: prove that a volume's latest archive restores, and restores to exactly what was archived.
 
-    choose the latest verified archive (retention.choose_latest; a newer archive that no longer matches its
-    manifest fails the drill, as it fails `coord verify --latest`)
+Every target is drilled the same way (targets/archives.py): the target `local` of --dest, and each target of
+_defaults.yaml (`--target NAME` limits the drill to those), a local directory or any rclone remote. The archive
+is read through its ArchiveLocation as `coord verify` and `coord restore` read it: a remote one is streamed
+(`rclone cat`), never copied to local disk.
+
+    per target, per volume (the given ones, else every volume with a directory on the target):
+    choose the target's latest verified archive (ArchiveStore.list_volume, as `coord verify --latest --target`
+    chooses; a newer archive that no longer matches its manifest fails the drill)
     -> under the run lock: remove scratch space a killed drill left -> create a scratch volume (labelled
        coord.drill; in a sidecar, a directory in the state directory)
     -> read and check the archive as a restore does (restore.read_members: every member judged; its sha256 and
@@ -35,30 +41,29 @@ from pathlib import Path
 from typing import Any
 
 from coord.archive import TAR_ENVIRONMENT
-from coord.archive_location import LocalArchive
 from coord.docker_ops import Engine
 from coord.encrypt import DEFAULT_STATE_DIR, Decryption
-from coord.errors import CoordError, UsageError
+from coord.errors import CoordError
 from coord.grammar import plural
 from coord.hashing import CHUNK_SIZE
 from coord.history import DrillRow, History
 from coord.journal import Journal
 from coord.lock import run_lock
-from coord.manifest import manifest_path_for, read_manifest
 from coord.render import human_size
 from coord.restore import (
     ArchiveSource,
     MemberKind,
     UnsafeMember,
+    archive_source,
     member_of,
     read_members,
     restore_into_directory,
     restore_settings_for,
 )
-from coord.retention import choose_latest, volume_directories
 from coord.signals import deferred, termination_raises
 from coord.sources import HOST, VolumeSources
-from coord.verify import archive_compression, archive_is_encrypted, open_tar_stream
+from coord.targets.archives import ArchiveStore, ListedArchive, StoreOptions, selected_stores
+from coord.verify import open_tar_stream
 
 log = logging.getLogger("coord.drill")
 
@@ -69,20 +74,28 @@ SAMPLE = 5
 
 @dataclass(frozen=True)
 class DrillRequest:
-    dest: Path
-    volumes: Sequence[str] = ()  # empty: every volume with a directory of archives under `dest`
+    dest: Path | None = None  # --dest: the target `local`
+    volumes: Sequence[str] = ()  # empty: every volume with a directory of archives on each target
     state_dir: Path = DEFAULT_STATE_DIR
-    policies_dir: Path = Path("policies")  # the volume's `restore:` rules (devices, FIFOs)
+    policies_dir: Path = Path("policies")  # _defaults.yaml's targets; the volume's `restore:` rules
     sources: VolumeSources = HOST  # sidecar mode: scratch in the state directory, not a Docker volume
     lock_timeout_s: float = 0.0
     trigger: str = "manual"
+    targets: Sequence[str] = ()  # --target NAME: empty: every configured target
+    rclone_config: Path | None = None  # --rclone-config FILE
+
+    def store_options(self) -> StoreOptions:
+        """How the read side finds the targets to drill."""
+        return StoreOptions(self.policies_dir, self.dest, tuple(self.targets), self.state_dir, self.rclone_config)
 
 
 @dataclass
 class DrillResult:
-    volume: str
+    volume: str  # empty only for a target that could not be listed or holds no volume (nothing drilled)
     started_at: datetime
-    archive: str | None = None
+    target: str = ""
+    archive: str | None = None  # how it is named: a local path, or a ref (`offsite:volume/file`)
+    ref: str | None = None  # `<target>:<volume>/<file>`, as `coord list` prints it
     scratch: str | None = None
     entries: int = 0
     files_hashed: int = 0
@@ -96,18 +109,19 @@ class DrillResult:
         return not self.problems
 
     def line(self) -> str:
-        """One line: OK or FAIL, the volume and archive, and what was compared or what went wrong."""
-        archive = Path(self.archive).name if self.archive else ""
+        """One line: OK or FAIL, the volume, target and archive, and what was compared or what went wrong."""
+        archive = self.archive.rsplit("/", 1)[-1] if self.archive else ""
+        what = f"drill {self.volume} from target {self.target}" if self.volume else f"drill of target {self.target}"
         if self.ok:
             return (
-                f"OK   drill {self.volume}: {archive} restored into {self.scratch} and compared: "
+                f"OK   {what}: {archive} restored into {self.scratch} and compared: "
                 f"{plural(self.entries, 'entry', 'entries')} match the manifest, "
                 f"{plural(self.files_hashed, 'file')} ({human_size(self.bytes_hashed)}) match the archive's content "
                 f"({self.duration_s:.1f}s; scratch removed)"
             )
         more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
         drilled = f" (drilled {archive})" if archive else ""
-        return f"FAIL drill {self.volume}{drilled}: {self.problems[0]}{more}"
+        return f"FAIL {what}{drilled}: {self.problems[0]}{more}"
 
     def row(self, trigger: str) -> DrillRow:
         return DrillRow(
@@ -123,13 +137,16 @@ class DrillResult:
             bytes_hashed=self.bytes_hashed,
             duration_s=self.duration_s,
             problems=list(self.problems),
+            target=self.target or None,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "volume": self.volume,
+            "target": self.target,
             "archive": self.archive,
+            "ref": self.ref,
             "scratch": self.scratch,
             "entries": self.entries,
             "files_hashed": self.files_hashed,
@@ -374,16 +391,6 @@ def remove_leftover_scratch(request: DrillRequest, docker: Engine | None) -> lis
 # One drill
 
 
-def _source_of(archive: Path, decryption: Callable[[], Decryption] | None) -> ArchiveSource:
-    manifest = read_manifest(manifest_path_for(archive))
-    compression = archive_compression(archive, manifest)
-    if not archive_is_encrypted(archive, manifest):
-        return ArchiveSource(LocalArchive(archive), compression, None, manifest)
-    if decryption is None:
-        raise CoordError(f"{archive.name} is encrypted: pass --gpg-home DIR or --passphrase-file FILE")
-    return ArchiveSource(LocalArchive(archive), compression, decryption(), manifest)
-
-
 def _check_against_manifest(source: ArchiveSource, root: Path, result: DrillResult) -> None:
     """The restored tree's member list against the manifest's entries and entries_digest."""
     manifest = source.manifest or {}
@@ -421,36 +428,55 @@ def _restore_and_compare(source: ArchiveSource, scratch: Scratch, request: Drill
 
 
 def drill_volume(
-    volume: str, request: DrillRequest, docker: Engine | None, decryption: Callable[[], Decryption] | None
+    store: ArchiveStore,
+    volume: str,
+    request: DrillRequest,
+    docker: Engine | None,
+    decryption: Callable[[], Decryption] | None,
 ) -> DrillResult:
-    """Drill the latest verified archive of `volume` (the caller holds the run lock). Never raises for what the
-    drill finds or for an error doing it (CoordError, OSError): those are the result's problems."""
-    result = DrillResult(volume, started_at=datetime.now(UTC))
+    """Drill the latest verified archive of `volume` on `store`'s target (the caller holds the run lock). Never
+    raises for what the drill finds or for an error doing it (CoordError, OSError): those are the result's
+    problems."""
+    result = DrillResult(volume, started_at=datetime.now(UTC), target=store.name)
     clock = time.monotonic()
-    chosen = choose_latest(request.dest / volume, result.started_at, request.state_dir)
-    result.problems += [_corrupt(line) for line in chosen.mismatched]
-    if chosen.archive is None:
-        result.problems.append(f"no verified archive of volume {volume} in {request.dest}")
+    try:
+        listing = store.list_volume(volume, result.started_at)
+    except CoordError as error:  # the target cannot be read (down, wrong credentials)
+        result.problems.append(error.message)
     else:
-        result.archive = str(chosen.archive)
-        _drill_archive(chosen.archive, request, docker, decryption, result)
+        chosen, _ = listing.latest()
+        result.problems += [_corrupt(line) for line in listing.mismatched]
+        if chosen is None:
+            result.problems.append(f"no verified archive of volume {volume} in {store.describe()}")
+        else:
+            result.archive, result.ref = chosen.describe(), str(chosen.ref)
+            _drill_archive(store, chosen, request, docker, decryption, result)
     result.duration_s = time.monotonic() - clock
     result.finished_at = datetime.now(UTC)
     log.info("%s", result.line())
     return result
 
 
+_MISMATCH_ENDINGS = (
+    "; does not match its manifest, not counted, left alone",  # a local archive (retention.find_archives)
+    "; not counted, left alone",  # a remote one (targets/archives.RcloneStore)
+)
+
+
 def _corrupt(mismatch: str) -> str:
-    """retention's line about an archive that differs from its manifest, said for a drill."""
-    path, _, what = mismatch.removesuffix("; does not match its manifest, not counted, left alone").partition(": ")
+    """The read side's line about an archive that differs from its manifest, said for a drill."""
+    for ending in _MISMATCH_ENDINGS:
+        mismatch = mismatch.removesuffix(ending)
+    named, _, what = mismatch.partition(": ")  # a path or a ref: neither holds ": "
     return (
-        f"{Path(path).name} {what}: it no longer matches its manifest (corrupt or replaced; that backup is lost, "
-        "older ones are drilled)"
+        f"{named.rsplit('/', 1)[-1]} {what}: it no longer matches its manifest (corrupt or replaced; that backup is "
+        "lost, older ones are drilled)"
     )
 
 
 def _drill_archive(
-    archive: Path,
+    store: ArchiveStore,
+    chosen: ListedArchive,
     request: DrillRequest,
     docker: Engine | None,
     decryption: Callable[[], Decryption] | None,
@@ -458,7 +484,7 @@ def _drill_archive(
 ) -> None:
     scratch = None
     try:
-        source = _source_of(archive, decryption)
+        source = archive_source(store.location(chosen.ref), decryption)
         scratch = create_scratch(result.volume, request, docker)
         result.scratch = f"scratch volume {scratch.name}" if scratch.volume else f"scratch directory {scratch.root}"
         _restore_and_compare(source, scratch, request, result)
@@ -484,18 +510,35 @@ def _remove_scratch(scratch: Scratch, docker: Engine | None, result: DrillResult
 def drill_volumes(
     request: DrillRequest, docker: Engine | None, decryption: Callable[[], Decryption] | None = None
 ) -> list[DrillResult]:
-    """Drill each requested volume (default: every volume with archives under the destination) under the run
-    lock, recording each drill in the history. Raises LockError, UsageError (nothing to drill), HistoryError (a
-    drill could not be recorded: the results are still printed by the caller)."""
-    volumes = list(request.volumes) or volume_directories(request.dest)
-    if not volumes:
-        raise UsageError(f"nothing to drill: no volume has archives under {request.dest}")
+    """Drill each requested volume (default: every volume with archives on the target) on each target (default:
+    every configured one) under the run lock, recording each drill in the history. A target that cannot be
+    listed, or holds no volume, gives one failed result (volume ''), not recorded: it drilled nothing. Raises
+    UsageError (no target, an unknown --target), PolicyError (_defaults.yaml), LockError, HistoryError (a drill
+    could not be recorded: the results are still printed by the caller)."""
+    stores = selected_stores(request.store_options())
     history = History(request.state_dir)
-    results = []
+    results: list[DrillResult] = []
     with termination_raises(), run_lock(request.state_dir, request.lock_timeout_s):
         remove_leftover_scratch(request, docker)
-        for volume in volumes:
-            result = drill_volume(volume, request, docker, decryption)
-            results.append(result)
-            history.record_drill(result.row(request.trigger))
+        for store in stores:
+            try:
+                volumes = list(request.volumes) or store.volumes()
+            except CoordError as error:  # the target is down, or its credentials are wrong
+                results.append(_undrilled(store, error.message))
+                continue
+            if not volumes:
+                results.append(_undrilled(store, f"no volume has archives in {store.describe()}"))
+            for volume in volumes:
+                result = drill_volume(store, volume, request, docker, decryption)
+                results.append(result)
+                history.record_drill(result.row(request.trigger))
     return results
+
+
+def _undrilled(store: ArchiveStore, problem: str) -> DrillResult:
+    """The failed result of a target none of whose volumes could be drilled (volume ''): not recorded in the
+    history, which keeps drills per volume."""
+    result = DrillResult("", started_at=datetime.now(UTC), target=store.name, problems=[problem])
+    result.finished_at = result.started_at
+    log.info("%s", result.line())
+    return result

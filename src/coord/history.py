@@ -110,6 +110,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX drills_volume ON drills (volume, started_at)",
     ),
+    (
+        # Where each volume's archive went (results.TargetResult): a JSON list of {target, status, ref, error},
+        # as in `coord backup --json`; [] in rows written before named targets.
+        "ALTER TABLE volume_runs ADD COLUMN targets TEXT NOT NULL DEFAULT '[]'",
+        # The target a drill read its archive from; NULL in rows written before drills read targets.
+        "ALTER TABLE drills ADD COLUMN target TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -199,6 +206,7 @@ class VolumeRow:
     archive: str | None = None
     error: str | None = None
     entries: int | None = None  # None in rows written before schema version 2
+    targets: list[dict[str, Any]] = field(default_factory=list)  # TargetResult.to_json() each; [] before version 3
 
     @property
     def warning_count(self) -> int:
@@ -220,6 +228,7 @@ class VolumeRow:
             "archive": self.archive,
             "error": self.error,
             "entries": self.entries,
+            "targets": [dict(target) for target in self.targets],
         }
 
 
@@ -239,6 +248,7 @@ class DrillRow:
     bytes_hashed: int
     duration_s: float
     problems: list[str]
+    target: str | None = None  # None in rows written before schema version 3 (drills read only --dest)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -246,6 +256,7 @@ class DrillRow:
             "started_at": utc_iso_or_none(self.started_at),
             "finished_at": utc_iso_or_none(self.finished_at),
             "volume": self.volume,
+            "target": self.target,
             "archive": self.archive,
             "status": self.status,
             "trigger": self.trigger,
@@ -288,6 +299,7 @@ def volume_row_of(run_id: int, started_at: datetime, result: VolumeResult) -> Vo
         archive=result.archive,
         error="; ".join(result.errors) or None,
         entries=result.entries,
+        targets=[target.to_json() for target in result.targets],
     )
 
 
@@ -476,7 +488,7 @@ class History:
         with self._write() as connection:
             cursor = connection.execute(
                 "INSERT INTO drills (started_at, finished_at, volume, archive, status, trigger, entries, "
-                "files_hashed, bytes_hashed, duration_s, problems) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "files_hashed, bytes_hashed, duration_s, problems, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     format_time(drill.started_at),
                     format_time(drill.finished_at),
@@ -489,15 +501,27 @@ class History:
                     drill.bytes_hashed,
                     drill.duration_s,
                     json.dumps(drill.problems),
+                    drill.target,
                 ),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
     def last_drills(self) -> dict[str, DrillRow]:
-        """volume -> its latest drill."""
-        rows = self._read("SELECT * FROM drills WHERE id IN (SELECT MAX(id) FROM drills GROUP BY volume)", [])
-        return {row["volume"]: _from_row(DrillRow, row) for row in rows}
+        """volume -> its last drill: of the latest drill from each target, the newest failed one when any
+        failed (a later drill of another target passing must not hide it), else the newest."""
+        rows = self._read(
+            "SELECT * FROM drills WHERE id IN (SELECT MAX(id) FROM drills GROUP BY volume, COALESCE(target, '')) "
+            "ORDER BY id",
+            [],
+        )
+        chosen: dict[str, DrillRow] = {}
+        for row in rows:  # oldest first: a later row replaces an earlier one unless that one failed and it did not
+            drill = _from_row(DrillRow, row)
+            earlier = chosen.get(drill.volume)
+            if earlier is None or drill.status != OK or earlier.status == OK:
+                chosen[drill.volume] = drill
+        return chosen
 
     def daemon(self) -> DaemonRow | None:
         rows = self._read("SELECT * FROM daemon WHERE id = 1", [])
@@ -509,8 +533,8 @@ class History:
     def _insert_volume(connection: sqlite3.Connection, row: VolumeRow) -> None:
         connection.execute(
             "INSERT INTO volume_runs (run_id, started_at, volume, policy, strategy, status, verdict, warnings, "
-            "warning_count, downtime_s, size, duration_s, archive, error, entries) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "warning_count, downtime_s, size, duration_s, archive, error, entries, targets) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 row.run_id,
                 format_time(row.started_at),
@@ -527,6 +551,7 @@ class History:
                 row.archive,
                 row.error,
                 row.entries,
+                json.dumps(row.targets),
             ),
         )
 
@@ -613,7 +638,7 @@ def _required_time(text: str) -> datetime:
 
 
 _TIME_COLUMNS = ("started_at", "finished_at", "next_run_at", "stopped_at")
-_JSON_COLUMNS = ("policies", "errors", "warnings", "problems")
+_JSON_COLUMNS = ("policies", "errors", "warnings", "problems", "targets")
 Row = TypeVar("Row", RunRow, VolumeRow, DaemonRow, DrillRow)
 
 

@@ -26,13 +26,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coord.consistency import Verdict
-from coord.errors import CoordError, UsageError
+from coord.errors import UsageError
 from coord.fsutil import fsync_directory
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, VolumeRow
-from coord.policy import policy_files
+from coord.policy import current_policy_names
 from coord.problems import ProblemKind
 from coord.report import status_of
-from coord.results import VolumeStatus
+from coord.results import TargetStatus, VolumeStatus
 
 log = logging.getLogger("coord.metrics")
 
@@ -41,16 +41,24 @@ RUN_STATUSES = (OK, FAILED, INTERRUPTED, CRASHED, RUNNING)
 VOLUME_STATUSES = tuple(status.value for status in VolumeStatus)
 VERDICTS = tuple(verdict.value for verdict in Verdict)
 WARNING_KINDS = tuple(kind.value for kind in ProblemKind if kind is not ProblemKind.CRITICAL)
-TARGET_STATUSES = ("ok", "failed")
+TARGET_STATUSES = tuple(status.value for status in TargetStatus)
 
 
 @dataclass(frozen=True)
 class TargetOutcome:
-    """How one copy of a volume's archive went to one named target. Nothing fills it yet: the seam for named
-    targets (coord_volume_target_last_run_status gets its samples from here once the history records them)."""
+    """How the volume's last run sent its archive to one named target (the history's `targets` of the row)."""
 
     target: str
     status: str  # one of TARGET_STATUSES
+
+
+def target_outcomes(row: VolumeRow) -> tuple[TargetOutcome, ...]:
+    """The per-target outcomes recorded with `row` (none for rows written before the history kept them)."""
+    return tuple(
+        TargetOutcome(str(item["target"]), str(item["status"]))
+        for item in row.targets
+        if item.get("target") and item.get("status")
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,9 @@ def read_state(history: History, policies: Iterable[str] | None = None) -> Coord
     gone = found["gone"]
     kept = history.last_kept_per_volume()
     volumes = [
-        VolumeState(row, kept.get(row.volume)) for row in found["volumes"] if (row.policy, row.volume) not in gone
+        VolumeState(row, kept.get(row.volume), target_outcomes(row))
+        for row in found["volumes"]
+        if (row.policy, row.volume) not in gone
     ]
     latest = found["last_run"]
     daemon = history.daemon()
@@ -136,7 +146,8 @@ def volume_families(volumes: Sequence[VolumeState]) -> list[Metric]:
     entries = _gauge("coord_volume_archive_entries", "Entries in the volume's latest kept archive.", VOLUME_LABELS)
     targets = _gauge(
         "coord_volume_target_last_run_status",
-        "1 for how the last copy of the volume's archive to a named target went (ok, failed), 0 for the other.",
+        "1 for how the volume's last run sent its archive to a named target (ok, failed, skipped: not tried "
+        "because the volume failed first), 0 for the others.",
         (*VOLUME_LABELS, "target", "status"),
     )
     for volume in volumes:
@@ -175,17 +186,6 @@ def metric_families(state: CoordState) -> list[Metric]:
     if state.next_run_at is not None:
         next_run.add_metric([], state.next_run_at.timestamp())
     return [run_time, run_status, next_run, *volume_families(state.volumes)]
-
-
-def current_policy_names(policies_dir: Path | None) -> list[str] | None:
-    """The names of the policies in `policies_dir` (None when not given or unreadable: nothing is marked gone
-    for a missing policy then)."""
-    if policies_dir is None:
-        return None
-    try:
-        return [path.stem for path in policy_files(policies_dir)]
-    except CoordError:
-        return None
 
 
 class HistoryCollector(Collector):

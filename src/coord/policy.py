@@ -860,3 +860,14 @@ def location_in(path: Path, location: Sequence[str | int]) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return str(path)
     return _where(path, _line_of(root, location))
+
+
+def current_policy_names(policies_dir: Path | None) -> list[str] | None:
+    """The names of the policies in `policies_dir` (None when not given or unreadable: nothing is marked gone
+    for a missing policy then)."""
+    if policies_dir is None:
+        return None
+    try:
+        return [path.stem for path in policy_files(policies_dir)]
+    except (UsageError, OSError):
+        return None

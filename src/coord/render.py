@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from coord.grammar import plural
-from coord.results import RunResult, VolumeStatus
+from coord.results import RunResult, TargetStatus, VolumeResult, VolumeStatus
 
 if TYPE_CHECKING:
     from coord.targets.archives import TargetListing
@@ -41,10 +41,31 @@ def archived_line(size: int, verdict: str | None, downtime_s: float, archive: st
 STATUS_LABEL = {"ok": "OK  ", "warning": "WARN", "failed": "FAIL", "excluded": "SKIP"}
 
 
+def failed_volumes(result: RunResult) -> list[str]:
+    """The failed volumes, each with the targets that failed it: `pg-data`, `pg-data: target offsite failed`."""
+    named = []
+    for volume in result.volumes:
+        if volume.status is not VolumeStatus.FAILED:
+            continue
+        failed = [target.target for target in volume.targets if target.status is TargetStatus.FAILED]
+        which = f"target{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed" if failed else ""
+        named.append(f"{volume.volume}: {which}" if which else volume.volume)
+    return named
+
+
+def targets_line(volume: VolumeResult) -> str | None:
+    """`targets: local ok, offsite failed` when the volume has several targets or one failed (its error, naming
+    the target, follows among the volume's errors); None otherwise."""
+    failed = any(target.status is TargetStatus.FAILED for target in volume.targets)
+    if len(volume.targets) < 2 and not failed:
+        return None
+    return "targets: " + ", ".join(f"{target.target} {target.status.value}" for target in volume.targets)
+
+
 def run_line(run_id: int, status: str, result: RunResult) -> str:
-    """A finished run in one line, for the daemon's log and notifications: `run 3 failed: 2 volumes, 1 failed (pg);
-    <the run's own problems>`."""
-    failed = [volume.volume for volume in result.volumes if volume.status is VolumeStatus.FAILED]
+    """A finished run in one line, for the daemon's log and notifications: `run 3 failed: 2 volumes, 1 failed
+    (pg: target offsite failed); <the run's own problems>`."""
+    failed = failed_volumes(result)
     return (
         f"run {run_id} {status}: {volumes_line(len(result.volumes), len(failed))}"
         + (f" ({', '.join(failed)})" if failed else "")
@@ -70,14 +91,16 @@ def run_summary(result: RunResult) -> list[str]:
                 + (f", {plural(volume.excluded_paths, 'path')} excluded by policy" if volume.excluded_paths else "")
             )
             lines.append(f"     -> {volume.archive}")
-            if len(volume.targets) > 1:  # which targets hold it (a failed one's error follows among the errors)
-                lines.append("     targets: " + ", ".join(f"{t.target} {t.status.value}" for t in volume.targets))
+            if targets_line(volume):  # which targets hold it (a failed one's error follows among the errors)
+                lines.append(f"     {targets_line(volume)}")
             for pruned in volume.pruned:
                 lines.append(f"     pruned {pruned} (retention)")
             for reason in volume.verdict_reasons:
                 lines.append(f"     {reason}")
         else:
             lines.append(head)
+            if targets_line(volume):
+                lines.append(f"     {targets_line(volume)}")
         for container in volume.containers:
             if container.action in ("paused", "stopped"):
                 back = "back" if container.restored else "NOT BACK"
@@ -103,13 +126,14 @@ OUTCOME_WORDS = {"failure": "FAILED", "warning": "finished with warnings", "succ
 
 
 def notification_title(host: str, outcome: str, scope: str, result: RunResult | None) -> str:
-    """A notification's title: `coord on db1: backup FAILED (policy pg): 2 volumes, 1 failed (pg-data)`.
+    """A notification's title: `coord on db1: backup FAILED (policy pg): 2 volumes, 1 failed (pg-data)`, or
+    `... 1 failed (pg-data: target offsite failed)` when a target failed it.
     `outcome` is failure, warning or success; `scope` what the notification is about (`all policies`, `policy
     pg`); `result` None when the run could not be done."""
     head = f"coord on {host}: backup {OUTCOME_WORDS[outcome]} ({scope})"
     if result is None:
         return f"{head}: the run could not be done"
-    failed = [volume.volume for volume in result.volumes if volume.status is VolumeStatus.FAILED]
+    failed = failed_volumes(result)
     return f"{head}: {volumes_line(len(result.volumes), len(failed))}" + (f" ({', '.join(failed)})" if failed else "")
 
 

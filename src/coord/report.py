@@ -22,6 +22,7 @@ from coord.render import STATUS_LABEL, archived_line, short_time
 from coord.timestamps import utc_iso_or_none
 
 SUCCESS_STATUSES = ("ok", "warning")
+TARGET_STATUSES = ("ok", "failed", "skipped")  # results.TargetStatus
 WEEK = re.compile(r"^(\d{4})-?W(\d{1,2})$", re.IGNORECASE)
 
 
@@ -89,6 +90,7 @@ class VolumeSummary:
     last_error: str | None = None
     gone: str | None = None  # why this volume is no longer backed up (see gone_reasons), None while it is
     last_drill: DrillRow | None = None  # the volume's latest restore drill (drill.py), whenever it was
+    targets: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> status (ok, failed, skipped) -> runs
 
     @property
     def success_rate(self) -> float | None:
@@ -115,6 +117,7 @@ class VolumeSummary:
             "last_error": self.last_error,
             "gone": self.gone,
             "last_drill": self.last_drill.to_json() if self.last_drill else None,
+            "targets": {target: dict(counts) for target, counts in sorted(self.targets.items())},
         }
 
 
@@ -176,6 +179,10 @@ def build_report(
         summary.failures += row.status == "failed"
         summary.downtime_total_s += row.downtime_s
         summary.downtime_max_s = max(summary.downtime_max_s, row.downtime_s)
+        for item in row.targets:
+            tally = summary.targets.setdefault(str(item.get("target")), dict.fromkeys(TARGET_STATUSES, 0))
+            status = str(item.get("status"))
+            tally[status] = tally.get(status, 0) + 1
     for key, summary in summaries.items():
         summary.last_success = last_successes.get(key)
         summary.gone = (gone or {}).get(key)
@@ -217,14 +224,32 @@ def render_report(report: Report) -> list[str]:
         for v in report.volumes
     ]
     lines += _table(rows, right_aligned=range(2, 9))
-    return lines + [f"gone: {v.volume} (policy {v.policy}): {v.gone}" for v in report.volumes if v.gone]
+    lines += [f"gone: {v.volume} (policy {v.policy}): {v.gone}" for v in report.volumes if v.gone]
+    return lines + [line for v in report.volumes for line in target_failure_lines(v)]
+
+
+def target_failure_lines(summary: VolumeSummary) -> list[str]:
+    """`targets: pg-data (policy pg): offsite failed in 2 of 7 runs` for each target that failed the volume in the
+    period (a target that always took the archive says nothing)."""
+    lines = []
+    for target, counts in sorted(summary.targets.items()):
+        failed = counts.get("failed", 0)
+        if failed:
+            lines.append(
+                f"targets: {summary.volume} (policy {summary.policy}): {target} failed in {failed} of "
+                f"{sum(counts.values())} runs"
+            )
+    return lines
 
 
 def drill_cell(drill: DrillRow | None) -> str:
-    """A volume's last drill in a table cell: `ok 2026-11-30 04:00:00Z`, `FAIL 2026-...`, or `never`."""
+    """A volume's last drill in a table cell: `ok 2026-11-30 04:00:00Z`, `FAIL 2026-... (offsite)` (the target
+    that failed it), or `never`."""
     if drill is None:
         return "never"
-    return f"{'ok' if drill.status == 'ok' else 'FAIL'} {short_time(drill.started_at)}"
+    if drill.status == "ok":
+        return f"ok {short_time(drill.started_at)}"
+    return f"FAIL {short_time(drill.started_at)}" + (f" ({drill.target})" if drill.target else "")
 
 
 def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[str]:
@@ -234,6 +259,14 @@ def _table(rows: Sequence[Sequence[str]], right_aligned: Iterable[int]) -> list[
         "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
         for row in rows
     ]
+
+
+def _targets_part(row: VolumeRow) -> str:
+    """`; targets local ok, offsite failed` when the row went to several targets or one did not take it."""
+    outcomes = [(str(item.get("target")), str(item.get("status"))) for item in row.targets]
+    if len(outcomes) < 2 and all(status == "ok" for _, status in outcomes):
+        return ""
+    return "; targets " + ", ".join(f"{target} {status}" for target, status in outcomes)
 
 
 def render_status(
@@ -255,9 +288,10 @@ def render_status(
         elif row.status == "excluded":
             lines.append(f"{head} {when}: excluded by policy")
         elif row.status == "failed":
-            lines.append(f"{head} {when}: {row.error or 'failed'}")
+            lines.append(f"{head} {when}: {row.error or 'failed'}{_targets_part(row)}")
         else:
-            lines.append(f"{head} {when}: {archived_line(row.size, row.verdict, row.downtime_s, row.archive)}")
+            archived = archived_line(row.size, row.verdict, row.downtime_s, row.archive)
+            lines.append(f"{head} {when}: {archived}{_targets_part(row)}")
     if latest is None:
         return ["no backup run recorded yet"]
     shown = {row.run_id for row in volumes}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from coord.history import DrillRow, History, VolumeRow
 from coord.render import human_size, short_time
-from coord.report import Period, Report, VolumeSummary, report_for
+from coord.report import Period, Report, VolumeSummary, report_for, target_failure_lines
 
 WIDTH = 720  # the charts' drawing width, in SVG units (they scale with the page)
 LEFT = 64  # room for the value axis labels
@@ -120,6 +120,8 @@ def drill_html(drill: DrillRow | None) -> str:
     if drill is None:
         return '<div class="drill never">last restore drill: never (run <code>coord drill</code>)</div>'
     archive = escape(drill.archive.rsplit("/", 1)[-1]) if drill.archive else "no archive"
+    if drill.target:
+        archive += f" from target {escape(drill.target)}"
     compared = (
         f": {drill.entries:,} entries, {drill.files_hashed:,} files ({escape(human_size(drill.bytes_hashed))}) compared"
         if drill.entries
@@ -155,6 +157,7 @@ def volume_html(
         + "</tr></table>"
     )
     last_error = f'<div class="error">last error: {escape(summary.last_error)}</div>' if summary.last_error else ""
+    last_error += "".join(f'<div class="error">{escape(line)}</div>' for line in target_failure_lines(summary))
     written = [row for row in rows if row.archive]  # a failed run's size is of an archive that was removed
     return (
         f'<section class="volume" data-volume="{escape(summary.volume)}"><h2>{escape(summary.volume)}</h2>'

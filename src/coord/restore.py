@@ -815,7 +815,7 @@ def restore(
     EncryptionError, DockerError, RestoreContainersError.
     """
     clock = time.monotonic()
-    source = _archive_source(request.archive, decryption_for_archive)
+    source = archive_source(request.archive, decryption_for_archive)
     target = request.volume if request.volume is not None else str(request.target_dir)
     result = RestoreResult(archive=source.archive.describe(), target=target, dry_run=request.dry_run)
     if os.geteuid() != 0:
@@ -839,7 +839,7 @@ def restore(
     return result
 
 
-def _archive_source(archive: AnyArchive, decryption_for_archive: Callable[[], Decryption] | None) -> ArchiveSource:
+def archive_source(archive: AnyArchive, decryption_for_archive: Callable[[], Decryption] | None) -> ArchiveSource:
     """The archive, its manifest (if any), and how to read it; asks `decryption_for_archive` only when the archive
     is encrypted. Raises UsageError (no such file; encrypted and no way to decrypt), RestoreError (unreadable
     manifest, unknown compression), EncryptionError, CoordError (a transport's)."""

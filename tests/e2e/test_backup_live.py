@@ -61,7 +61,7 @@ def test_plain_tar_fails_on_the_churning_volume_but_coord_live_succeeds(churning
     assert "strategy: live" in clickhouse
     write_policy(policies, "clickhouse", clickhouse)
     vanished_seen = 0
-    for _ in range(8):
+    for _ in range(20):  # as many tries as plain tar gets above: the writer slows down on a loaded machine
         run = run_coord(
             "backup",
             "--policy",

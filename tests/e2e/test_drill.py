@@ -70,7 +70,7 @@ def test_a_drill_catches_a_corrupted_archive(docker_client, drilled_volume) -> N
     done = drill(volume, policies, dest)
     print(done.stdout)  # the report quotes it
     assert done.returncode == 1
-    assert done.stdout.startswith(f"FAIL drill {volume}: {archive.name} has sha256 ")
+    assert done.stdout.startswith(f"FAIL drill {volume} from target local: {archive.name} has sha256 ")
     assert "it no longer matches its manifest (corrupt or replaced" in done.stdout
     assert f"no verified archive of volume {volume} in {dest}" in done.stdout
     assert scratch_volumes_of(docker_client, volume) == []
@@ -91,7 +91,9 @@ def test_a_corruption_the_manifest_does_not_show_is_caught_by_the_restore(docker
     done = drill(volume, policies, dest)
     print(done.stdout)
     assert done.returncode == 1
-    assert done.stdout.startswith(f"FAIL drill {volume} (drilled {archive.name}): cannot read {archive}: ")
+    assert done.stdout.startswith(
+        f"FAIL drill {volume} from target local (drilled {archive.name}): cannot read {archive}: "
+    )
     assert "decompression failed" in done.stdout or "not a readable tar stream" in done.stdout
     assert scratch_volumes_of(docker_client, volume) == []
 

@@ -47,7 +47,10 @@ def test_a_drill_restores_compares_and_removes_its_scratch_volume(tmp_path: Path
     (result,) = drill_volumes(request, engine)
     assert result.problems == []
     assert (result.entries, result.files_hashed, result.bytes_hashed) == (8, 4, 6 + 5 + 5000 + 6)
-    assert result.line().startswith("OK   drill v: v-") and "8 entries match the manifest" in result.line()
+    assert (
+        result.line().startswith("OK   drill v from target local: v-")
+        and "8 entries match the manifest" in result.line()
+    )
     created = [call.target for call in engine.calls if call.method == "create_volume"]
     assert len(created) == 1 and created[0].startswith(SCRATCH_PREFIX)
     assert scratch_volumes(engine) == []  # removed
@@ -77,7 +80,7 @@ def test_a_restore_that_does_not_reproduce_the_archive_fails_the_drill(
         f"{result_sha('beta')} in the archive, {result_sha('BETA')} restored; mtime_ns "
         f"{mtime_of(tmp_path, 'sub/b.txt')} in the archive, 0 restored)"
     ]
-    assert result.line().startswith("FAIL drill v (drilled v-")
+    assert result.line().startswith("FAIL drill v from target local (drilled v-")
     assert scratch_volumes(engine) == []  # removed on failure too
     assert History(request.state_dir).last_drills()["v"].status == "failed"
 
@@ -185,3 +188,17 @@ def test_in_a_sidecar_the_scratch_space_is_a_directory_in_the_state_directory(tm
     assert result.scratch is not None and result.scratch.startswith(f"scratch directory {request.state_dir}/")
     assert not any(path.name.startswith(SCRATCH_PREFIX) for path in request.state_dir.iterdir())
     assert len(engine.calls) == calls_before  # the engine was not used
+
+
+def test_an_archive_that_no_longer_matches_its_manifest_is_named_alike_on_local_and_remote_targets() -> None:
+    """The read side says it in each store's words (retention.find_archives locally, RcloneStore remotely); the
+    drill names the file and keeps what differs."""
+    local = "/b/v/v-1.tar.zst: size 10, its manifest says 12; does not match its manifest, not counted, left alone"
+    remote = "offsite:v/v-1.tar.zst: is 10 bytes on the target, its manifest says 12; not counted, left alone"
+    assert coord.drill._corrupt(local) == (
+        "v-1.tar.zst size 10, its manifest says 12: it no longer matches its manifest (corrupt or replaced; that "
+        "backup is lost, older ones are drilled)"
+    )
+    assert coord.drill._corrupt(remote).startswith(
+        "v-1.tar.zst is 10 bytes on the target, its manifest says 12: it no longer matches its manifest"
+    )

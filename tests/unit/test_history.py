@@ -4,15 +4,16 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from coord.errors import HistoryError, UsageError
-from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, SCHEMA_VERSION, History, VolumeRow
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, SCHEMA_VERSION, DrillRow, History, VolumeRow
 from coord.report import parse_since, parse_week, render_report, render_status, report_for, status_of, week_of
-from coord.results import ContainerAction, RunResult, VolumeResult, VolumeStatus
+from coord.results import ContainerAction, RunResult, TargetResult, TargetStatus, VolumeResult, VolumeStatus
 
 
 def at(text: str) -> datetime:
@@ -73,6 +74,7 @@ def test_each_iso_week_counts_only_its_own_runs(history: History) -> None:
         "last_success": "2026-11-22T23:59:59Z",
         "gone": None,
         "last_drill": None,
+        "targets": {},
     }
     assert (w47["redis"]["runs"], w47["redis"]["failures"], w47["redis"]["success_rate"]) == (2, 1, 0.5)
 
@@ -260,3 +262,97 @@ def test_skipped_entries_are_not_counted_as_warnings() -> None:
     warnings = {"vanished": 2, "changed": 1, "shrank": 1, "skipped": 5}
     row = VolumeRow(1, datetime(2026, 11, 16, tzinfo=UTC), "pg", "pg", "live", "warning", warnings=warnings)
     assert row.warning_count == 4
+
+
+def with_targets(result: VolumeResult, *outcomes: tuple[str, str]) -> VolumeResult:
+    """`result` sent to targets: (name, status) each; a failed one's error names it, as publish.py's does."""
+    for name, status in outcomes:
+        error = f"target {name}: writing x failed: connection refused" if status == "failed" else None
+        ref = f"{name}:{result.volume}/x.tar.zst" if status == "ok" else None
+        result.targets.append(TargetResult(name, TargetStatus(status), ref, error))
+    return result
+
+
+def test_target_outcomes_are_recorded_shown_by_status_and_counted_by_the_report(tmp_path: Path) -> None:
+    history = History(tmp_path / "state")
+    both = with_targets(volume("pg", "ok"), ("local", "ok"), ("offsite", "ok"))
+    record(history, "2026-11-23T03:00:00", both, with_targets(volume("one", "ok"), ("local", "ok")))
+    down = with_targets(volume("pg", "failed", error="target offsite: writing x failed: connection refused"))
+    down.archive = "/b/pg.tar.zst"  # the local target holds it
+    record(history, "2026-11-24T03:00:00", with_targets(down, ("local", "ok"), ("offsite", "failed")))
+
+    (one, pg) = history.latest_per_volume()
+    assert [(t["target"], t["status"], t["ref"]) for t in pg.targets] == [
+        ("local", "ok", "local:pg/x.tar.zst"),
+        ("offsite", "failed", None),
+    ]
+    assert pg.targets[1]["error"] == "target offsite: writing x failed: connection refused"
+    assert pg.to_json()["targets"] == pg.targets
+    lines = render_status(history.latest_run(), OK, [one, pg])
+    assert lines[0].endswith(": 1.0 KB, verdict consistent -> /b/one.tar.zst")  # one target, ok: nothing more
+    assert lines[1].endswith(": target offsite: writing x failed: connection refused; targets local ok, offsite failed")
+
+    report = report_for(history, parse_week("2026-W48"))
+    assert by_volume(report)["pg"]["targets"] == {
+        "local": {"ok": 2, "failed": 0, "skipped": 0},
+        "offsite": {"ok": 1, "failed": 1, "skipped": 0},
+    }
+    assert render_report(report)[-1] == "targets: pg (policy db): offsite failed in 1 of 2 runs"
+    from coord.report_html import render_html
+
+    page = render_html(report, history.volume_runs(), at("2026-11-30T00:00:00"))
+    assert '<div class="error">targets: pg (policy db): offsite failed in 1 of 2 runs</div>' in page
+
+
+def test_a_history_of_version_2_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    from coord.history import MIGRATIONS
+
+    path = tmp_path / "state" / "history.sqlite3"
+    path.parent.mkdir()
+    with closing(sqlite3.connect(path)) as connection:
+        for statement in (*MIGRATIONS[0], *MIGRATIONS[1]):
+            connection.execute(statement)
+        connection.execute("PRAGMA user_version = 2")
+        connection.execute(
+            "INSERT INTO runs (started_at, status, trigger, pid, host, policies) "
+            "VALUES ('2026-11-20T03:00:00.000000Z', 'ok', 'manual', 1, 'h', '[]')"
+        )
+        connection.execute(
+            "INSERT INTO volume_runs (run_id, started_at, volume, policy, strategy, status, warnings, warning_count, "
+            "downtime_s, size, duration_s, entries) "
+            "VALUES (1, '2026-11-20T03:00:00.000000Z', 'pg', 'db', 'live', 'ok', '{}', 0, 0, 10, 1, 3)"
+        )
+        connection.execute(
+            "INSERT INTO drills (started_at, finished_at, volume, status, trigger, entries, files_hashed, "
+            "bytes_hashed, duration_s, problems) "
+            "VALUES ('2026-11-20T04:00:00.000000Z', '2026-11-20T04:00:01.000000Z', 'pg', 'ok', 'manual', 3, 1, 5, "
+            "1, '[]')"
+        )
+        connection.commit()
+    history = History(tmp_path / "state")
+    (row,) = history.latest_per_volume()
+    assert (row.volume, row.entries, row.targets) == ("pg", 3, [])
+    assert history.last_drills()["pg"].target is None
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def drill_row(target: str, status: str, minute: int) -> DrillRow:
+    started = at("2026-11-20T04:00:00") + timedelta(minutes=minute)
+    problems = [] if status == "ok" else [f"target {target}: listing x failed"]
+    return DrillRow(0, started, started, "pg", None, status, "manual", 0, 0, 0, 0.0, problems, target)
+
+
+def test_a_volumes_last_drill_is_a_failure_on_any_target_until_that_target_passes(tmp_path: Path) -> None:
+    """Drills run per target; a pass on one target after a failure on another must not hide the failure."""
+    history = History(tmp_path / "state")
+    history.record_drill(drill_row("cloud", "failed", 0))
+    history.record_drill(drill_row("local", "ok", 1))
+    last = history.last_drills()["pg"]
+    assert (last.target, last.status) == ("cloud", "failed")
+    history.record_drill(drill_row("cloud", "ok", 2))
+    last = history.last_drills()["pg"]
+    assert (last.target, last.status) == ("cloud", "ok")
+    from coord.report import drill_cell
+
+    assert drill_cell(drill_row("cloud", "failed", 3)) == "FAIL 2026-11-20 04:03:00Z (cloud)"

@@ -128,3 +128,27 @@ def test_plan_text_numbers_every_step_and_no_longer_promises_a_read_back(tmp_pat
     assert not any("read each archive back" in line or "sha256" in line for line in lines)
     kinds = [step.kind for step in plan]
     assert kinds.index(StepKind.LINK_SNAPSHOT) < kinds.index(StepKind.QUIESCE) < kinds.index(StepKind.RESUME)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "spooled_by"),
+    [("live", None), ("snapshot", None), ("pause", "pause"), ("stop", "stop"), ("auto", "stop"), ("auto", None)],
+)
+def test_a_volume_with_only_remote_targets_is_spooled_only_when_read_while_the_containers_wait(
+    tmp_path: Path, strategy: str, spooled_by: str | None
+) -> None:
+    escalation = f"escalate_to: {spooled_by or 'snapshot'}\n" if strategy == "auto" else ""
+    request, docker, _ = setup(tmp_path, strategy, escalation)
+    group = group_volumes(plan_volumes(load_policies(request.policies_dir), docker.volume_names()), docker)[0]
+    steps = group_steps(group, group.volumes, remote_only={"data"})
+    spooling = [step for step in steps if step.kind in (StepKind.SPOOL, StepKind.UPLOAD)]
+    expected = [("spool", "data", spooled_by), ("upload", "data", spooled_by)] if spooled_by else []
+    assert [step.key for step in spooling] == expected
+    assert all(step.escalated is (strategy == "auto") for step in spooling)  # auto: only once it escalates
+    if spooled_by:  # the upload comes after the containers are back, right after the volume's check
+        kinds = [step.kind for step in steps]
+        assert kinds.index(StepKind.RESUME) < kinds.index(StepKind.UPLOAD) == kinds.index(StepKind.PUBLISH) + 1
+    lines = describe_group(group, {"data"})
+    assert any("archive data" in line and "local spool file" in line for line in lines) is bool(spooled_by)
+    assert any("upload the spooled archive of data" in line for line in lines) is bool(spooled_by)
+    assert not any("archive other" in line and "spool" in line for line in lines)  # it has a local target

@@ -48,3 +48,26 @@ def test_the_summary_names_the_targets_holding_the_archive() -> None:
     assert "     -> /b/v/v-1.tar.zst" in lines
     assert "     targets: local ok, offsite failed" in lines
     assert "     error: target offsite: upload of ...: 403" in lines
+
+
+def test_a_volume_whose_only_target_failed_and_the_titles_name_the_failed_target() -> None:
+    from coord.policy import Strategy
+    from coord.render import notification_title, run_line, run_summary
+    from coord.results import RunResult, TargetResult, TargetStatus, VolumeResult, VolumeStatus
+
+    error = "target offsite: writing offsite:b/v/x.partial: connection refused"
+    only = VolumeResult("v", "p", Strategy.LIVE, VolumeStatus.FAILED, errors=[error])
+    only.targets = [TargetResult("offsite", TargetStatus.FAILED, error=error)]
+    other = VolumeResult("w", "p", Strategy.LIVE, VolumeStatus.FAILED, errors=["volume 'w' does not exist"])
+    other.targets = [TargetResult("offsite", TargetStatus.SKIPPED)]  # not tried: the volume failed first
+    result = RunResult(volumes=[only, other])
+    assert run_summary(result)[:3] == [
+        "FAIL v (policy p, live)",
+        "     targets: offsite failed",
+        f"     error: {error}",
+    ]
+    assert "targets" not in run_summary(result)[3]  # one skipped target: nothing to say about targets
+    assert notification_title("h", "failure", "all policies", result) == (
+        "coord on h: backup FAILED (all policies): 2 volumes, 2 failed (v: target offsite failed, w)"
+    )
+    assert run_line(4, "failed", result) == "run 4 failed: 2 volumes, 2 failed (v: target offsite failed, w)"

@@ -1,5 +1,10 @@
 """The archive step: one volume (or its snapshot) to its .partial file, journaled so a crash of coord leaves
-nothing behind; the archive's final name is decided here, its publish in publish.py."""
+nothing behind; the archive's final name is decided here, its publish in publish.py.
+
+With no local target the archive streams to the first remote target while it is written, except when it is read
+while the containers wait (pause, stop: `spool`): an upload's speed must not bound their downtime, so it goes to a
+local spool file, <state dir>/uploads/<volume>/<file>.partial, journaled like any partial, which publish.py
+uploads once the containers are back and then removes."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ log = logging.getLogger("coord")
 # coord's own directories at a volume root (snapshots, restore staging): never archived, never copied into a
 # snapshot, whatever a container planted there.
 COORD_ROOT_PREFIXES = (SNAPSHOT_PREFIX, STAGING_PREFIX)
-UPLOADS_DIRECTORY = "uploads"  # <state dir>/uploads/<volume>: names only, when the archive streams to a remote
+UPLOADS_DIRECTORY = "uploads"  # <state dir>/uploads/<volume>: spooled archives; names only when streamed
 
 
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
@@ -55,22 +60,28 @@ def _check_for(job: Job, remote: RemoteArchive | None) -> WrittenArchiveCheck:
     return RemoteArchiveCheck(compression, job.encryption, RemoteStore(remote, job.encryption, job.extra_hashes))
 
 
-def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None) -> None:
-    """Archive the job's volume (or its snapshot, `source`) to its .partial file; `job.written` is set when
-    archiving ran. A destination or journal problem is recorded on the result (nothing written); an exception
-    of archiving is raised after the journal entry was cleared."""
+def archive_job(
+    job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None, *, spool: bool = False
+) -> None:
+    """Archive the job's volume (or its snapshot, `source`) to its .partial file, or stream it to its remote
+    target; with `spool` (read inside the window) and no local target, to a local spool file instead.
+    `job.written` is set when archiving ran. A destination or journal problem is recorded on the result (nothing
+    written); an exception of archiving is raised after the journal entry was cleared."""
     policy = job.plan.policy.policy
     started, clock = datetime.now(UTC), time.monotonic()
-    # No local target: the name is decided the same way, in a directory of coord's own that stays empty.
+    # No local target: the name is decided the same way, in a directory of coord's own (the spool's, if any).
+    spooled = spool and job.local_dest is None
     dest = job.local_dest or ctx.request.state_dir / UPLOADS_DIRECTORY
     try:
+        if spooled:
+            (dest / job.volume).mkdir(mode=0o700, parents=True, exist_ok=True)
         suffix = archive_suffix(policy.compression) + (GPG_SUFFIX if job.encryption else "")
         final = archive_path(dest, job.volume, started, suffix)
     except OSError as error:
-        job.result.errors.append(f"destination {dest}: {error.strerror}")
+        job.result.errors.append(f"{'spool directory' if spooled else 'destination'} {dest}: {error.strerror}")
         return
     partial = final.with_name(final.name + ".partial")
-    remote = job.remote_archive(job.primary, final.name) if job.local_dest is None else None
+    remote = job.remote_archive(job.primary, final.name) if job.local_dest is None and not spooled else None
     check = _check_for(job, remote)
     try:
         if remote is None:
@@ -104,4 +115,6 @@ def archive_job(job: Job, ctx: RunContext, strategy: Strategy, source: Path | No
         check.end_writing()
         if ctx.progress:
             ctx.progress.end()
-    job.written = Written(final, entry, outcome, check, strategy, started, clock, remote=remote)
+    job.written = Written(final, entry, outcome, check, strategy, started, clock, remote=remote, spooled=spooled)
+    if spooled:
+        log.info("%s: spooled to %s; uploaded once the containers are back", job.volume, partial)

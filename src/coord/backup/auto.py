@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from coord.archive import remove_partial
 from coord.backup.context import RunContext
-from coord.backup.job import Job, Written, clear_entry
+from coord.backup.job import Job, Written
+from coord.backup.publish import discard
 from coord.backup.steps import Step, StepKind, escalation_of
 from coord.backup.window import Window
 from coord.consistency import Verdict
@@ -51,8 +51,7 @@ def _judge(job: Job, ctx: RunContext) -> bool:
         return False
     escalate_to = job.plan.policy.policy.escalate_to
     job.result.attempts.append(live_attempt(job.written, f"{reason}: retried with {escalate_to.value}"))
-    remove_partial(job.written.partial)
-    clear_entry(ctx, job.written.entry, job.result)
+    discard(job, job.written, ctx)  # its .partial file, or what was streamed to its remote target
     job.written = None
     log.warning("%s: live read not good enough (%s); escalating to %s", job.volume, reason, escalate_to)
     return True

@@ -1,7 +1,7 @@
 """A volume's job through its group, with its phases explicit:
 
-    admitted (`Job`: source, encryption)  -> archived (`Written`: .partial file, its journal entry, the outcome)
-    -> decided and published (publish.py fills the result)
+    admitted (`Job`: source, encryption)  -> archived (`Written`: .partial file, its journal entry, the outcome;
+    or streamed to a remote; or spooled for one) -> decided and published (publish.py fills the result)
 
 A volume that cannot be admitted (missing source, unfinished restore, no key, destination not writable) never
 becomes a job: its result carries the reason and nothing is quiesced for it.
@@ -48,10 +48,18 @@ class Written:
     snapshot: Snapshot | None = None  # read from this snapshot (closed by then; the manifest names its method)
     modified_after_snapshot: list[str] = field(default_factory=list)
     remote: RemoteArchive | None = None  # streamed to this remote (no local target); `final` is then only a name
+    # no local target, read while the containers waited: `partial` is a local spool file, uploaded to every target
+    # once they are back, then removed (`final` is only a name)
+    spooled: bool = False
 
     @property
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + ".partial")
+
+    @property
+    def local(self) -> bool:
+        """Published on a local target (neither streamed to a remote nor spooled for one)."""
+        return self.remote is None and not self.spooled
 
 
 @dataclass
@@ -161,7 +169,10 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
             continue
         usable.append(target)
     if not usable:
-        result.errors += [item.error for item in result.targets if item.error]
+        errors = [item.error for item in result.targets if item.error]
+        if len(errors) == 1:  # the volume's only target: its error is the volume's
+            raise CoordError(errors[0])
+        result.errors += errors
         raise CoordError("no target can be written to; nothing was run, paused or stopped")
     return usable
 

@@ -3,6 +3,8 @@ executes, each said as an operator reads it."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from coord.backup.steps import Step, StepKind, escalation_of, group_steps
 from coord.docker_ops import SWARM_SERVICE_NAME, ContainerInfo
 from coord.plan import QuiesceGroup, VolumePlan
@@ -11,8 +13,9 @@ from coord.policy import Strategy
 _VERBS = {Strategy.STOP: ("stop", "start")}  # pause and snapshot pause, then unpause
 
 
-def describe_group(group: QuiesceGroup) -> list[str]:
-    """The actions coord takes for this group, in order, as an operator reads them."""
+def describe_group(group: QuiesceGroup, remote_only: Collection[str] = ()) -> list[str]:
+    """The actions coord takes for this group, in order, as an operator reads them; `remote_only`: the volumes
+    whose targets are all remote (steps.remote_only_volumes)."""
     lines: list[str] = []
     names = ", ".join(plan.volume for plan in group.volumes)
     if len(group.volumes) > 1:
@@ -26,11 +29,11 @@ def describe_group(group: QuiesceGroup) -> list[str]:
         return [*lines, f"{names}: excluded by policy: nothing archived, no container touched"]
     plans = {plan.volume: plan for plan in runnable}
     escalating = False
-    for number, step in enumerate(group_steps(group, runnable), start=1):
+    for number, step in enumerate(group_steps(group, runnable, remote_only), start=1):
         if step.escalated and not escalating:
             escalating = True
             lines.append(f"   otherwise, once, with strategy {escalation_of(runnable).value}:")
-        lines.append(f"{number}. {_describe(step, group, plans)}")
+        lines.append(f"{number}. {_describe(step, group, plans, remote_only)}")
         if step.kind is StepKind.QUIESCE:
             idle = [f"{c.name} ({c.state})" for c in group.containers if c.state != "running"]
             if idle:
@@ -38,7 +41,7 @@ def describe_group(group: QuiesceGroup) -> list[str]:
     return lines
 
 
-def _describe(step: Step, group: QuiesceGroup, plans: dict[str, VolumePlan]) -> str:
+def _describe(step: Step, group: QuiesceGroup, plans: dict[str, VolumePlan], remote_only: Collection[str]) -> str:
     plan = plans.get(step.volume or "")
     if step.hook is not None:
         hook, phase = step.hook, "before" if step.kind is StepKind.BEFORE_HOOK else "after"
@@ -48,7 +51,9 @@ def _describe(step: Step, group: QuiesceGroup, plans: dict[str, VolumePlan]) -> 
         return _describe_containers(step, group)
     if plan is None:  # not reached: every other step names a volume of the group
         return f"{step.kind.value} {step.volume}"
-    return _describe_volume_step(step, group, plan)
+    if step.kind in (StepKind.SPOOL, StepKind.UPLOAD):
+        return _describe_spool(step, plan)
+    return _describe_volume_step(step, group, plan, plan.volume in remote_only)
 
 
 def _describe_containers(step: Step, group: QuiesceGroup) -> str:
@@ -81,7 +86,24 @@ def _describe_swarm_stop(step: Step, group: QuiesceGroup) -> str:
     return "; ".join([*scale, *stop]) + f", in this order (tasks here: {tasks})"
 
 
-def _describe_volume_step(step: Step, group: QuiesceGroup, plan: VolumePlan) -> str:
+def _describe_spool(step: Step, plan: VolumePlan) -> str:
+    """A volume whose targets are all remote, read while its containers wait: spooled, uploaded after."""
+    strategy = step.strategy.value if step.strategy else ""
+    if step.kind is StepKind.SPOOL:
+        return (
+            f"archive {plan.volume} (policy {plan.policy.name}, {strategy}) to a local spool file in coord's state "
+            "directory (uploads/), not straight to its remote targets: containers never wait for an upload. It "
+            "needs local free space for the archive until it is uploaded (snapshot or live stream a volume larger "
+            "than the free disk)"
+        )
+    when = f"if it was read again with {strategy}: " if step.escalated else ""
+    return (
+        f"{when}upload the spooled archive of {plan.volume} and its manifest to each of its targets (containers "
+        "are back), checked like any upload; then remove the spool"
+    )
+
+
+def _describe_volume_step(step: Step, group: QuiesceGroup, plan: VolumePlan, streamed: bool) -> str:
     volume, policy = plan.volume, plan.policy.policy
     if step.kind is StepKind.LINK_SNAPSHOT:
         return (
@@ -97,8 +119,12 @@ def _describe_volume_step(step: Step, group: QuiesceGroup, plan: VolumePlan) -> 
     if step.kind is StepKind.PUBLISH:
         retention = ", then apply retention" if policy.retention is not None else ""
         return f"check the archive of {volume} against what tar read, publish it and its manifest{retention}"
+    to = " streamed to its remote target (no local copy)," if streamed else ""
     if step.strategy is Strategy.SNAPSHOT:
-        return f"archive {volume} from its snapshot, then remove the snapshot (policy {plan.policy.name})"
+        return f"archive {volume} from its snapshot,{to} then remove the snapshot (policy {plan.policy.name})"
     users = group.users.get(volume, [])
     keep = f" while {', '.join(users)} keep running" if step.strategy is Strategy.LIVE and users else ""
-    return f"archive {volume} (policy {plan.policy.name}, {step.strategy.value if step.strategy else ''}){keep}"
+    return (
+        f"archive {volume} (policy {plan.policy.name}, {step.strategy.value if step.strategy else ''}){keep}"
+        + to.rstrip(",")
+    )

@@ -4,6 +4,9 @@
     coord/publish.py; or, streamed to a remote, rename and manifest there) -> the other targets (upload.py)
     -> retention -> each target's outcome settled (a failed target fails the volume)
 
+An archive spooled while the containers waited (only remote targets: archive.py) is checked like a local one,
+then uploaded to every target (the UPLOAD step) and its spool removed, whatever the uploads did.
+
 A failed volume's .partial is removed with its journal entry; retention runs only after this volume's archive
 was checked and published, so a failed run deletes nothing.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from coord.anomaly import Baseline, drop_warning, missing_expected
 from coord.archive import ArchiveOutcome, remove_partial
@@ -135,13 +139,15 @@ def publish_job(job: Job, ctx: RunContext) -> None:
         discard(job, written, ctx)
     elif written.remote is not None:
         publish_streamed(job, written, read, ctx)
+    elif written.spooled:
+        upload_spooled(job, written, read, ctx)
     else:
         _rename_with_manifest(job, written, read, ctx)
     published = result.status is not VolumeStatus.FAILED
-    if published:
+    if published and not written.spooled:  # a spool went to every target
         send_to_other_targets(job, written, read, ctx)
     result.duration_s = time.monotonic() - written.clock
-    if published and written.remote is None:
+    if published and written.local:
         _apply_retention(job, written, read, ctx)
     if published:
         _apply_target_retention(job, written, read, ctx)
@@ -247,6 +253,42 @@ def publish_streamed(job: Job, written: Written, read: ReadBack, ctx: RunContext
     result.targets.append(TargetResult(remote.target.name, TargetStatus.OK, remote.ref))
 
 
+def upload_spooled(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
+    """The archive spooled to a local file while the containers waited, now checked: upload it and its manifest to
+    each of the volume's targets (all remote) as a published local archive goes (upload.upload_published), then
+    remove the spool, whatever the uploads did. The volume fails when no target got it (a target that failed
+    fails it too: settle_targets)."""
+    result, name = job.result, written.final.name
+    ctx.record(Step(StepKind.UPLOAD, volume=job.volume, strategy=written.strategy))
+    result.archive = job.primary.ref(job.volume, name)  # the manifest names its file
+    manifest = manifest_bytes(build_manifest(job, written, read))
+    hashes = local_hashes(job, written, written.partial)
+    for target in job.targets:
+        log.info("%s: uploading the spooled %s to target %s", job.volume, name, target.name)
+        remote = job.remote_archive(target, name)
+        result.targets.append(upload_published(remote, written.partial, manifest, hashes, ctx.journal))
+    remove_spool(job, written, ctx)
+    landed = next((item.ref for item in result.targets if item.status is TargetStatus.OK and item.ref), None)
+    if landed is None:  # the targets' errors are the volume's (settle_targets)
+        result.status, result.archive, result.manifest = VolumeStatus.FAILED, None, None
+        return
+    result.archive, result.manifest = landed, landed + MANIFEST_SUFFIX
+
+
+def remove_spool(job: Job, written: Written, ctx: RunContext) -> None:
+    """Remove the spool file and its journal entry; one that cannot be removed is reported on the volume (at best
+    `warning`) and left, with its entry, to `coord recover`."""
+    result = job.result
+    try:
+        remove_partial(written.partial)
+    except OSError as error:
+        result.errors.append(f"spool {written.partial} could not be removed ({error.strerror}); `coord recover` will")
+        if result.status is VolumeStatus.OK:
+            result.status = VolumeStatus.WARNING
+        return
+    clear_entry(ctx, written.entry, job.result)
+
+
 def send_to_other_targets(job: Job, written: Written, read: ReadBack, ctx: RunContext) -> None:
     """Upload the published archive and its manifest to the volume's other targets, each on its own: one that
     fails is recorded as failed and the others still get theirs. Containers are back by now."""
@@ -261,19 +303,20 @@ def send_to_other_targets(job: Job, written: Written, read: ReadBack, ctx: RunCo
             outcome = copy_published(written.remote, remote, size, hashes, manifest, ctx.journal)
         else:
             manifest_file = manifest_path_for(written.final)
-            hashes = local_hashes(job, written)
+            hashes = local_hashes(job, written, written.final)
             remote = job.remote_archive(target, written.final.name)
             outcome = upload_published(remote, written.final, manifest_file, hashes, ctx.journal)
         result.targets.append(outcome)
 
 
-def local_hashes(job: Job, written: Written) -> dict[str, str]:
-    """The md5/sha1 of the published local file the targets check uploads by: from the archive's own pass when
-    the file is the compressed stream; an encrypted file (gpg wrote it) is hashed for them here."""
+def local_hashes(job: Job, written: Written, path: Path) -> dict[str, str]:
+    """The md5/sha1 of the local archive file at `path` (published, or spooled) the targets check uploads by: from
+    the archive's own pass when the file is the compressed stream; an encrypted file (gpg wrote it) is hashed for
+    them here."""
     if job.encryption is None:
         return dict(written.outcome.hashes)
     try:
-        return file_hashes(written.final, job.extra_hashes)
+        return file_hashes(path, job.extra_hashes)
     except OSError:
         return {}  # the upload reads the file too and reports the error
 
@@ -325,7 +368,7 @@ def _apply_target_retention(job: Job, written: Written, read: ReadBack, ctx: Run
     if retention is None:
         return
     result, outcome = job.result, written.outcome
-    pruned_above = job.primary.name if written.remote is None else None
+    pruned_above = job.primary.name if written.local else None
     landed = {item.target: parse_ref(item.ref or "") for item in result.targets if item.status is TargetStatus.OK}
     size, sha256 = (read.size if read.sha256 else outcome.size), (read.sha256 or outcome.sha256)
     for target in job.targets:

@@ -19,7 +19,9 @@ is that target's failure: the others keep their archive, and the volume fails na
 With only remote targets, the compressed (and encrypted) stream goes to `rclone rcat` of the temporary name while
 tar writes it (`RemoteStore`): no local copy, so a volume larger than the host's free disk can be backed up. The
 in-line check (decompress and list while writing) still runs; a passphrase-encrypted archive is read back from
-the remote and decrypted (`RemoteArchiveCheck`). Further targets get a copy from that first one.
+the remote and decrypted (`RemoteArchiveCheck`). Further targets get a copy from that first one. Read while the
+containers wait (pause, stop), such an archive is spooled to a local file instead and uploaded afterwards as a
+local archive is (`upload_published`): containers never wait for an upload.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,29 +174,18 @@ def give_up(rclone: Rclone, archive: RemoteArchive, journal: Journal, entry: Jou
 
 
 def upload_published(
-    remote: RemoteArchive, archive: Path, manifest: Path, hashes: dict[str, str], journal: Journal
+    remote: RemoteArchive, archive: Path, manifest: bytes | Path, hashes: dict[str, str], journal: Journal
 ) -> TargetResult:
-    """Upload a published local archive and its manifest as `remote` (hashes: those of the archive file, by
-    hashlib name). Returns the target's result; never raises for the target's failure."""
-    target = remote.target
-    rclone = target.rclone()
-    try:
-        entry = record_upload(journal, remote)
-    except CoordError as error:
-        return TargetResult(target.name, TargetStatus.FAILED, error=f"target {target.name}: {error.message}")
-    try:
-        begin(rclone, remote)
+    """Upload a local archive file (published, or spooled) and its manifest (its bytes, or its local file) as
+    `remote` (hashes: those of the archive file, by hashlib name). Returns the target's result; never raises for
+    the target's failure."""
+
+    def upload(rclone: Rclone) -> int:
+        size = archive.stat().st_size
         rclone.upload_file(archive, remote.temporary, checksum=not hashes)  # coord checks its own hashes
-        check_landed(rclone, remote.temporary, archive.stat().st_size, hashes)
-        finish(rclone, remote, manifest.read_bytes())
-    except CoordError as error:
-        return TargetResult(target.name, TargetStatus.FAILED, error=give_up(rclone, remote, journal, entry, error))
-    except OSError as error:
-        failure = CoordError(f"target {target.name}: cannot read {archive}: {error.strerror}")
-        return TargetResult(target.name, TargetStatus.FAILED, error=give_up(rclone, remote, journal, entry, failure))
-    with contextlib.suppress(CoordError):
-        journal.clear(entry)
-    return TargetResult(target.name, TargetStatus.OK, ref=remote.ref)
+        return size
+
+    return _publish_checked(remote, upload, hashes, manifest, journal)
 
 
 def copy_published(
@@ -203,6 +194,25 @@ def copy_published(
     """Copy an archive published on one target to another (`remote`: rclone copies remote to remote,
     server-side where it can), checked like an upload. Returns the target's result; never raises for the
     target's failure."""
+
+    def copy(rclone: Rclone) -> int:
+        rclone.copy(source.location, remote.temporary, checksum=not hashes)
+        return size
+
+    return _publish_checked(remote, copy, hashes, manifest, journal)
+
+
+def _publish_checked(
+    remote: RemoteArchive,
+    transfer: Callable[[Rclone], int],
+    hashes: dict[str, str],
+    manifest: bytes | Path,
+    journal: Journal,
+) -> TargetResult:
+    """Put an archive on a target as `remote`: journal the upload, make sure its name is free, `transfer` it to
+    `remote.temporary` (returning the bytes it sent), check what landed (size, `hashes`), rename it and upload the
+    manifest; on any failure remove what it left (give_up). Returns the target's result; never raises for the
+    target's failure (a local file that cannot be read included)."""
     target = remote.target
     rclone = target.rclone()
     try:
@@ -211,11 +221,14 @@ def copy_published(
         return TargetResult(target.name, TargetStatus.FAILED, error=f"target {target.name}: {error.message}")
     try:
         begin(rclone, remote)
-        rclone.copy(source.location, remote.temporary, checksum=not hashes)
+        size = transfer(rclone)
         check_landed(rclone, remote.temporary, size, hashes)
-        finish(rclone, remote, manifest)
+        finish(rclone, remote, manifest if isinstance(manifest, bytes) else manifest.read_bytes())
     except CoordError as error:
         return TargetResult(target.name, TargetStatus.FAILED, error=give_up(rclone, remote, journal, entry, error))
+    except OSError as error:
+        failure = CoordError(f"target {target.name}: cannot read {error.filename}: {error.strerror}")
+        return TargetResult(target.name, TargetStatus.FAILED, error=give_up(rclone, remote, journal, entry, failure))
     with contextlib.suppress(CoordError):
         journal.clear(entry)
     return TargetResult(target.name, TargetStatus.OK, ref=remote.ref)

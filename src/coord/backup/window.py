@@ -2,8 +2,9 @@
 each step it executes in the run context.
 
 Containers are held (quiesce.py) from the QUIESCE step to the RESUME step, and put back however the window
-ends; snapshots are dropped however it ends. A volume refused at a step (its snapshot could not be linked or
-brought up to date) is skipped at the steps after it.
+ends; snapshots are dropped however it ends. A volume with only remote targets read while they are held is
+spooled to a local file (SPOOL), never uploaded then. A volume refused at a step (its snapshot could not be
+linked or brought up to date) is skipped at the steps after it.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ class Window:
             StepKind.UPDATE_SNAPSHOT: self._update,
             StepKind.RESUME: self._resume,
             StepKind.ARCHIVE: self._archive,
+            StepKind.SPOOL: self._spool,
         }
+        remote_only = [volume for volume, job in self.jobs.items() if job.local_dest is None]
         try:
             with self.held:
-                for step in window_steps(self.strategy, list(self.jobs), escalated):
+                for step in window_steps(self.strategy, list(self.jobs), escalated, remote_only):
                     if step.volume is not None and not self._runs(step):
                         continue
                     if step.kind is StepKind.QUIESCE and not self._any_left():
@@ -79,6 +82,11 @@ class Window:
         # Taken before the first container is given back: a write after this point is a write after the snapshot.
         self.resumed_ns = time.time_ns()
         self.held.close()
+        return True
+
+    def _spool(self, step: Step) -> bool:
+        # Containers are held: no upload now (its speed would be their downtime); publish uploads the spool.
+        archive_job(self._job(step), self.ctx, self.strategy, spool=True)
         return True
 
     def _archive(self, step: Step) -> bool:
