@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coord.docker_ops import ContainerInfo
+from coord.docker_ops import ContainerInfo, ServiceInfo
 from coord.errors import DockerError
 
 ExecBehaviour = Callable[[list[str]], tuple[int | None, str]]
@@ -246,6 +246,21 @@ class FakeEngine:
         answer = behaviour(list(argv))
         self._done("exec", container)
         return answer
+
+    # Swarm: this fake engine is not part of a swarm (tests/e2e/test_swarm.py runs a real one) ----------------------
+
+    def service(self, identifier: str) -> ServiceInfo | None:
+        self._enter("service", identifier, f"inspect service {identifier}")
+        return None
+
+    def update_service(
+        self, service: ServiceInfo, replicas: int | None = None, labels: dict[str, str] | None = None
+    ) -> None:
+        self._enter("update_service", service.name, f"update service {service.name}")
+        raise DockerError(f"update service {service.name}: the engine answered 503: This node is not a swarm manager.")
+
+    def swarm_node(self) -> str | None:
+        return None
 
     # The machinery ----------------------------------------------------------------------------------------------
 

@@ -417,7 +417,7 @@ def plan(
     error."""
     from coord.backup.plan import describe_group
     from coord.backup.steps import remote_only_volumes
-    from coord.docker_ops import DockerControl
+    from coord.docker_ops import DockerControl, swarm_place
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
 
@@ -439,7 +439,7 @@ def plan(
                     }
                     for p in group.volumes
                 ],
-                "containers": [{"name": c.name, "state": c.state} for c in group.containers],
+                "containers": [{"name": c.name, "state": c.state, **swarm_place(c)} for c in group.containers],
                 "steps": describe_group(group, remote_only_volumes(group.volumes, run_targets)),
             }
             for group in group_volumes(plans, docker, own_container_id())
@@ -1041,15 +1041,33 @@ def report(
             "drill; no network requests) to FILE.",
         ),
     ] = None,
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="Read what every node published to the targets (--dest, --target, _defaults.yaml `targets:`) "
+            "instead of this node's history: per node and volume, archives, ok/warn, verdicts, downtime, last "
+            "success (docs/swarm.md).",
+        ),
+    ] = False,
+    target: ReadTargets = None,
+    dest: DestOption = None,
+    rclone_config: RcloneConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
-    downtime, last success, last restore drill; and how many runs ended ok, failed, interrupted or crashed."""
+    downtime, last success, last restore drill; and how many runs ended ok, failed, interrupted or crashed.
+    With --fleet: per node and volume, from the manifests every node published to the shared targets."""
     from datetime import UTC, datetime
 
     from coord.history import History
     from coord.report import Report, parse_since, parse_week, render_report, report_for, week_of
     from coord.report_html import html_report_for, write_html
+
+    if fleet:
+        policies = policies_dir or Path("policies")
+        _fleet_report(week, since, lambda: _store_options(policies, dest, target, state_dir, rclone_config), as_json)
+        return
 
     def work() -> Report:
         if week and since:
@@ -1068,6 +1086,27 @@ def report(
         print(json.dumps(result.to_json()))
     else:
         print("\n".join(render_report(result)))
+
+
+def _fleet_report(week: str | None, since: str | None, store_options: Callable[[], Any], as_json: bool) -> None:
+    """`coord report --fleet` over the targets `store_options()` names (it raises UsageError for bad options):
+    exit 0, or 1 when a target or manifest could not be read."""
+    from datetime import UTC, datetime
+
+    from coord.fleet import FleetReport, fleet_report, render_fleet
+    from coord.report import parse_since, parse_week, week_of
+    from coord.targets.archives import selected_stores
+
+    def work() -> FleetReport:
+        if week and since:
+            raise UsageError("give --week or --since, not both")
+        now = datetime.now(UTC)
+        period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
+        return fleet_report(selected_stores(store_options()), period, now)
+
+    result = _run(as_json, work)
+    print(json.dumps(result.to_json()) if as_json else "\n".join(render_fleet(result)))
+    raise typer.Exit(EXIT_FAILED if result.errors else EXIT_OK)
 
 
 @app.command()

@@ -67,6 +67,8 @@ def is_transient(error: BaseException) -> bool:
         explanation = str(error.explanation or "")
         if "is not paused" in explanation:
             return False
+        if SERVICE_CHANGED in explanation:  # Swarm's optimistic concurrency: the version read is stale
+            return False
         return status >= 500
     return isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError)
 
@@ -103,6 +105,37 @@ def with_retries(
     return retrying(call)
 
 
+# What the engine answers (500) to a service update carrying a version that is no longer the service's: someone
+# else updated it since it was read (docs/swarm.md). Exactly one of two concurrent updaters gets through.
+SERVICE_CHANGED = "update out of sequence"
+
+# Labels Swarm puts on a task's container (docs/swarm.md).
+SWARM_SERVICE_ID = "com.docker.swarm.service.id"
+SWARM_SERVICE_NAME = "com.docker.swarm.service.name"
+SWARM_TASK_NAME = "com.docker.swarm.task.name"
+SWARM_NODE_ID = "com.docker.swarm.node.id"
+
+
+class ServiceChanged(DockerError):
+    """A service update was refused because the service changed since its version was read."""
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A Swarm service as coord needs it: its mode, replica count (None for a global one), the version an update
+    must carry, and its labels (Spec.Labels, not its containers')."""
+
+    id: str
+    name: str
+    replicas: int | None  # None: a global service (one task per node)
+    version: int
+    labels: dict[str, str]
+
+    @property
+    def is_global(self) -> bool:
+        return self.replicas is None
+
+
 def engine_address() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
@@ -121,6 +154,33 @@ class ContainerInfo:
     @property
     def compose_project(self) -> str | None:
         return self.labels.get("com.docker.compose.project")
+
+    @property
+    def swarm_service(self) -> str | None:
+        """The id of the Swarm service this container is a task of, or None for a plain container."""
+        return self.labels.get(SWARM_SERVICE_ID)
+
+    @property
+    def swarm_place(self) -> str:
+        """'node N, service S, task T' for a Swarm task's container (plan output), '' for a plain container."""
+        if self.swarm_service is None:
+            return ""
+        return (
+            f"node {self.labels.get(SWARM_NODE_ID, '?')[:12]}, service {self.labels.get(SWARM_SERVICE_NAME, '?')}, "
+            f"task {self.labels.get(SWARM_TASK_NAME, '?')}"
+        )
+
+
+def swarm_place(container: ContainerInfo) -> dict[str, str]:
+    """Plan JSON: the node (id), service and task of a Swarm task's container; {} for a plain container."""
+    if container.swarm_service is None:
+        return {}
+    labels = container.labels
+    return {
+        "node": labels.get(SWARM_NODE_ID, ""),
+        "service": labels.get(SWARM_SERVICE_NAME, ""),
+        "task": labels.get(SWARM_TASK_NAME, ""),
+    }
 
 
 def _state_of(attributes: dict[str, Any]) -> str:
@@ -190,6 +250,21 @@ class Engine(Protocol):
 
     def exec(self, identifier: str, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
         """Run `argv` in the container: (exit code, combined output); exit code None when it timed out."""
+        ...
+
+    def service(self, identifier: str) -> ServiceInfo | None:
+        """The Swarm service (by id or name), or None when it no longer exists."""
+        ...
+
+    def update_service(
+        self, service: ServiceInfo, replicas: int | None = None, labels: dict[str, str] | None = None
+    ) -> None:
+        """Update a service's replica count and/or labels, carrying the version `service` was read at: raises
+        ServiceChanged when the service changed since (nothing is updated then)."""
+        ...
+
+    def swarm_node(self) -> str | None:
+        """This engine's Swarm node as 'hostname (node id)', or None when it is not part of a swarm."""
         ...
 
 
@@ -363,6 +438,66 @@ class DockerControl:
             RESTORE_ATTEMPTS,
             RESTORE_DEADLINE_S,
         )
+
+    # Swarm services ---------------------------------------------------------------------------------------------
+
+    def service(self, identifier: str) -> ServiceInfo | None:
+        try:
+            attributes = self._call(
+                f"inspect service {identifier}",
+                lambda: self._request("GET", "/services/{}", identifier, INSPECT_TIMEOUT_S).json(),
+            )
+        except DockerError as error:
+            if "not found" in error.message:
+                return None
+            raise
+        spec = attributes.get("Spec") or {}
+        replicated = (spec.get("Mode") or {}).get("Replicated")
+        return ServiceInfo(
+            id=str(attributes["ID"]),
+            name=str(spec.get("Name", "")),
+            replicas=int(replicated.get("Replicas", 1)) if replicated is not None else None,
+            version=int((attributes.get("Version") or {}).get("Index", 0)),
+            labels=dict(spec.get("Labels") or {}),
+        )
+
+    def update_service(
+        self, service: ServiceInfo, replicas: int | None = None, labels: dict[str, str] | None = None
+    ) -> None:
+        """The whole spec is read and sent back with only the replica count and/or labels changed; the engine
+        applies it only if the service is still at `service.version` (else ServiceChanged)."""
+
+        def update() -> None:
+            attributes = self._request("GET", "/services/{}", service.id, INSPECT_TIMEOUT_S).json()
+            spec = dict(attributes["Spec"])
+            if replicas is not None:
+                spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+            if labels is not None:
+                spec["Labels"] = labels
+            api = self.client.api
+            url = f"{api.base_url}/v{api.api_version}/services/{quote(service.id, safe='')}/update"
+            response = api.request("POST", url, params={"version": service.version}, json=spec, timeout=API_TIMEOUT_S)
+            try:
+                response.raise_for_status()
+            except requests.HTTPError as error:
+                docker.errors.create_api_error_from_http_exception(error)
+
+        try:
+            self._call(f"update service {service.name}", update, RESTORE_ATTEMPTS, RESTORE_DEADLINE_S)
+        except DockerError as error:
+            if SERVICE_CHANGED in error.message:
+                raise ServiceChanged(
+                    f"service {service.name} changed since coord read it (version {service.version}): "
+                    "another node or operator updated it at the same time"
+                ) from None
+            raise
+
+    def swarm_node(self) -> str | None:
+        info = self._call("read the engine's info", lambda: self.client.info())
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
+            return None
+        return f"{info.get('Name', '?')} ({str(swarm['NodeID'])[:12]})"
 
     # Exec ------------------------------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ PUBLISH = "publish"  # an archive being published with its manifest (key: the ar
 RESTORE = "restore"  # a restore's staging directory (key: its path; name: where the old content goes; restore_swap.py)
 # an archive being uploaded to a target (key: its final rclone path; identity: the target, backup/upload.py)
 REMOTE_PUBLISH = "remote-publish"
+SERVICE = "service"  # a replicated Swarm service coord scaled to 0 (key: its id; identity: its replica count; swarm.py)
+CLAIM = "claim"  # a Swarm service coord claimed for this node (key: its id; identity: the claim; swarm.py)
 
 # What coord did to it (JournalEntry.action).
 PAUSED = "paused"
@@ -46,6 +48,8 @@ PUBLISHING = "publishing"
 UPLOADING = "uploading"
 EXTRACTING = "extracting"  # restore: recovery removes the staging directory; the volume was not touched yet
 SWAPPING = "swapping"  # restore: recovery completes the replacement of the volume's content (restore_swap.py)
+SCALED_TO_ZERO = "scaled-to-0"  # a Swarm service: recovery scales it back to the count in `identity`
+CLAIMED = "claimed"  # a Swarm service's coord.claim label: recovery removes it if it is still this claim
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from coord.docker_ops import ContainerInfo, Engine
 from coord.errors import CoordError, PolicyError
 from coord.policy import Escalation, LoadedPolicy, Strategy, is_glob, location_in
+from coord.swarm import global_refusal
 
 QUIESCING = (Strategy.PAUSE, Strategy.STOP, Strategy.SNAPSHOT)  # strategies that change containers' state
 WITH_CONTAINERS = (*QUIESCING, Strategy.AUTO)  # strategies that need to know the containers
@@ -145,10 +146,27 @@ def group_volumes(plans: Sequence[VolumePlan], docker: Engine, own_container: st
             if plan.strategy in WITH_CONTAINERS:
                 extra = [c for reference in policy.containers for c in resolve_containers(reference, docker)]
                 group.containers = _unique(users + extra)
+                refusal = _global_service_under_stop(plan, group.containers, docker)
+                if refusal:
+                    group.errors[plan.volume] = f"policy {plan.policy.name}: {refusal}"
         except CoordError as error:
             group.errors[plan.volume] = f"policy {plan.policy.name}: {error.message}"
         groups.append(group)
     return _order_containers(_merge_overlapping(groups))
+
+
+def _global_service_under_stop(plan: VolumePlan, containers: list[ContainerInfo], docker: Engine) -> str | None:
+    """Why `stop` (or auto escalating to it) cannot hold a global Swarm service's task down, or None."""
+    policy = plan.policy.policy
+    if not (
+        plan.strategy is Strategy.STOP or (plan.strategy is Strategy.AUTO and policy.escalate_to is Escalation.STOP)
+    ):
+        return None
+    for service_id in dict.fromkeys(c.swarm_service for c in containers if c.swarm_service):
+        service = docker.service(service_id or "")
+        if service is not None and service.is_global:
+            return global_refusal(service)
+    return None
 
 
 def _unique(containers: list[ContainerInfo]) -> list[ContainerInfo]:

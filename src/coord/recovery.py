@@ -21,12 +21,14 @@ from coord.docker_ops import Engine
 from coord.errors import CoordError
 from coord.fsutil import NotOurs, parse_identity
 from coord.journal import (
+    CLAIM,
     CONTAINER,
     PARTIAL,
     PAUSED,
     PUBLISH,
     REMOTE_PUBLISH,
     RESTORE,
+    SERVICE,
     SNAPSHOT,
     STOPPED,
     STOPPED_PAUSED,
@@ -36,6 +38,7 @@ from coord.journal import (
 from coord.publish import recover_publish
 from coord.restore_swap import recover_restore
 from coord.snapshot import remove_snapshot
+from coord.swarm import Claim, release_claim, scale_back
 from coord.targets.rclone import Rclone
 
 log = logging.getLogger("coord.recovery")
@@ -80,27 +83,38 @@ def recover(journal: Journal, docker: Engine) -> RecoveryReport:
     """
     report = RecoveryReport()
     # Files first, containers last: a volume's half-done work (a restore swap, a publish) is completed or rolled
-    # back before any container that uses it runs again.
-    for entry in sorted(journal.entries(), key=lambda item: item.kind == CONTAINER):
+    # back before any container that uses it runs again. Claims are released after the services they guard are
+    # scaled back, and kept while a service could not be (no other node should act on it meanwhile).
+    order = {CONTAINER: 1, SERVICE: 1, CLAIM: 2}
+    kept: set[str] = set()
+    for entry in sorted(journal.entries(), key=lambda item: order.get(item.kind, 0)):
         handler = HANDLERS.get(entry.kind)
         if handler is None:
             report.errors.append(f"journal entry {entry.file_name}: unknown kind {entry.kind!r} (kept)")
             continue
-        try:
-            handler(entry, docker, report)
-        except EntryNotDone as error:
-            report.errors.append(str(error))
+        if entry.kind == CLAIM and entry.key in kept:
+            report.errors.append(f"claim on service {entry.name}: kept while the service is not scaled back")
             continue
-        except CoordError as error:
-            report.errors.append(f"{entry.kind} {entry.name or entry.key}: {error.message} (kept for next recovery)")
-            continue
-        except OSError as error:
-            report.errors.append(
-                f"{entry.kind} {entry.key}: {error.strerror or error} (kept for the next `coord recover`)"
-            )
+        error = _handle(handler, entry, docker, report)
+        if error is not None:
+            report.errors.append(error)
+            kept.add(entry.key)
             continue
         journal.clear(entry)
     return report
+
+
+def _handle(handler: Handler, entry: JournalEntry, docker: Engine, report: RecoveryReport) -> str | None:
+    """Run one entry's handler: None when the entry is done with, else why it is kept."""
+    try:
+        handler(entry, docker, report)
+    except EntryNotDone as error:
+        return str(error)
+    except CoordError as error:
+        return f"{entry.kind} {entry.name or entry.key}: {error.message} (kept for next recovery)"
+    except OSError as error:
+        return f"{entry.kind} {entry.key}: {error.strerror or error} (kept for the next `coord recover`)"
+    return None
 
 
 def _recover_snapshot(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
@@ -171,6 +185,38 @@ def _recover_container(entry: JournalEntry, docker: Engine, report: RecoveryRepo
     log.warning("recovery: %s", report.restored[-1])
 
 
+def _recover_service(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
+    """A replicated Swarm service a dead run scaled to 0: back to the replica count journaled, if still at 0."""
+    try:
+        replicas = int(entry.identity)
+    except ValueError:
+        unreadable = f"journal entry {entry.file_name}: unreadable replica count {entry.identity!r} (kept)"
+        raise EntryNotDone(unreadable) from None
+    before = docker.service(entry.key)
+    error = scale_back(docker, entry.key, entry.name, replicas)
+    if error is not None:
+        raise EntryNotDone(error)
+    if before is None:
+        report.restored.append(f"service {entry.name} no longer exists; nothing to scale back")
+    elif before.replicas == 0:
+        report.restored.append(f"scaled service {entry.name} back to {replicas} (left at 0 by coord pid {entry.pid})")
+    else:
+        report.restored.append(f"service {entry.name} was already at {before.replicas} replicas: left alone")
+    log.warning("recovery: %s", report.restored[-1])
+
+
+def _recover_claim(entry: JournalEntry, docker: Engine, report: RecoveryReport) -> None:
+    """A Swarm service claim a dead run held: removed if the service still carries that very claim."""
+    claim = Claim.from_label(entry.identity)
+    if claim is None:
+        raise EntryNotDone(f"journal entry {entry.file_name}: unreadable claim {entry.identity!r} (kept)")
+    error = release_claim(docker, entry.key, claim)
+    if error is not None:
+        raise EntryNotDone(error)
+    report.restored.append(f"released the claim on service {entry.name} (held by coord pid {entry.pid})")
+    log.warning("recovery: %s", report.restored[-1])
+
+
 HANDLERS: dict[str, Handler] = {
     SNAPSHOT: _recover_snapshot,
     PARTIAL: _recover_partial,
@@ -178,4 +224,6 @@ HANDLERS: dict[str, Handler] = {
     REMOTE_PUBLISH: _recover_remote_publish,
     RESTORE: _recover_restore,
     CONTAINER: _recover_container,
+    SERVICE: _recover_service,
+    CLAIM: _recover_claim,
 }

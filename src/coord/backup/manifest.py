@@ -3,6 +3,7 @@ to know how consistent it is, without coord."""
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,9 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
         "tool": "coord",
         "tool_version": __version__,
         "host": socket.gethostname(),
+        # the Swarm node (or host) that wrote it, for the fleet report: COORD_NODE, which compose/stack.yml sets
+        # to the node's hostname (inside a container, the hostname is the container's), else the hostname
+        "node": os.environ.get("COORD_NODE") or socket.gethostname(),
         "volume": result.volume,
         "policy": result.policy,
         "policy_file": str(plan.policy.path),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from coord.backup.steps import Step, StepKind, escalation_of, group_steps
+from coord.docker_ops import SWARM_SERVICE_NAME, ContainerInfo
 from coord.plan import QuiesceGroup, VolumePlan
 from coord.policy import Strategy
 
@@ -57,11 +58,32 @@ def _describe(step: Step, group: QuiesceGroup, plans: dict[str, VolumePlan], rem
 
 def _describe_containers(step: Step, group: QuiesceGroup) -> str:
     verbs = _VERBS.get(step.strategy or group.strategy, ("pause", "unpause"))
-    running = [c.name for c in group.containers if c.state == "running"]
+    if step.strategy is Strategy.STOP and any(c.swarm_service for c in group.containers):
+        return _describe_swarm_stop(step, group)
+    running = [_named(c) for c in group.containers if c.state == "running"]
     if step.kind is StepKind.RESUME:
         return f"{verbs[1]} {', '.join(reversed(running))}, in this order" if running else f"{verbs[1]} nothing"
     timeout = f" (timeout {group.stop_timeout}s)" if step.strategy is Strategy.STOP else ""
     return f"{verbs[0]} {', '.join(running) or 'nothing (no running container)'}, in this order{timeout}"
+
+
+def _named(container: ContainerInfo) -> str:
+    """A container's name, with its node, service and task when it is a Swarm task."""
+    return f"{container.name} [{container.swarm_place}]" if container.swarm_service else container.name
+
+
+def _describe_swarm_stop(step: Step, group: QuiesceGroup) -> str:
+    """Stop with Swarm tasks: plain containers are stopped, each replicated service scaled to 0 and back."""
+    running = [c for c in group.containers if c.state == "running"]
+    plain = [c.name for c in running if not c.swarm_service]
+    services = list(dict.fromkeys(c.labels.get(SWARM_SERVICE_NAME, "?") for c in running if c.swarm_service))
+    tasks = ", ".join(_named(c) for c in running if c.swarm_service)
+    if step.kind is StepKind.RESUME:
+        back = [f"scale service {name} back to its replica count" for name in reversed(services)]
+        return "; ".join([*back, *([f"start {', '.join(reversed(plain))}"] if plain else [])])
+    scale = [f"claim and scale service {name} to 0" for name in services]
+    stop = [f"stop {', '.join(plain)} (timeout {group.stop_timeout}s)"] if plain else []
+    return "; ".join([*scale, *stop]) + f", in this order (tasks here: {tasks})"
 
 
 def _describe_spool(step: Step, plan: VolumePlan) -> str:

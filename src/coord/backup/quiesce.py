@@ -16,6 +16,10 @@ This is the one place to read to know what happens to a paused or stopped contai
 - One exception, `ContainersMustStayDown` (a restore's swap broke off halfway): starting a database on half of
   each tree is worse than leaving it stopped, so the containers stay down with their journal entries kept, and
   `coord recover` starts them once it has completed the swap.
+- Swarm (swarm.py): the services whose tasks are in the group are claimed first (a `coord.claim` label, so no
+  other node acts on them at once) and released last. Under `stop`, a replicated service is scaled to 0 and back
+  instead of its containers being stopped (Swarm would start new tasks), journaled like a container; a global
+  service is refused before anything changes. `pause` and `snapshot` pause the task containers on this node.
 """
 
 from __future__ import annotations
@@ -26,9 +30,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from coord.docker_ops import ContainerInfo, Engine
+from coord import swarm
+from coord.docker_ops import ContainerInfo, Engine, ServiceInfo
 from coord.errors import ContainersMustStayDown, CoordError
-from coord.journal import CONTAINER, PAUSED, STOPPED, STOPPED_PAUSED, Journal, JournalEntry
+from coord.journal import (
+    CONTAINER,
+    PAUSED,
+    SCALED_TO_ZERO,
+    SERVICE,
+    STOPPED,
+    STOPPED_PAUSED,
+    Journal,
+    JournalEntry,
+)
 from coord.plan import QUIESCING, QuiesceGroup
 from coord.policy import Strategy
 from coord.results import ContainerAction
@@ -86,11 +100,15 @@ def quiesced(
     undo = hold.undo
     unsafe: ContainersMustStayDown | None = None
     try:
+        services = _claim_services(group, hold)
         for container in group.containers:
             # Signals wait while a container changes state: an API call cut in half would leave coord unsure
             # what the engine did. They are raised between containers, or during the archive itself.
             with deferred():
-                _quiesce_one(container, hold)
+                if container.swarm_service is not None and hold.strategy is Strategy.STOP:
+                    _scale_down(services.pop(container.swarm_service, None), group, hold)
+                else:
+                    _quiesce_one(container, hold)
         yield actions
     except ContainersMustStayDown as error:
         unsafe = error
@@ -120,6 +138,82 @@ class _Hold:
     journal: Journal
     actions: list[ContainerAction]
     undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _claim_services(group: QuiesceGroup, hold: _Hold) -> dict[str, list[ContainerInfo]]:
+    """Claim each Swarm service with tasks in the group (release registered as an undo, so it runs last); under
+    stop, refuse a global service before anything is claimed or changed. Returns service id -> its tasks here."""
+    services = swarm.services_of(group.containers)
+    if not services:
+        return services
+    read = [swarm.read_service(hold.docker, service_id) for service_id in services]
+    if hold.strategy is Strategy.STOP:
+        for service in read:
+            if service.is_global:
+                raise CoordError(swarm.global_refusal(service))
+    node = hold.docker.swarm_node() or "unknown node"
+    run = swarm.new_run_id()
+    for service in read:
+        with deferred():
+            claim, entry = swarm.take_claim(hold.docker, hold.journal, service.id, node, run)
+            hold.undo.append(_claim_releaser(service, claim, entry, hold))
+    return services
+
+
+def _claim_releaser(service: ServiceInfo, claim: swarm.Claim, entry: JournalEntry, hold: _Hold) -> Callable[[], None]:
+    def release() -> None:
+        if any(action.id == service.id and not action.restored for action in hold.actions):
+            log.error("keeping the claim on service %s until it is scaled back (coord recover)", service.name)
+            return  # its journal entry stays: `coord recover` releases it once the service is back
+        error = swarm.release_claim(hold.docker, service.id, claim)
+        if error is None:
+            hold.journal.clear(entry)
+        else:  # the entry stays for `coord recover`; the deadline frees the service anyway
+            log.error("%s", error)
+
+    return release
+
+
+def _scale_down(tasks: list[ContainerInfo] | None, group: QuiesceGroup, hold: _Hold) -> None:
+    """Scale a replicated service to 0 for the window (once, at its first task container): journal its replica
+    count, register the scale back, then act."""
+    if not tasks:  # this service was already scaled down at an earlier task container
+        return
+    docker, actions = hold.docker, hold.actions
+    service = swarm.read_service(docker, tasks[0].swarm_service or "")  # its version after the claim
+    action = ContainerAction(f"service {service.name}", service.id, STOPPED, f"{service.replicas} replicas")
+    actions.append(action)
+    if service.replicas == 0:
+        action.action = "left-alone"
+        return
+    if service.replicas is None:
+        raise CoordError(swarm.global_refusal(service))
+    entry = hold.journal.record(SERVICE, service.id, SCALED_TO_ZERO, service.name, identity=str(service.replicas))
+    started = time.monotonic()
+    hold.undo.append(_service_restorer(action, entry, service.replicas, started, hold))
+    try:
+        swarm.scale_to_zero(docker, service, tasks, group.stop_timeout + swarm.TASKS_DOWN_MARGIN_S)
+    except CoordError as error:
+        action.action = "failed"
+        action.error = f"could not scale to 0: {error.message}"
+        raise
+    steps.info("service %s scaled to 0 in %.2f s", service.name, time.monotonic() - started)
+
+
+def _service_restorer(
+    action: ContainerAction, entry: JournalEntry, replicas: int, started: float, hold: _Hold
+) -> Callable[[], None]:
+    def restore() -> None:
+        error = swarm.scale_back(hold.docker, action.id, entry.name, replicas)
+        action.seconds = time.monotonic() - started
+        if error is None:
+            hold.journal.clear(entry)
+        else:
+            action.restored = False
+            action.error = error
+            log.error("%s", error)
+
+    return restore
 
 
 def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:

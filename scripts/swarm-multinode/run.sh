@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The multi-node run of issue 18 (docs/swarm.md, "Multi-node run"): three Docker engines inside containers on a
+# bridge network made here, joined into one swarm (three managers), a service with a volume on each node, one
+# backup per node to a shared rclone server (webdav, on the outer host), claim contention between two nodes on one
+# global service, and the fleet report counting what every node published. Everything it creates is labelled and
+# removed at the end (node containers and their engines' data, the network, the node cgroup directories).
+# Usage: scripts/swarm-multinode/run.sh [LOG]    (needs: the coord and coord-test/busybox images, rclone)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+label=coord.multinode=1
+prefix=coordmn
+network=$prefix-net
+nodes=(node1 node2 node3)
+work=$(mktemp -d /tmp/coord-multinode.XXXXXX)
+rclone=${COORD_RCLONE:-$repo/.venv/bin/rclone}
+server_pid=
+
+cleanup() {
+  set +e
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  for node in "${nodes[@]}"; do docker rm -f -v "$prefix-$node" >/dev/null 2>&1; done
+  docker network rm "$network" >/dev/null 2>&1
+  for node in "${nodes[@]}"; do  # cgroup v1: one directory per controller; v2: one
+    find /sys/fs/cgroup -maxdepth 2 -type d -name "$prefix-$node" 2>/dev/null | sort -r | while read -r dir; do
+      find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
+
+say() { echo "== $*"; }
+on() { local node=$1; shift; docker exec "$prefix-$node" "$@"; }
+coord_on() {  # coord from this checkout (PYTHONPATH shadows the image's), named by its node
+  local node=$1; shift
+  docker exec -e PYTHONPATH=/coord-src/src -e COORD_NODE="$node" -e RCLONE_CONFIG=/shared/rclone.conf \
+    "$prefix-$node" coord "$@"
+}
+
+say "gathering docker.io and its dependencies as .deb files"
+mkdir -p "$work/context/debs"
+for package in containerd docker.io dmsetup iptables libdevmapper1.02.1 libip4tc2 libip6tc2 libmnl0 \
+  libnetfilter-conntrack3 libnfnetlink0 libnftnl11 libxtables12 netbase runc tini; do
+  cached=$(ls /var/cache/apt/archives/"${package}"_*.deb 2>/dev/null | head -1 || true)
+  if [ -n "$cached" ]; then cp "$cached" "$work/context/debs/"; else (cd "$work/context/debs" && apt-get download "$package" 2>/dev/null); fi
+done
+cp "$here/Dockerfile" "$work/context/"
+image=coord-test/swarm-node:$(cat "$here/Dockerfile" | sha256sum | cut -c1-12)
+docker image inspect "$image" >/dev/null 2>&1 || docker build -q -t "$image" --label "$label" "$work/context" >/dev/null
+say "image $image"
+
+docker network create --label "$label" "$network" >/dev/null
+gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "$network")
+mkdir -p "$work/shared/target" "$work/shared/barrier"
+port=$((20000 + RANDOM % 20000))
+"$rclone" serve webdav "$work/shared/target" --addr "$gateway:$port" >"$work/webdav.log" 2>&1 &
+server_pid=$!
+printf '[fleet]\ntype = webdav\nurl = http://%s:%s/\nvendor = other\n' "$gateway" "$port" >"$work/shared/rclone.conf"
+mkdir -p "$work/policies"
+printf 'targets:\n  fleet: {rclone: "fleet:coord-fleet"}\n' >"$work/policies/_defaults.yaml"
+
+for node in "${nodes[@]}"; do
+  docker run -d --name "$prefix-$node" --hostname "$node" --label "$label" --network "$network" \
+    --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /var/lib/docker -v "$repo:/coord-src:ro" -v "$work/shared:/shared" \
+    "$image" dockerd --cgroup-parent="/$prefix-$node" --host unix:///var/run/docker.sock >/dev/null
+done
+for node in "${nodes[@]}"; do
+  for _ in $(seq 120); do on "$node" docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  on "$node" docker info --format "$node: engine {{.ServerVersion}}, storage {{.Driver}}"
+  docker save coord-test/busybox:latest | docker exec -i "$prefix-$node" docker load -q >/dev/null
+done
+
+say "one swarm of three managers"
+address() { docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$prefix-$1"; }
+on node1 docker swarm init --advertise-addr "$(address node1)" >/dev/null
+token=$(on node1 docker swarm join-token -q manager)
+for node in node2 node3; do on "$node" docker swarm join --token "$token" "$(address node1):2377" >/dev/null; done
+on node1 docker node ls --format '{{.Hostname}} {{.Status}} {{.ManagerStatus}}'
+
+say "a service with a volume on each node, and one global service"
+strategies=(stop pause snapshot)
+for index in 0 1 2; do
+  node=${nodes[$index]}
+  on node1 docker service create -d -q --name "app-$node" --replicas 1 --constraint "node.hostname==$node" \
+    --mount "type=volume,source=data-$node,target=/data" coord-test/busybox:latest \
+    sh -c 'hostname >> /data/tasks.log; exec sleep 3600' >/dev/null
+done
+on node1 docker service create -d -q --name agent --mode global --mount type=volume,source=agent-data,target=/data \
+  coord-test/busybox:latest sh -c 'hostname >> /data/tasks.log; exec sleep 3600' >/dev/null
+for _ in $(seq 240); do
+  [ "$(on node1 docker service ls --format '{{.Replicas}}' | grep -c -E '^([0-9]+)/\1$')" = 4 ] && break; sleep 0.5
+done
+on node1 docker service ls --format '{{.Name}} {{.Mode}} {{.Replicas}}'
+
+say "one backup per node to the shared rclone server"
+for index in 0 1 2; do
+  node=${nodes[$index]}
+  policies=$work/shared/policies-$node
+  mkdir -p "$policies" && cp "$work/policies/_defaults.yaml" "$policies/"
+  printf 'volumes: [data-%s]\nstrategy: %s\nstop_timeout: 5\n' "$node" "${strategies[$index]}" >"$policies/app.yaml"
+  printf 'volumes: [agent-data]\nstrategy: pause\n' >"$policies/agent.yaml"
+  echo "-- $node: plan"
+  coord_on "$node" plan --policies-dir "/shared/policies-$node" | sed 's/^/   /'
+  echo "-- $node: backup"
+  coord_on "$node" backup --policies-dir "/shared/policies-$node" | sed 's/^/   /'
+done
+on node1 docker service ls --format '{{.Name}} {{.Mode}} {{.Replicas}}'
+
+say "claim contention: node1 and node2 claim the global service agent at the same moment"
+agent=$(on node1 docker service inspect -f '{{.ID}}' agent)
+claimers=()
+for node in node1 node2; do
+  docker exec -e PYTHONPATH=/coord-src/src:/coord-src "$prefix-$node" python3 /coord-src/tests/swarm_claimer.py \
+    "$agent" "$node" "/tmp/claim-state" /shared/barrier /shared/hold >"$work/claim-$node.out" 2>"$work/claim-$node.err" &
+  claimers+=($!)
+done
+for _ in $(seq 240); do [ "$(ls "$work/shared/barrier" | grep -c ready)" = 2 ] && break; sleep 0.25; done
+touch "$work/shared/barrier/go"
+for _ in $(seq 240); do [ -s "$work/claim-node1.out" ] && [ -s "$work/claim-node2.out" ] && break; sleep 0.25; done
+for node in node1 node2; do echo "   $node: $(head -1 "$work/claim-$node.out")"; done
+echo "-- node3 backs up the agent's volume while the winner holds the claim"
+coord_on node3 backup --policies-dir /shared/policies-node3 --policy agent | sed 's/^/   /' || true
+touch "$work/shared/hold"
+wait "${claimers[@]}"
+on node1 docker service inspect -f 'claim label after the release: {{index .Spec.Labels "coord.claim"}}' agent
+echo "-- after the release"
+coord_on node3 backup --policies-dir /shared/policies-node3 --policy agent | sed 's/^/   /'
+
+say "the fleet report"
+coord_on node1 report --fleet --policies-dir /shared/policies-node1
