@@ -5,13 +5,14 @@ remote archive is checked and extracted by the same code as a local one, from a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from coord.manifest import manifest_path_for, read_manifest
+from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
 from coord.stream_types import ByteStream
 
 
@@ -68,6 +69,41 @@ class LocalArchive:
 
     def open(self) -> AbstractContextManager[ByteStream]:
         return self._opened()
+
+
+class NamedByRef(Protocol):
+    """A ref (targets.archives.Ref): str() gives `<target>:<volume>/<file>`."""
+
+    @property
+    def file(self) -> str:
+        """The archive file's name."""
+        ...
+
+
+class StoredByRef:
+    """An archive on a target, named by its ref (`offsite:volume/file`): how a ArchiveLocation on a remote or in
+    a repository names itself and reads its manifest's bytes (`manifest_bytes`, what each store implements)."""
+
+    ref: NamedByRef
+
+    @property
+    def name(self) -> str:
+        return str(self.ref.file)
+
+    def describe(self) -> str:
+        return str(self.ref)
+
+    def manifest_name(self) -> str:
+        return f"{self.ref}{MANIFEST_SUFFIX}"
+
+    def manifest_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def read_manifest(self) -> dict[str, Any]:
+        document: object = json.loads(self.manifest_bytes())
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document
 
 
 AnyArchive = Path | ArchiveLocation  # what readers accept: a local file's path, or any location

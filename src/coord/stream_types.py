@@ -8,7 +8,10 @@ typeshed types a `Popen` pipe as `IO[bytes]`, which has no `readinto` or `read1`
 from __future__ import annotations
 
 import io
-from typing import IO, Protocol
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Protocol, TypeVar
 
 
 class ByteReader(Protocol):
@@ -33,3 +36,25 @@ def buffered_pipe(pipe: IO[bytes] | None) -> io.BufferedReader:
     if not isinstance(pipe, io.BufferedReader):
         raise TypeError(f"expected a buffered pipe from Popen, got {type(pipe).__name__}")
     return pipe
+
+
+DRAIN_CHUNK_SIZE = 1 << 20
+Reader = TypeVar("Reader", bound=ByteReader)
+
+
+@contextmanager
+def child_output(process: subprocess.Popen[bytes], stream: Reader) -> Iterator[Reader]:
+    """`stream` (what the caller reads of `process`'s stdout) for the block, then the rest of it read, so the
+    child runs to its end and its exit status counts; with an exception in the block the child is killed and the
+    exception goes through. The pipe is closed either way; the caller then checks `process.wait()`."""
+    try:
+        yield stream
+        while stream.read(DRAIN_CHUNK_SIZE):
+            pass
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from coord.archive_location import ArchiveLocation, LocalArchive
+from coord.archive_location import ArchiveLocation, LocalArchive, StoredByRef
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import CoordError, UsageError
 from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
@@ -284,28 +283,15 @@ def remote_join(root: str, *names: str) -> str:
 
 
 @dataclass(frozen=True)
-class RemoteArchive:
+class RemoteArchive(StoredByRef):
     """An archive on an rclone target, read as a stream (`rclone cat`): never copied to local disk."""
 
     rclone: Rclone
     path: str  # the full rclone path of the archive
     ref: Ref
 
-    @property
-    def name(self) -> str:
-        return self.ref.file
-
-    def describe(self) -> str:
-        return str(self.ref)
-
-    def manifest_name(self) -> str:
-        return f"{self.ref}{MANIFEST_SUFFIX}"
-
-    def read_manifest(self) -> dict[str, Any]:
-        document: object = json.loads(self.rclone.read_bytes(self.path + MANIFEST_SUFFIX))
-        if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
-        return document
+    def manifest_bytes(self) -> bytes:
+        return self.rclone.read_bytes(self.path + MANIFEST_SUFFIX)
 
     @contextmanager
     def _opened(self) -> Iterator[ByteStream]:
@@ -398,7 +384,7 @@ class RcloneStore:
 
 
 @dataclass(frozen=True)
-class ResticArchive:
+class ResticArchive(StoredByRef):
     """An archive in a restic repository (targets/restic.py): its snapshot's one file, read as a stream (`restic
     dump`), never copied to local disk; its manifest is the file of a second, small snapshot."""
 
@@ -407,21 +393,8 @@ class ResticArchive:
     manifest_snapshot_id: str
     ref: Ref
 
-    @property
-    def name(self) -> str:
-        return self.ref.file
-
-    def describe(self) -> str:
-        return str(self.ref)
-
-    def manifest_name(self) -> str:
-        return f"{self.ref}{MANIFEST_SUFFIX}"
-
-    def read_manifest(self) -> dict[str, Any]:
-        document: object = json.loads(self.restic.read_file(self.manifest_snapshot_id, self.name + MANIFEST_SUFFIX))
-        if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
-        return document
+    def manifest_bytes(self) -> bytes:
+        return self.restic.read_file(self.manifest_snapshot_id, self.name + MANIFEST_SUFFIX)
 
     @contextmanager
     def _opened(self) -> Iterator[ByteStream]:

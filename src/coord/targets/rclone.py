@@ -36,7 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from coord.errors import CoordError
 from coord.hashing import CHUNK_SIZE
-from coord.stream_types import ByteStream
+from coord.stream_types import ByteStream, child_output
 
 log = logging.getLogger("coord")
 
@@ -377,17 +377,8 @@ class Rclone:
                 raise self.not_started(f"reading {path}", error) from None
             assert process.stdout is not None
             counted = _CountingReader(process.stdout)
-            stream = io.BufferedReader(counted, CHUNK_SIZE)
-            try:
+            with child_output(process, io.BufferedReader(counted, CHUNK_SIZE)) as stream:
                 yield stream
-                while stream.read(CHUNK_SIZE):  # what the caller left, so rclone ends and its status counts
-                    pass
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            finally:
-                process.stdout.close()
             status = process.wait()
             if status != 0:
                 stderr.seek(0)

@@ -46,7 +46,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from coord.errors import CoordError
 from coord.hashing import CHUNK_SIZE
 from coord.retention import parse_time
-from coord.stream_types import ByteStream, buffered_pipe
+from coord.stream_types import ByteStream, buffered_pipe, child_output
 from coord.targets.rclone import RemoteError, rclone_binary, redact, secret_environment_values
 
 log = logging.getLogger("coord")
@@ -299,17 +299,8 @@ class Restic:
             except OSError as error:
                 raise ResticError(f"target {self.target}: {what}: cannot run restic: {error.strerror}") from None
             assert process.stdout is not None
-            stream = buffered_pipe(process.stdout)
-            try:
+            with child_output(process, buffered_pipe(process.stdout)) as stream:
                 yield stream
-                while stream.read(CHUNK_SIZE):
-                    pass
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            finally:
-                process.stdout.close()
             status = process.wait()
             if status != 0:
                 raise self._redacted(self.error(what, status, _read(stderr)))
