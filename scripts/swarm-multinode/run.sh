@@ -2,9 +2,12 @@
 # The multi-node run of issue 18 (docs/swarm.md, "Multi-node run"): three Docker engines inside containers on a
 # bridge network made here, joined into one swarm (three managers), a service with a volume on each node, one
 # backup per node to a shared rclone server (webdav, on the outer host), claim contention between two nodes on one
-# global service, and the fleet report counting what every node published. Everything it creates is labelled and
-# removed at the end (node containers and their engines' data, the network, the node cgroup directories).
-# Usage: scripts/swarm-multinode/run.sh [LOG]    (needs: the coord and coord-test/busybox images, rclone)
+# global service, then the stack deployed (a variant of compose/stack.yml: the coord image built from this checkout
+# as a global daemon, a one-minute schedule, the shared server as target) until every node's daemon published a
+# backup there, and the fleet report counting what every node published (checked: at least one archive of the
+# stack's volume per node). Everything it creates is labelled and removed at the end (node containers and their
+# engines' data, the network, the node cgroup directories); the outer engine keeps the coord image it built.
+# Usage: scripts/swarm-multinode/run.sh    (needs: the coord-test/busybox image, rclone; builds the coord image)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -39,6 +42,14 @@ coord_on() {  # coord from this checkout (PYTHONPATH shadows the image's), named
     "$prefix-$node" coord "$@"
 }
 
+say "the coord image of this checkout"
+# scripts/build-coord-image.sh also tags it coord:latest; put that tag back where it was (other runs on this
+# engine use it), the stack names the digest tag
+previous_latest=$(docker image inspect -f '{{.Id}}' coord:latest 2>/dev/null || true)
+coord_image=$("$repo/scripts/build-coord-image.sh")
+[ -n "$previous_latest" ] && docker tag "$previous_latest" coord:latest
+echo "$coord_image"
+
 say "gathering docker.io and its dependencies as .deb files"
 mkdir -p "$work/context/debs"
 for package in containerd docker.io dmsetup iptables libdevmapper1.02.1 libip4tc2 libip6tc2 libmnl0 \
@@ -70,7 +81,7 @@ done
 for node in "${nodes[@]}"; do
   for _ in $(seq 120); do on "$node" docker info >/dev/null 2>&1 && break; sleep 0.5; done
   on "$node" docker info --format "$node: engine {{.ServerVersion}}, storage {{.Driver}}"
-  docker save coord-test/busybox:latest | docker exec -i "$prefix-$node" docker load -q >/dev/null
+  docker save coord-test/busybox:latest "$coord_image" | docker exec -i "$prefix-$node" docker load -q >/dev/null
 done
 
 say "one swarm of three managers"
@@ -129,5 +140,98 @@ on node1 docker service inspect -f 'claim label after the release: {{index .Spec
 echo "-- after the release"
 coord_on node3 backup --policies-dir /shared/policies-node3 --policy agent | sed 's/^/   /'
 
-say "the fleet report"
-coord_on node1 report --fleet --policies-dir /shared/policies-node1
+say "the stack deployed: coord as a global daemon on every node, a service with a volume pinned to each node"
+# A variant of compose/stack.yml: the same coord service (global, on managers, COORD_NODE and hostname from the
+# node, policies from a Docker config, the rclone config from a Docker secret), with a one-minute schedule, the
+# shared webdav server as target, and host mode (the node's /var/lib/docker/volumes mounted, COORD_VOLUMES_ROOT
+# empty) so that one policy set with a glob serves every node: each node's daemon finds only its own volume. Host
+# networking: the tasks reach the server through the node's own network (no overlay network is needed), and their
+# hostname is the node's.
+stack=$work/shared/stack
+mkdir -p "$stack"
+printf 'targets:\n  fleet: {rclone: "fleet:coord-fleet"}\n' >"$stack/_defaults.yaml"
+printf 'volumes: ["coord-fleet_data-node*"]\nstrategy: pause\n' >"$stack/fleet.yaml"
+{
+  echo 'version: "3.8"'  # Engine 20.10's docker stack deploy needs it (reads a file without it as version 1.0)
+  echo "services:"
+  for node in "${nodes[@]}"; do
+    cat <<YAML
+  web-$node:
+    image: coord-test/busybox:latest
+    command: ["sh", "-c", "hostname >> /data/tasks.log; date >> /data/tasks.log; exec sleep 3600"]
+    volumes: ["data-$node:/data"]
+    networks: [hostnet]
+    deploy:
+      placement: {constraints: ["node.hostname == $node"]}
+YAML
+  done
+  cat <<YAML
+  coord:
+    image: $coord_image
+    command: ["daemon"]
+    environment:
+      COORD_NODE: "{{.Node.Hostname}}"
+      COORD_SCHEDULE: "* * * * *"
+      COORD_POLICIES_DIR: /run/coord-policies
+      COORD_VOLUMES_ROOT: ""
+      RCLONE_CONFIG: /run/secrets/rclone-config
+    configs:
+      - {source: policy-fleet, target: /run/coord-policies/fleet.yaml}
+      - {source: policy-defaults, target: /run/coord-policies/_defaults.yaml}
+    secrets: [rclone-config]
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock
+      - /var/lib/docker/volumes:/var/lib/docker/volumes
+      - coord-state:/var/lib/coord
+    networks: [hostnet]
+    deploy:
+      mode: global
+      placement: {constraints: ["node.role == manager"]}
+networks:
+  hostnet: {external: true, name: host}
+configs:
+  policy-fleet: {file: ./fleet.yaml}
+  policy-defaults: {file: ./_defaults.yaml}
+secrets:
+  rclone-config: {file: /shared/rclone.conf}
+volumes:
+YAML
+  for node in "${nodes[@]}"; do echo "  data-$node: {name: coord-fleet_data-$node}"; done
+  echo "  coord-state: {name: coord-fleet_coord-state}"
+} >"$stack/stack.yml"
+on node1 docker stack deploy --resolve-image never -c /shared/stack/stack.yml coord-fleet
+echo "-- waiting until each node's daemon published a backup of its volume to the shared server"
+published() { ls "$work/shared/target/coord-fleet/coord-fleet_data-$1" 2>/dev/null | grep -c '\.manifest\.json$' || true; }
+for _ in $(seq 360); do
+  done_nodes=0
+  for node in "${nodes[@]}"; do
+    if [ "$(published "$node")" -ge 1 ]; then done_nodes=$((done_nodes + 1)); fi
+  done
+  [ "$done_nodes" = 3 ] && break
+  sleep 1
+done
+on node1 docker stack ps coord-fleet --format '{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}' | sed 's/^/   /'
+for node in "${nodes[@]}"; do
+  task=$(on "$node" docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
+  echo "-- $node: the coord task's daemon log"
+  on "$node" docker logs "$task" 2>&1 | tail -n 8 | sed 's/^/   /'
+  echo "   published: $(ls "$work/shared/target/coord-fleet/coord-fleet_data-$node" 2>/dev/null | tr '\n' ' ')"
+done
+
+say "the fleet report (from node1's coord task: the stack's policies and rclone secret)"
+task=$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
+on node1 docker exec "$task" coord report --fleet
+on node1 docker exec "$task" coord report --fleet --json >"$work/fleet.json"
+python3 - "$work/fleet.json" "${nodes[@]}" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+counted = {node: 0 for node in sys.argv[2:]}
+for row in report["rows"]:
+    if row["volume"] == f"coord-fleet_data-{row['node']}" and row["node"] in counted:
+        counted[row["node"]] += row["archives"]
+print("   archives of the stack's volume per node, as the fleet report counts them:", counted)
+missing = [node for node, archives in counted.items() if archives < 1]
+if missing:
+    sys.exit(f"the fleet report counts no archive of the stack's volume for {', '.join(missing)}")
+PY
+echo "== every node's daemon published at least one backup, and the fleet report counts them"

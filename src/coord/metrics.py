@@ -29,6 +29,7 @@ from coord.consistency import Verdict
 from coord.errors import UsageError
 from coord.fsutil import fsync_directory
 from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, VolumeRow
+from coord.node import this_node
 from coord.policy import current_policy_names
 from coord.problems import ProblemKind
 from coord.report import status_of
@@ -36,7 +37,7 @@ from coord.results import TargetStatus, VolumeStatus
 
 log = logging.getLogger("coord.metrics")
 
-VOLUME_LABELS = ("volume", "policy")
+VOLUME_LABELS = ("node", "volume", "policy")
 RUN_STATUSES = (OK, FAILED, INTERRUPTED, CRASHED, RUNNING)
 VOLUME_STATUSES = tuple(status.value for status in VolumeStatus)
 VERDICTS = tuple(verdict.value for verdict in Verdict)
@@ -78,6 +79,7 @@ class CoordState:
     last_run_started: datetime | None = None
     last_run_status: str | None = None
     next_run_at: datetime | None = None  # the running daemon's next scheduled run
+    node: str = field(default_factory=this_node)  # the node these volumes are on: the `node` label
 
 
 def read_state(history: History, policies: Iterable[str] | None = None) -> CoordState:
@@ -110,8 +112,10 @@ def _one_hot(family: GaugeMetricFamily, labels: list[str], values: Sequence[str]
         family.add_metric([*labels, value], 1.0 if value == current else 0.0)
 
 
-def volume_families(volumes: Sequence[VolumeState]) -> list[Metric]:
-    """The per-volume metrics, labelled volume and policy (the policy of the volume's last run)."""
+def volume_families(volumes: Sequence[VolumeState], node: str) -> list[Metric]:
+    """The per-volume metrics, labelled node (the node coord runs on, whose volumes these are: a fleet's
+    Prometheus tells same-named volumes of two nodes apart), volume and policy (the policy of the volume's last
+    run)."""
     run_time = _gauge(
         "coord_volume_last_run_timestamp_seconds", "Start of the volume's last backup run.", VOLUME_LABELS
     )
@@ -151,7 +155,7 @@ def volume_families(volumes: Sequence[VolumeState]) -> list[Metric]:
         (*VOLUME_LABELS, "target", "status"),
     )
     for volume in volumes:
-        last, labels = volume.last, [volume.last.volume, volume.last.policy]
+        last, labels = volume.last, [node, volume.last.volume, volume.last.policy]
         run_time.add_metric(labels, last.started_at.timestamp())
         _one_hot(status, labels, VOLUME_STATUSES, last.status)
         duration.add_metric(labels, last.duration_s)
@@ -185,7 +189,7 @@ def metric_families(state: CoordState) -> list[Metric]:
         _one_hot(run_status, [], RUN_STATUSES, state.last_run_status)
     if state.next_run_at is not None:
         next_run.add_metric([], state.next_run_at.timestamp())
-    return [run_time, run_status, next_run, *volume_families(state.volumes)]
+    return [run_time, run_status, next_run, *volume_families(state.volumes, state.node)]
 
 
 class HistoryCollector(Collector):

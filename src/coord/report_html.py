@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from coord.history import DrillRow, History, VolumeRow
+from coord.node import this_node
 from coord.render import human_size, short_time
 from coord.report import Period, Report, VolumeSummary, report_for, target_failure_lines
 
@@ -181,8 +182,10 @@ def time_range(rows: Sequence[VolumeRow], period: Period) -> tuple[datetime, dat
     return first - margin, last + margin
 
 
-def render_html(report: Report, rows: Sequence[VolumeRow], generated: datetime) -> str:
-    """The whole page: the report of a period and the volume rows of that period (oldest first)."""
+def render_html(report: Report, rows: Sequence[VolumeRow], generated: datetime, node: str | None = None) -> str:
+    """The whole page: the report of a period and the volume rows of that period (oldest first), of the volumes
+    of `node` (the node coord runs on, named in the heading; this_node() when not given)."""
+    node = node if node is not None else this_node()
     period = report.period
     start, end = time_range(rows, period)
     axis = _Axis(start, end)
@@ -205,7 +208,8 @@ def render_html(report: Report, rows: Sequence[VolumeRow], generated: datetime) 
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>coord report {escape(period.label)}</title><style>{STYLE}</style></head><body>"
         f"<h1>coord report {escape(period.label)}</h1>"
-        f'<div class="period">{escape(short_time(period.start))} .. {escape(short_time(period.end))}; '
+        f'<div class="period">node <span class="node">{escape(node)}</span>; '
+        f"{escape(short_time(period.start))} .. {escape(short_time(period.end))}; "
         f"{report.runs.total} run(s): {escape(counts)}; generated {escape(short_time(generated))}</div>"
         f'<p class="legend">{legend}</p>{body}</body></html>\n'
     )

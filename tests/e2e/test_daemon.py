@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REPO, container_state, run_coord, volume_path, wait_for, write_policy
 from tests.receiver import receiving
 
+from coord.node import this_node
+
 pytestmark = pytest.mark.docker
 
 
@@ -293,8 +295,9 @@ def test_daemon_serves_metrics_pings_and_notifies_around_its_runs(
     assert code == 0
     print(scrape)  # shown with -s: what Prometheus scrapes
     runs = [e for e in daemon.events if e["event"] == "run-finished"]
-    labels = f'policy="db",volume="{volume}"'
-    assert f'coord_volume_last_run_status{{policy="db",status="ok",volume="{volume}"}} 1.0' in scrape
+    node = this_node()  # the daemon runs here, without COORD_NODE of its own
+    labels = f'node="{node}",policy="db",volume="{volume}"'
+    assert f'coord_volume_last_run_status{{node="{node}",policy="db",status="ok",volume="{volume}"}} 1.0' in scrape
     assert f"coord_volume_last_run_downtime_seconds{{{labels}}}" in scrape
     assert 'coord_last_run_status{status="ok"} 1.0' in scrape
     assert "coord_daemon_next_run_timestamp_seconds " in scrape

@@ -73,7 +73,10 @@ class Page(HTMLParser):
 def test_the_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
     state, page_path = tmp_path / "state", tmp_path / "report.html"
     week_of_history(state)
-    done = run_coord("report", "--week", "2026-W48", "--state-dir", str(state), "--html", str(page_path))
+    done = run_coord(
+        "report", "--week", "2026-W48", "--state-dir", str(state), "--html", str(page_path),
+        env={"COORD_NODE": "node-a"},  # the node whose volumes these are, as compose/stack.yml sets it
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"wrote {page_path}" in done.stderr and "last drill" in done.stdout
     html = page_path.read_text()
@@ -82,6 +85,7 @@ def test_the_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
     page.feed(html)
     sections = page.with_class("section", "volume")
     assert [s["data-volume"] for s in sections] == ["<script>x</script>", "pg"]
+    assert len(page.with_class("span", "node")) == 1 and '<span class="node">node-a</span>' in html
     assert len(page.with_class("svg", "timeline")) == 2
     assert len(page.with_class("svg", "archive-size")) == len(page.with_class("svg", "downtime")) == 2
     assert len(page.with_class("rect", "run")) == 14 and len(page.with_class("rect", "failed")) == 2

@@ -62,4 +62,4 @@ def test_every_rule_names_metrics_and_labels_that_exist() -> None:
 
 def test_the_checker_sees_a_wrong_metric() -> None:
     assert "coord_volume_last_sucess_timestamp_seconds" not in exported()
-    assert exported()["coord_volume_last_run_status"] == {"volume", "policy", "status"}
+    assert exported()["coord_volume_last_run_status"] == {"node", "volume", "policy", "status"}

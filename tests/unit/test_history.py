@@ -300,8 +300,9 @@ def test_target_outcomes_are_recorded_shown_by_status_and_counted_by_the_report(
     assert render_report(report)[-1] == "targets: pg (policy db): offsite failed in 1 of 2 runs"
     from coord.report_html import render_html
 
-    page = render_html(report, history.volume_runs(), at("2026-11-30T00:00:00"))
+    page = render_html(report, history.volume_runs(), at("2026-11-30T00:00:00"), node="<node-a>")
     assert '<div class="error">targets: pg (policy db): offsite failed in 1 of 2 runs</div>' in page
+    assert '<div class="period">node <span class="node">&lt;node-a&gt;</span>; ' in page  # the node, escaped
 
 
 def test_a_history_of_version_2_is_migrated_keeping_its_rows(tmp_path: Path) -> None:

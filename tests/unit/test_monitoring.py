@@ -23,6 +23,7 @@ from coord.errors import PolicyError, UsageError
 from coord.history import History
 from coord.metrics import MetricsServer, parse_listen_address, write_metrics_file
 from coord.monitoring import Ending, Monitoring
+from coord.node import this_node
 from coord.notify import Notifier, Notify
 from coord.pings import Pinger, Pings
 from coord.policy import load_policies
@@ -259,6 +260,9 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def labels(**values: str) -> frozenset:
+    """The label set of a sample; a volume's samples also carry the node coord runs on (this_node())."""
+    if "volume" in values:
+        values = {"node": this_node(), **values}
     return frozenset(values.items())
 
 
@@ -301,6 +305,20 @@ def test_a_volume_whose_policy_is_gone_drops_out_of_the_metrics(stack: Stack) ->
     write_metrics_file(path, History(stack.root / "s"), stack.root / "p")
     volumes = {dict(labels)["volume"] for (name, labels) in samples(path.read_text()) if "volume" in dict(labels)}
     assert volumes == {"ch-data"}
+
+
+def test_every_volume_metric_carries_the_node_coord_runs_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack.run()
+    monkeypatch.setenv("COORD_NODE", "node-7")  # as compose/stack.yml sets it on each Swarm node
+    path = stack.root / "coord.prom"
+    write_metrics_file(path, History(stack.root / "s"), stack.root / "p")
+    found = samples(path.read_text())
+    per_volume = [(name, dict(labels)) for (name, labels) in found if name.startswith("coord_volume_")]
+    names = {name for name, _ in per_volume}
+    assert {"coord_volume_last_run_status", "coord_volume_last_success_timestamp_seconds"} <= names
+    assert all(labels["node"] == "node-7" for _, labels in per_volume)
+    assert {labels["volume"] for _, labels in per_volume} == {"pg-data", "ch-data"}
+    assert all("node" not in dict(labels) for (name, labels) in found if name.startswith("coord_last_"))
 
 
 def test_the_metrics_endpoint_serves_the_history_at_each_scrape(stack: Stack) -> None:

@@ -3,7 +3,6 @@ to know how consistent it is, without coord."""
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from coord import __version__
 from coord.backup.job import Job, Written
 from coord.manifest import MANIFEST_FORMAT
+from coord.node import this_node
 from coord.problems import WARNING_KINDS, ProblemKind
 from coord.verify import ReadBack, WrittenArchiveCheck
 
@@ -28,9 +28,7 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
         "tool": "coord",
         "tool_version": __version__,
         "host": socket.gethostname(),
-        # the Swarm node (or host) that wrote it, for the fleet report: COORD_NODE, which compose/stack.yml sets
-        # to the node's hostname (inside a container, the hostname is the container's), else the hostname
-        "node": os.environ.get("COORD_NODE") or socket.gethostname(),
+        "node": this_node(),  # the Swarm node (or host) that wrote it, for the fleet report
         "volume": result.volume,
         "policy": result.policy,
         "policy_file": str(plan.policy.path),
