@@ -238,7 +238,7 @@ def test_failure_webhook_gets_the_run_and_the_log_tail(webhooks, make_volume, tm
     [(path, content_type, body)] = webhooks.received
     assert (path, content_type) == ("/hooks/s3cr3t-token", "application/json")
     assert body["event"] == "failure" and body["run"]["status"] == "failed" and body["run"]["id"] == 2
-    assert body["text"].endswith(f"backup run 2 failed: 1 volume, 1 failed ({volume})")
+    assert body["text"].endswith(f"backup run 2 failed: 1 volume, 1 failed ({volume}: target local failed)")
     assert body["result"]["volumes"][0]["status"] == "failed"
     assert body["result"] == run.json
     assert 0 < len(body["log_tail"]) <= 5

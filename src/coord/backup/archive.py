@@ -21,9 +21,10 @@ from coord.backup.upload import RemoteArchive, RemoteArchiveCheck, RemoteStore, 
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import JournalError
 from coord.excludes import ExcludeMatcher
-from coord.journal import PARTIAL, WRITING
+from coord.journal import PARTIAL, WRITING, JournalEntry
 from coord.policy import Strategy
 from coord.restore_swap import STAGING_PREFIX
+from coord.signals import deferred
 from coord.snapshot import SNAPSHOT_PREFIX
 from coord.verify import WrittenArchiveCheck
 
@@ -88,14 +89,21 @@ def archive_job(
     streamed = job.local_dest is None and not spooled and not job.primary.is_restic
     remote = job.remote_archive(job.primary, final.name) if streamed else None
     check = _check_for(job, remote, final, started)
+    recorded: JournalEntry | None = None
     try:
-        if remote is None:
-            entry = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
-        else:
-            entry = record_upload(ctx.journal, remote)
+        with deferred():  # a SIGTERM while the entry is written is raised once it is known, and cleared below
+            if remote is None:
+                recorded = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
+            else:
+                recorded = record_upload(ctx.journal, remote)
     except JournalError as error:  # not recorded, so not written: the volume fails, the containers go back
         job.result.errors.append(f"nothing archived: {error.message}")
         return
+    except BaseException:
+        if recorded is not None and remote is None:
+            clear_entry(ctx, recorded, job.result)
+        raise
+    entry = recorded
     snapshot = job.snapshot.snapshot if source is not None and job.snapshot else None
     try:
         log.info("%s: archiving %s (policy %s)", job.volume, job.source, job.plan.policy.name)
