@@ -65,6 +65,26 @@ def _check_for(job: Job, remote: RemoteArchive | None, final: Path, started: dat
     return RemoteArchiveCheck(compression, job.encryption, RemoteStore(remote, job.encryption, job.extra_hashes))
 
 
+def _record_archive(job: Job, ctx: RunContext, partial: Path, remote: RemoteArchive | None) -> JournalEntry:
+    """Journal the archive about to be written (its local partial, or its remote upload). A SIGTERM while the
+    entry is written is held until it is on disk, then the local entry is cleared and the signal raised; a
+    remote entry is left to `coord recover` (no network work while interrupted). Raises JournalError."""
+    recorded: JournalEntry | None = None
+    try:
+        with deferred():
+            if remote is None:
+                recorded = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
+            else:
+                recorded = record_upload(ctx.journal, remote)
+    except JournalError:
+        raise
+    except BaseException:
+        if recorded is not None and remote is None:
+            clear_entry(ctx, recorded, job.result)
+        raise
+    return recorded
+
+
 def archive_job(
     job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None, *, spool: bool = False
 ) -> None:
@@ -89,21 +109,11 @@ def archive_job(
     streamed = job.local_dest is None and not spooled and not job.primary.is_restic
     remote = job.remote_archive(job.primary, final.name) if streamed else None
     check = _check_for(job, remote, final, started)
-    recorded: JournalEntry | None = None
     try:
-        with deferred():  # a SIGTERM while the entry is written is raised once it is known, and cleared below
-            if remote is None:
-                recorded = ctx.journal.record(PARTIAL, str(partial), WRITING, job.volume)
-            else:
-                recorded = record_upload(ctx.journal, remote)
+        entry = _record_archive(job, ctx, partial, remote)
     except JournalError as error:  # not recorded, so not written: the volume fails, the containers go back
         job.result.errors.append(f"nothing archived: {error.message}")
         return
-    except BaseException:
-        if recorded is not None and remote is None:
-            clear_entry(ctx, recorded, job.result)
-        raise
-    entry = recorded
     snapshot = job.snapshot.snapshot if source is not None and job.snapshot else None
     try:
         log.info("%s: archiving %s (policy %s)", job.volume, job.source, job.plan.policy.name)
