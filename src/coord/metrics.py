@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from coord.consistency import Verdict
 from coord.errors import UsageError
 from coord.fsutil import fsync_directory
-from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, History, VolumeRow
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, RUNNING, DrillRow, History, VolumeRow
 from coord.node import this_node
 from coord.policy import current_policy_names
 from coord.problems import ProblemKind
@@ -80,6 +80,7 @@ class CoordState:
     last_run_status: str | None = None
     next_run_at: datetime | None = None  # the running daemon's next scheduled run
     node: str = field(default_factory=this_node)  # the node these volumes are on: the `node` label
+    drills: list[DrillRow] = field(default_factory=list)  # each volume's last restore drill (History.last_drills)
 
 
 def read_state(history: History, policies: Iterable[str] | None = None) -> CoordState:
@@ -100,6 +101,7 @@ def read_state(history: History, policies: Iterable[str] | None = None) -> Coord
         last_run_started=latest.started_at if latest else None,
         last_run_status=found["last_run_status"],
         next_run_at=daemon.next_run_at if daemon is not None and daemon.alive() else None,
+        drills=list(history.last_drills().values()),
     )
 
 
@@ -173,6 +175,28 @@ def volume_families(volumes: Sequence[VolumeState], node: str) -> list[Metric]:
     return [run_time, status, duration, downtime, verdict, warnings, success, size, entries, targets]
 
 
+DRILL_LABELS = ("node", "volume", "target")
+DRILL_STATUSES = (OK, FAILED)
+
+
+def drill_families(drills: Sequence[DrillRow], node: str) -> list[Metric]:
+    """Each volume's last restore drill (a failed one on any target wins over a later pass on another, as in
+    `coord report`), labelled node, volume and the target it read (empty for drills before targets)."""
+    when = _gauge(
+        "coord_volume_last_drill_timestamp_seconds", "Start of the volume's last restore drill.", DRILL_LABELS
+    )
+    status = _gauge(
+        "coord_volume_last_drill_status",
+        "1 for the outcome of the volume's last restore drill (ok, failed), 0 for the other.",
+        (*DRILL_LABELS, "status"),
+    )
+    for drill in drills:
+        labels = [node, drill.volume, drill.target or ""]
+        when.add_metric(labels, drill.started_at.timestamp())
+        _one_hot(status, labels, DRILL_STATUSES, drill.status)
+    return [when, status]
+
+
 def metric_families(state: CoordState) -> list[Metric]:
     """Every metric coord exports, from `state`."""
     run_time = _gauge("coord_last_run_timestamp_seconds", "Start of the latest backup run, of any policy.")
@@ -189,7 +213,13 @@ def metric_families(state: CoordState) -> list[Metric]:
         _one_hot(run_status, [], RUN_STATUSES, state.last_run_status)
     if state.next_run_at is not None:
         next_run.add_metric([], state.next_run_at.timestamp())
-    return [run_time, run_status, next_run, *volume_families(state.volumes, state.node)]
+    return [
+        run_time,
+        run_status,
+        next_run,
+        *volume_families(state.volumes, state.node),
+        *drill_families(state.drills, state.node),
+    ]
 
 
 class HistoryCollector(Collector):

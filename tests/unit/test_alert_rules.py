@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from coord.history import VolumeRow
+from coord.history import DrillRow, VolumeRow
 from coord.metrics import (
     RUN_STATUSES,
     VERDICTS,
@@ -30,7 +30,8 @@ def exported() -> dict[str, set[str]]:
     """Every metric coord exports, with its label names, from a state where every family has samples."""
     now = datetime.now(UTC)
     row = VolumeRow(1, now, "v", "p", "live", "ok", "consistent", {"vanished": 1}, 0.5, 10, 1.0, "/a", None, 3)
-    state = CoordState([VolumeState(row, row, (TargetOutcome("offsite", "ok"),))], now, "ok", now)
+    drill = DrillRow(1, now, now, "v", "a.tar.zst", "failed", "manual", 3, 1, 10, 0.1, ["entry count mismatch"], "t")
+    state = CoordState([VolumeState(row, row, (TargetOutcome("offsite", "ok"),))], now, "ok", now, drills=[drill])
     families = metric_families(state)
     assert all(family.samples for family in families)
     return {family.name: {label for sample in family.samples for label in sample.labels} for family in families}

@@ -20,7 +20,7 @@ from tests.receiver import Receiver, receiving
 
 from coord.defaults import load_defaults
 from coord.errors import PolicyError, UsageError
-from coord.history import History
+from coord.history import DrillRow, History
 from coord.metrics import MetricsServer, parse_listen_address, write_metrics_file
 from coord.monitoring import Ending, Monitoring
 from coord.node import this_node
@@ -319,6 +319,34 @@ def test_every_volume_metric_carries_the_node_coord_runs_on(stack: Stack, monkey
     assert all(labels["node"] == "node-7" for _, labels in per_volume)
     assert {labels["volume"] for _, labels in per_volume} == {"pg-data", "ch-data"}
     assert all("node" not in dict(labels) for (name, labels) in found if name.startswith("coord_last_"))
+
+
+def test_a_failed_restore_drill_shows_in_the_metrics_until_its_target_passes(stack: Stack) -> None:
+    history = History(stack.root / "s")
+    path = stack.root / "coord.prom"
+
+    def drill(target: str, status: str) -> None:
+        now = datetime.now(UTC)
+        problems = ["entry count mismatch"] if status == "failed" else []
+        row = DrillRow(0, now, now, "pg-data", "a.tar.zst", status, "manual", 3, 1, 10, 0.1, problems, target)
+        history.record_drill(row)
+        write_metrics_file(path, history, stack.root / "p")
+
+    def drill_status(target: str) -> dict[str, float]:
+        found = samples(path.read_text())
+        return {
+            status: found[("coord_volume_last_drill_status", labels(volume="pg-data", target=target, status=status))]
+            for status in ("ok", "failed")
+        }
+
+    drill("offsite", "failed")
+    assert drill_status("offsite") == {"ok": 0, "failed": 1}
+    drill("local", "ok")  # a later pass on another target does not hide the failure
+    assert drill_status("offsite") == {"ok": 0, "failed": 1}
+    drill("offsite", "ok")
+    assert drill_status("offsite") == {"ok": 1, "failed": 0}
+    found = samples(path.read_text())
+    assert any(name == "coord_volume_last_drill_timestamp_seconds" for name, _ in found)
 
 
 def test_the_metrics_endpoint_serves_the_history_at_each_scrape(stack: Stack) -> None:
