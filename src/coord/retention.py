@@ -85,6 +85,18 @@ def is_future(started_at: datetime, now: datetime) -> bool:
     return started_at > now + FUTURE_TOLERANCE
 
 
+def future_reason(started_at: datetime, now: datetime) -> str | None:
+    """Why an archive started at `started_at` is held rather than counted (dated in the future), or None."""
+    if not is_future(started_at, now):
+        return None
+    return f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
+
+
+def future_warning(name: object, why: str) -> str:
+    """The warning for an archive held because it is dated in the future."""
+    return f"{name}: {why}, kept; check the clock of the host that wrote it"
+
+
 def _stat_key(info: os.stat_result) -> list[int]:
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
@@ -319,10 +331,9 @@ def _set_aside(
             "not counted, left alone"
         )
         return True
-    if is_future(item.started_at, now):
-        why = f"dated in the future (started_at {item.started_at.isoformat()}, now {now.isoformat()}): not counted"
-        found.held.append((item, why))
-        found.warnings.append(f"{item.archive}: {why}, kept; check the clock of the host that wrote it")
+    if (future := future_reason(item.started_at, now)) is not None:
+        found.held.append((item, future))
+        found.warnings.append(future_warning(item.archive, future))
         return True
     return False
 

@@ -35,7 +35,8 @@ from coord.retention import (
     ArchiveHashes,
     StoredArchive,
     find_archives,
-    is_future,
+    future_reason,
+    future_warning,
     parse_time,
     volume_directories,
 )
@@ -147,6 +148,14 @@ class VolumeListing:
     warnings: list[str] = field(default_factory=list)  # what the operator should look at
     mismatched: list[str] = field(default_factory=list)  # of those: archives that differ from their manifest
     ignored: list[str] = field(default_factory=list)  # ordinary leftovers: temporaries, files without manifest
+
+    def count(self, listed: ListedArchive, now: datetime) -> None:
+        """Add a complete archive: counted, or held when dated in the future (with the warning)."""
+        if (why := future_reason(listed.started_at, now)) is not None:
+            self.held.append((listed, why))
+            self.warnings.append(future_warning(listed.ref, why))
+        else:
+            self.archives.append(listed)
 
     def latest(self) -> tuple[ListedArchive | None, list[str]]:
         """The newest verified archive that counts (None: none), and the newer ones passed over, with why."""
@@ -352,14 +361,7 @@ class RcloneStore:
             if checked.differs:
                 listing.mismatched.append(line)
             return
-        started_at = checked.started_at
-        listed = listed_from_manifest(ref, manifest, started_at, item.size)
-        if is_future(started_at, now):
-            why = f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
-            listing.held.append((listed, why))
-            listing.warnings.append(f"{ref}: {why}, kept; check the clock of the host that wrote it")
-            return
-        listing.archives.append(listed)
+        listing.count(listed_from_manifest(ref, manifest, checked.started_at, item.size), now)
 
     def location(self, ref: Ref) -> ArchiveLocation:
         directory = remote_join(self.root, ref.volume)
@@ -467,12 +469,7 @@ class ResticStore:
             listed = ListedArchive(
                 ref, started_at, int(size), values.get("status", ""), verdict if verdict != "none" else None, False
             )
-            if is_future(started_at, now):
-                why = f"dated in the future (started_at {started_at.isoformat()}, now {now.isoformat()}): not counted"
-                listing.held.append((listed, why))
-                listing.warnings.append(f"{ref}: {why}, kept; check the clock of the host that wrote it")
-                continue
-            listing.archives.append(listed)
+            listing.count(listed, now)
         listing.archives.sort(key=lambda found: (found.started_at, found.ref.file), reverse=True)
         return listing
 
