@@ -262,6 +262,9 @@ class FakeEngine:
     def swarm_node(self) -> str | None:
         return None
 
+    def swarm_hostname(self) -> str | None:
+        return None
+
     # The machinery ----------------------------------------------------------------------------------------------
 
     def _existing(self, method: str, identifier: str, what: str | None = None) -> FakeContainer:

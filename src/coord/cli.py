@@ -418,13 +418,15 @@ def plan(
     from coord.backup.plan import describe_group
     from coord.backup.steps import remote_only_volumes
     from coord.docker_ops import DockerControl, swarm_place
+    from coord.node import node_of_engine
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
 
-    def work() -> tuple[list[dict[str, Any]], list[str]]:
+    def work() -> tuple[list[dict[str, Any]], list[str], str | None]:
         loaded = load_policies(policies_dir, policy or None)
-        run_targets = _planned_targets(loaded, policies_dir, dest, target or ())
         docker = DockerControl.connect()
+        node = node_of_engine(docker)  # a Swarm node's archives go to _nodes/<node>/ on every target
+        run_targets = [t.for_node(node) for t in _planned_targets(loaded, policies_dir, dest, target or ())]
         existing = docker.volume_names()
         plans = plan_volumes(loaded, existing, policy or None)
         groups = [
@@ -436,6 +438,8 @@ def plan(
                         "policy": p.policy.name,
                         "error": p.error or group.errors.get(p.volume),
                         "targets": [t.describe() for t in targets_of(p.policy.policy, run_targets)],
+                        # where its archives go on each: `offsite:pg_data/`, on a Swarm node `offsite:node1/pg_data/`
+                        "archives_to": [t.where(p.volume) for t in targets_of(p.policy.policy, run_targets)],
                     }
                     for p in group.volumes
                 ],
@@ -444,9 +448,9 @@ def plan(
             }
             for group in group_volumes(plans, docker, own_container_id())
         ]
-        return groups, uncovered_volumes(loaded, existing)
+        return groups, uncovered_volumes(loaded, existing), node
 
-    groups, uncovered = _run(as_json, work)
+    groups, uncovered, node = _run(as_json, work)
     failing = [volume for group in groups for volume in group["volumes"] if volume["error"]]
     sources = VolumeSources.detect(volumes_root)
     if as_json:
@@ -456,6 +460,7 @@ def plan(
                     "ok": not failing,
                     "mode": sources.mode,
                     "volumes_root": _text(sources.volumes_root),
+                    "node": node,  # the Swarm node whose namespace the archives go to; null outside a swarm
                     "groups": groups,
                     "uncovered": uncovered,
                 }
@@ -463,6 +468,8 @@ def plan(
         )
     else:
         print(sources.describe())
+        if node is not None:
+            print(f"Swarm node {node}: archives go to <target>/_nodes/{node}/<volume>/ on every target")
         for group in groups:
             names = ", ".join(f"{v['volume']} (policy {v['policy']})" for v in group["volumes"])
             print(f"\n{group['strategy']}: {names}")
@@ -470,6 +477,8 @@ def plan(
                 print(f"  {step}")
             for volume in group["volumes"]:
                 print(f"  {volume['volume']} -> {', '.join(volume['targets']) or 'no target (give --dest or targets)'}")
+                if node is not None and volume["archives_to"]:  # outside a swarm: <target>:<volume>/, as always
+                    print(f"    archives to {', '.join(volume['archives_to'])}")
         if uncovered:
             print(f"\nnot backed up, no policy covers them: {', '.join(uncovered)}")
         if failing:
@@ -626,20 +635,66 @@ ArchiveOrRef = Annotated[
     str | None,
     typer.Argument(
         metavar="ARCHIVE",
-        help="An archive file (its manifest beside it), or a ref as `coord list` prints it: <target>:<volume>/<file>.",
+        help="An archive file (its manifest beside it), or a ref as `coord list` prints it: <target>:<volume>/<file>, "
+        "or <target>:<node>/<volume>/<file> for a Swarm node's archive.",
     ),
 ]
 
 
+ReadNode = Annotated[
+    str | None,
+    typer.Option(
+        "--node",
+        metavar="NAME",
+        help="Read the archives Swarm node NAME wrote (<target>/_nodes/NAME/), e.g. to restore a dead node's "
+        "volume on another node. Default: on a Swarm node, its own; elsewhere the flat layout.",
+    ),
+]
+
+
+def _read_namespace(node: str | None, *, deleting: bool = False) -> str | None:
+    """Whose archives a read command reads on its targets: --node NAME, else this engine's Swarm node (its name:
+    coord.node.node_of_engine), else None (not a Swarm node: the flat layout). An engine that cannot be asked
+    is a warning and the flat layout, except before deleting (`deleting`: coord prune), where it is an error: a
+    Swarm node's prune must never reach another node's archives. Raises UsageError (an unusable name),
+    DockerError."""
+    from coord.docker_ops import DockerControl
+    from coord.errors import DockerError
+    from coord.node import check_node_name, node_of_engine
+
+    if node is not None:
+        return check_node_name(node, "--node")
+    try:
+        return node_of_engine(DockerControl.connect())
+    except DockerError as error:
+        if deleting:
+            raise DockerError(
+                f"{error.message}; coord prune asks the engine whether this host is a Swarm node (whose archives are "
+                "under <target>/_nodes/<node>/) before it deletes anything"
+            ) from None
+        print(
+            f"warning: cannot ask the Docker engine whether this host is a Swarm node ({error.message}): reading "
+            "the flat layout (<target>/<volume>/); --node NAME reads a Swarm node's archives",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _store_options(
-    policies_dir: Path, dest: Path | None, targets: list[str] | None, state_dir: Path, rclone_config: Path | None
+    policies_dir: Path,
+    dest: Path | None,
+    targets: list[str] | None,
+    state_dir: Path,
+    rclone_config: Path | None,
+    node: str | None = None,
 ) -> Any:
-    """The read commands' way to their targets. Raises UsageError for an --rclone-config that is not a file."""
+    """The read commands' way to their targets, reading `node`'s namespace (None: the flat layout). Raises
+    UsageError for an --rclone-config that is not a file."""
     from coord.targets.archives import StoreOptions
 
     if rclone_config is not None and not rclone_config.is_file():
         raise UsageError(f"--rclone-config {rclone_config}: no such file")
-    return StoreOptions(policies_dir, dest, tuple(targets or ()), state_dir, rclone_config)
+    return StoreOptions(policies_dir, dest, tuple(targets or ()), state_dir, rclone_config, node)
 
 
 def _latest_archive(volume: str, options: Any) -> Any:
@@ -691,10 +746,20 @@ def list_archives(
     policies_dir: PoliciesDir = Path("policies"),
     state_dir: StateDir = DEFAULT_STATE_DIR,
     rclone_config: RcloneConfig = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node",
+            metavar="NAME",
+            help="List the archives Swarm node NAME wrote (<target>/_nodes/NAME/); repeatable. Default: on a Swarm "
+            "node, its own; elsewhere the flat layout.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List the complete archives on each target (--dest, and _defaults.yaml `targets:`): start time, size,
-    status, verdict, encrypted or not, and the ref that `coord verify` and `coord restore` take.
+    status, verdict, encrypted or not, and the ref that `coord verify` and `coord restore` take. On a Swarm node,
+    the archives this node wrote (`_nodes/<node>/`); --node NAME lists another node's.
 
     An archive counts only with its manifest; temporaries and archives without manifest are not listed. Exit 0
     when every target was listed (even with no archive), 1 when one could not be, 2 for a usage error.
@@ -707,8 +772,12 @@ def list_archives(
     volumes = tuple(volume or ())
 
     def work() -> list[TargetListing]:
-        stores = selected_stores(_store_options(policies_dir, dest, target, state_dir, rclone_config))
-        return list_targets(stores, volumes, datetime.now(UTC))
+        namespaces = [_read_namespace(name) for name in dict.fromkeys(node)] if node else [_read_namespace(None)]
+        listings = []
+        for namespace in namespaces:
+            options = _store_options(policies_dir, dest, target, state_dir, rclone_config, namespace)
+            listings += list_targets(selected_stores(options), volumes, datetime.now(UTC))
+        return listings
 
     listings = _run(as_json, work)
     failed = any(listing.error is not None for listing in listings)
@@ -730,6 +799,7 @@ def verify(
         typer.Option("--latest", metavar="VOLUME", help="Verify the newest verified archive of VOLUME on a target."),
     ] = None,
     target: LatestTarget = None,
+    node: ReadNode = None,
     dest: DestOption = None,
     policies_dir: PoliciesDir = Path("policies"),
     gpg_home: GpgHome = None,
@@ -760,7 +830,8 @@ def verify(
     def work() -> Verification:
         if (archive is None) == (latest is None):
             raise UsageError("give either an ARCHIVE or --latest VOLUME")
-        options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
+        namespace = _read_namespace(node) if latest is not None else None  # a ref names its node itself
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config, namespace)
         decryption = _decryption(gpg_home, passphrase_file, state_dir)
         if latest is not None:
             chosen = _latest_archive(latest, options)
@@ -772,8 +843,11 @@ def verify(
             verification.problems += chosen.mismatched
             return verification
         assert archive is not None
-        if target:
-            raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+        if target or node:
+            raise UsageError(
+                "--target and --node go with --latest; a ref names its target and node itself "
+                "(<target>:<volume>/<file>, <target>:<node>/<volume>/<file>)"
+            )
         resolved = resolve_archive(archive, options)
         if isinstance(resolved, Path) and not resolved.is_file():
             raise UsageError(f"archive {resolved} does not exist or is not a file")
@@ -794,6 +868,7 @@ def restore(
         typer.Option("--latest", metavar="VOLUME", help="Restore the newest verified archive of VOLUME on a target."),
     ] = None,
     source_target: LatestTarget = None,
+    node: ReadNode = None,
     dest: DestOption = None,
     rclone_config: RcloneConfig = None,
     volume: Annotated[
@@ -831,8 +906,11 @@ def restore(
     def work() -> RestoreResult:
         if (volume is None) == (target_dir is None):
             raise UsageError("give either --volume NAME or --target-dir DIR")
+        if archive is not None and node is not None:
+            raise UsageError("--node goes with --latest; a ref names its node itself (<target>:<node>/<volume>/<file>)")
+        namespace = _read_namespace(node) if latest is not None else None  # a ref names its node itself
         chosen = _archive_to_restore(
-            archive, latest, _store_options(policies_dir, dest, source_target, state_dir, rclone_config)
+            archive, latest, _store_options(policies_dir, dest, source_target, state_dir, rclone_config, namespace)
         )
         request = RestoreRequest(
             archive=chosen,
@@ -921,6 +999,7 @@ def drill(
     volumes_root: VolumesRoot = None,
     rclone_config: RcloneConfig = None,
     lock_timeout: LockTimeout = 0.0,
+    node: ReadNode = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Restore each volume's latest verified archive on each target (--dest, and _defaults.yaml `targets:`; a
@@ -934,7 +1013,7 @@ def drill(
 
     def work() -> list[DrillResult]:
         sources = VolumeSources.detect(volumes_root)
-        options = _store_options(policies_dir, dest, target, state_dir, rclone_config)
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config, _read_namespace(node))
         request = DrillRequest(
             dest=options.dest,
             volumes=tuple(volume or ()),
@@ -944,6 +1023,7 @@ def drill(
             lock_timeout_s=lock_timeout,
             targets=options.names,
             rclone_config=options.rclone_config,
+            node=options.node,
         )
         docker = None
         if sources.volumes_root is None:
@@ -979,14 +1059,17 @@ def prune(
     as_json: JsonFlag = False,
 ) -> None:
     """Apply each policy's retention to the archives on every target (--dest, and _defaults.yaml `targets:`;
-    --target picks); archives and manifests go together, the newest verified archive of a volume always stays."""
+    --target picks); archives and manifests go together, the newest verified archive of a volume always stays.
+    On a Swarm node, only the archives this node wrote (`_nodes/<node>/`): never another node's, nor the flat
+    layout's."""
     from coord.retention import PruneResult
     from coord.targets.archives import selected_stores
     from coord.targets.prune import prune_stores
 
     def work() -> list[PruneResult]:
-        stores = selected_stores(_store_options(policies_dir, dest, target, state_dir, rclone_config))
-        return prune_stores(policies_dir, stores, tuple(policy or ()), dry_run)
+        namespace = _read_namespace(None, deleting=True)  # this node's archives only: never another node's
+        options = _store_options(policies_dir, dest, target, state_dir, rclone_config, namespace)
+        return prune_stores(policies_dir, selected_stores(options), tuple(policy or ()), dry_run)
 
     results = _run(as_json, work)
     failed = any(result.errors for result in results)

@@ -267,6 +267,10 @@ class Engine(Protocol):
         """This engine's Swarm node as 'hostname (node id)', or None when it is not part of a swarm."""
         ...
 
+    def swarm_hostname(self) -> str | None:
+        """This engine's hostname (`docker info` Name) when it is an active Swarm node, else None."""
+        ...
+
 
 class DockerControl:
     """A connection to the engine and the operations coord performs through it."""
@@ -498,6 +502,13 @@ class DockerControl:
         if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
             return None
         return f"{info.get('Name', '?')} ({str(swarm['NodeID'])[:12]})"
+
+    def swarm_hostname(self) -> str | None:
+        info = self._call("read the engine's info", lambda: self.client.info())
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
+            return None
+        return str(info.get("Name") or "") or None
 
     # Exec ------------------------------------------------------------------------------------------------------
 

@@ -83,10 +83,13 @@ class DrillRequest:
     trigger: str = "manual"
     targets: Sequence[str] = ()  # --target NAME: empty: every configured target
     rclone_config: Path | None = None  # --rclone-config FILE
+    node: str | None = None  # whose archives: a Swarm node's namespace (`_nodes/<node>/`); None: the flat layout
 
     def store_options(self) -> StoreOptions:
         """How the read side finds the targets to drill."""
-        return StoreOptions(self.policies_dir, self.dest, tuple(self.targets), self.state_dir, self.rclone_config)
+        return StoreOptions(
+            self.policies_dir, self.dest, tuple(self.targets), self.state_dir, self.rclone_config, self.node
+        )
 
 
 @dataclass

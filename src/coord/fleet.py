@@ -80,13 +80,14 @@ def fleet_report(stores: Sequence[ArchiveStore], period: Period, now: datetime) 
     rows: dict[tuple[str, str], FleetRow] = {}
     seen: set[tuple[str, str, str]] = set()
     errors: list[str] = []
-    for store in stores:
-        try:
-            volumes = store.volumes()
+    for target in stores:
+        try:  # every node's namespace (`_nodes/<node>/`) and the flat layout (single hosts, older archives)
+            namespaces = [target.in_namespace(None), *(target.in_namespace(node) for node in target.nodes())]
+            volumes = [(store, volume) for store in namespaces for volume in store.volumes()]
         except CoordError as error:
-            errors.append(f"target {store.name}: {error.message}")
+            errors.append(f"target {target.name}: {error.message}")
             continue
-        for volume in volumes:
+        for store, volume in volumes:
             try:
                 listing = store.list_volume(volume, now)
                 errors += listing.warnings

@@ -96,7 +96,13 @@ def store(fake: FakeRclone) -> RcloneStore:
         ("/backups/v/f.tar.zst", None),
         ("./x:v/f", None),
         ("offsite:pgdata", None),
-        ("offsite:a/b/c", None),
+        ("offsite:a/b/c", Ref("offsite", "b", "c", node="a")),  # three segments: a Swarm node's archive
+        ("offsite:node1/pg_data/f.tar.zst", Ref("offsite", "pg_data", "f.tar.zst", node="node1")),
+        ("offsite:a/b/c/d", None),
+        ("offsite:.a/b/c", None),
+        ("offsite:../b/c", None),
+        ("offsite:_nodes/node1/b/c", None),  # the path on the target is not a ref: `offsite:node1/b/c` is
+        ("offsite:a/_b/c", None),
         (":v/f", None),
         ("t:v/.coord-upload-f", None),
         ("t:../f", None),

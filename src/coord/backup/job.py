@@ -103,8 +103,9 @@ class Job:
 
     @property
     def local_dest(self) -> Path | None:
-        """The primary target's directory when it is local (None: the archive streams to a remote)."""
-        return self.primary.local_path
+        """The primary target's directory of volume directories when it is local: its root, or on a Swarm node
+        `<root>/_nodes/<node>` (None: the archive streams to a remote)."""
+        return self.primary.archive_root
 
     def remote_archive(self, target: Target, file_name: str) -> RemoteArchive:
         """The archive's names on `target` (uploaded straight to its name where uploads are atomic)."""
@@ -167,7 +168,7 @@ def admit_targets(plan: VolumePlan, result: VolumeResult, ctx: RunContext) -> li
     for target in sorted(wanted, key=lambda item: not item.is_local):
         try:
             if target.local_path is not None:
-                check_destination(target.local_path / plan.volume)
+                check_destination(target.volume_directory(plan.volume))
             elif target.restic is not None:
                 probe_repository(target)
             else:

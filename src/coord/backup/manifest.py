@@ -28,7 +28,8 @@ def build_manifest(job: Job, written: Written, read: ReadBack) -> dict[str, obje
         "tool": "coord",
         "tool_version": __version__,
         "host": socket.gethostname(),
-        "node": this_node(),  # the Swarm node (or host) that wrote it, for the fleet report
+        # the Swarm node (or host) that wrote it, for the fleet report: the name of its namespace on the targets
+        "node": job.primary.node or this_node(),
         "volume": result.volume,
         "policy": result.policy,
         "policy_file": str(plan.policy.path),

@@ -22,6 +22,7 @@ from coord.errors import CoordError
 from coord.hooks import HookRun
 from coord.journal import Journal
 from coord.lock import run_lock
+from coord.node import node_of_engine
 from coord.plan import QuiesceGroup, group_volumes, plan_volumes
 from coord.policy import Strategy, load_policies
 from coord.recovery import recover
@@ -40,7 +41,8 @@ def run_backup(
     """
     policies = load_policies(request.policies_dir, request.policy_names or None)
     plans = plan_volumes(policies, docker.volume_names(), request.policy_names or None)
-    targets = request.run_targets()
+    node = node_of_engine(docker)  # a Swarm node writes into its own namespace on every target (_nodes/<node>/)
+    targets = [target.for_node(node) for target in request.run_targets()]
     ctx = RunContext(
         request, docker, Journal(request.state_dir), progress, steps=[] if steps is None else steps, targets=targets
     )

@@ -68,7 +68,7 @@ class RemoteArchive:
 
     @property
     def location(self) -> str:
-        return self.target.location(self.volume, self.file_name)
+        return self.target.volume_location(self.volume, self.file_name)
 
     @property
     def temporary(self) -> str:
@@ -239,7 +239,7 @@ def probe_target(target: Target, volume: str) -> None:
     touched: a target that refuses (wrong password, read-only, down) is known before the volume is read.
     Raises RemoteError naming the target."""
     rclone = target.rclone()
-    probe = target.location(volume, f".coord-write-probe-{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
+    probe = target.volume_location(volume, f".coord-write-probe-{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
     rclone.write_bytes(b"coord write probe\n", probe)
     rclone.delete(probe)
 

@@ -2,11 +2,14 @@
 target named `local`) and --target NAME; and a volume's targets, from its policy's `targets:`.
 
 On every target the layout is the same as --dest's: `<target root>/<volume>/<archive file>` with
-`<archive file>.manifest.json` beside it. A ref names one archive: `<target>:<volume>/<archive file>`.
+`<archive file>.manifest.json` beside it; on a Swarm node, `<target root>/_nodes/<node>/<volume>/<archive file>`
+(`Target.node`): nodes share targets and name their volumes alike, so each node has its own namespace. A ref names
+one archive: `<target>:<volume>/<archive file>`, or `<target>:<node>/<volume>/<archive file>` for a node's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coord.errors import PolicyError, UsageError
+from coord.node import NODES_DIRECTORY
 from coord.policy import LoadedPolicy, Policy
 from coord.targets.config import (
     LOCAL_TARGET,
@@ -34,13 +38,19 @@ PARTIAL_SUFFIX = ".partial"  # a temporary name on any target: never listed, nev
 @dataclass(frozen=True)
 class Target:
     """One named target of a run: a local directory (`local_path`), an rclone path (`rclone_path`) or a restic
-    repository (`restic`)."""
+    repository (`restic`). `node`: the Swarm node whose namespace the run writes (`_nodes/<node>/` under the
+    root; a restic snapshot's host), None outside a swarm (the flat layout)."""
 
     name: str
     local_path: Path | None = None
     rclone_path: str | None = None
     rclone_config: Path | None = None  # --rclone-config FILE; None: rclone's own (RCLONE_CONFIG, env vars)
     restic: ResticTargetConfig | None = None
+    node: str | None = None
+
+    def for_node(self, node: str | None) -> Target:
+        """This target with archives written in `node`'s namespace (None: the flat layout)."""
+        return dataclasses.replace(self, node=node)
 
     @classmethod
     def of(cls, name: str, config: TargetConfig, rclone_config: Path | None = None) -> Target:
@@ -73,7 +83,34 @@ class Target:
         from coord.targets.restic import Restic
 
         assert self.restic is not None
-        return Restic(self.name, self.restic.restic, self.restic.password_file, self.rclone_config)
+        from coord.targets.restic import FLAT_HOST
+
+        host = self.node or FLAT_HOST
+        return Restic(self.name, self.restic.restic, self.restic.password_file, self.rclone_config, host)
+
+    def volume_parts(self, volume: str) -> tuple[str, ...]:
+        """The path of `volume`'s directory under the target's root: `_nodes/<node>/<volume>` or `<volume>`."""
+        return volume_parts(volume, self.node)
+
+    def volume_location(self, volume: str, *names: str) -> str:
+        """The rclone path (or local path) of `names` in `volume`'s directory on this target."""
+        return self.location(*self.volume_parts(volume), *names)
+
+    def volume_directory(self, volume: str) -> Path:
+        """A local target's directory of `volume` (`<root>/<volume>` or `<root>/_nodes/<node>/<volume>`)."""
+        assert self.local_path is not None
+        return self.local_path.joinpath(*self.volume_parts(volume))
+
+    @property
+    def archive_root(self) -> Path | None:
+        """A local target's directory holding this node's volume directories (None for a remote one)."""
+        if self.local_path is None:
+            return None
+        return self.local_path / NODES_DIRECTORY / self.node if self.node else self.local_path
+
+    def where(self, volume: str) -> str:
+        """Where `volume`'s archives go on this target, for `coord plan` (`offsite:node1/pg_data/`)."""
+        return f"{self.name}:{self.node}/{volume}/" if self.node else f"{self.name}:{volume}/"
 
     def rclone(self) -> Rclone:
         """The transport for this target (a local one too: rclone takes a plain path)."""
@@ -90,7 +127,7 @@ class Target:
         return self.rclone_path + ("" if self.rclone_path.endswith((":", "/")) else "/") + joined
 
     def ref(self, volume: str, file_name: str) -> str:
-        return format_ref(self.name, volume, file_name)
+        return format_ref(self.name, volume, file_name, self.node)
 
     def describe(self) -> str:
         """The target in words for `coord plan` and logs (no credentials: a target holds none)."""
@@ -100,9 +137,16 @@ class Target:
         return f"{self.name} ({where})"
 
 
-def format_ref(target: str, volume: str, file_name: str) -> str:
-    """`<target>:<volume>/<file>`: one archive on one target, as `coord list` prints it."""
-    return f"{target}:{volume}/{file_name}"
+def format_ref(target: str, volume: str, file_name: str, node: str | None = None) -> str:
+    """`<target>:<volume>/<file>`, or `<target>:<node>/<volume>/<file>` for a Swarm node's archive: one archive
+    on one target, as `coord list` prints it."""
+    return f"{target}:{node}/{volume}/{file_name}" if node else f"{target}:{volume}/{file_name}"
+
+
+def volume_parts(volume: str, node: str | None) -> tuple[str, ...]:
+    """The path of `volume`'s directory under a target's root: `_nodes/<node>/<volume>` for a Swarm node's
+    archives, `<volume>` in the flat layout."""
+    return (NODES_DIRECTORY, node, volume) if node else (volume,)
 
 
 def resolve_targets(

@@ -1,12 +1,16 @@
 """The read side of targets: which complete archives a target holds, refs that name them, and reading one.
 
 Every target has the layout `--dest` has always had: `<root>/<volume>/<archive file>` with
-`<archive file>.manifest.json` beside it. An archive is complete only with its manifest (the manifest is written
-or uploaded last): an archive without one is never listed, never `latest`, never counted by retention. Files
-whose names start with `.` (`.coord-*` temporaries, a local publish's `.publishing` manifest) or end in `.partial`
-are uploads or writes in progress and are ignored.
+`<archive file>.manifest.json` beside it; a Swarm node's archives are in its own namespace,
+`<root>/_nodes/<node>/<volume>/<archive file>` (on a restic target: the snapshots whose host is the node). A store
+reads one namespace (its `node`, None: the flat one); names at a root that start with `_` are never volumes.
 
-A ref names one archive on one target: `<target>:<volume>/<file>`, as `coord list` prints it. `coord verify` and
+An archive is complete only with its manifest (the manifest is written or uploaded last): an archive without one is
+never listed, never `latest`, never counted by retention. Files whose names start with `.` (`.coord-*` temporaries,
+a local publish's `.publishing` manifest) or end in `.partial` are uploads or writes in progress and are ignored.
+
+A ref names one archive on one target: `<target>:<volume>/<file>` (flat), or `<target>:<node>/<volume>/<file>`
+(a node's), as `coord list` prints it. `coord verify` and
 `coord restore` take a ref wherever they take an archive's path.
 
 A local target is read by retention's own machinery (retention.find_archives): an archive counts only when its
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from coord.archive_location import ArchiveLocation, LocalArchive, StoredByRef
 from coord.encrypt import GPG_SUFFIX
 from coord.errors import CoordError, UsageError
 from coord.manifest import MANIFEST_SUFFIX, manifest_path_for, read_manifest
+from coord.node import NODES_DIRECTORY
 from coord.retention import (
     VERIFIED_STATUSES,
     ArchiveHashes,
@@ -41,10 +47,10 @@ from coord.retention import (
     volume_directories,
 )
 from coord.stream_types import ByteStream, buffered_pipe
-from coord.targets import PARTIAL_SUFFIX, Target, resolve_targets
+from coord.targets import PARTIAL_SUFFIX, Target, resolve_targets, volume_parts
 from coord.targets.config import LOCAL_TARGET
 from coord.targets.rclone import Rclone, RemoteFile
-from coord.targets.restic import TAG_ARCHIVE, TAG_COORD, TAG_MANIFEST, Restic, Snapshot
+from coord.targets.restic import FLAT_HOST, TAG_ARCHIVE, TAG_COORD, TAG_MANIFEST, Restic, Snapshot
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refs
@@ -52,30 +58,48 @@ from coord.targets.restic import TAG_ARCHIVE, TAG_COORD, TAG_MANIFEST, Restic, S
 
 @dataclass(frozen=True)
 class Ref:
-    """One archive on one target: `<target>:<volume>/<file>`."""
+    """One archive on one target: `<target>:<volume>/<file>` (flat layout), or `<target>:<node>/<volume>/<file>`
+    (a Swarm node's archive, under `_nodes/<node>/`)."""
 
     target: str
     volume: str
     file: str
+    node: str | None = None
 
     def __str__(self) -> str:
+        if self.node:
+            return f"{self.target}:{self.node}/{self.volume}/{self.file}"
         return f"{self.target}:{self.volume}/{self.file}"
+
+    @property
+    def directory_parts(self) -> tuple[str, ...]:
+        """The path of the archive's directory under the target's root."""
+        return volume_parts(self.volume, self.node)
 
 
 def _usable_name(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
 
 
+def _volume_name(name: str) -> bool:
+    """A name at a target's root (or a node's) that can be a volume's directory: `_nodes` (and every name
+    starting with `_`) is coord's own, and a Docker volume name starts with a letter or digit."""
+    return _usable_name(name) and not name.startswith("_")
+
+
 def parse_ref(text: str) -> Ref | None:
     """The Ref written as `text`, or None when `text` is not shaped like one (no `:`, a `/` before it, not
-    exactly `<volume>/<file>` after it, or a name that is empty, `.`, `..` or starts with `.`)."""
+    `<volume>/<file>` or `<node>/<volume>/<file>` after it, or a name that is empty, `.`, `..` or starts with `.`;
+    a volume starting with `_`)."""
     target, colon, rest = text.partition(":")
     if not colon or not target or "/" in target:
         return None
-    volume, slash, file = rest.partition("/")
-    if not slash or not _usable_name(volume) or not _usable_name(file):
+    parts = rest.split("/")
+    if len(parts) not in (2, 3) or not all(_usable_name(part) for part in parts) or not _volume_name(parts[-2]):
         return None
-    return Ref(target, volume, file)
+    if len(parts) == 3:
+        return Ref(target, parts[1], parts[2], node=parts[0])
+    return Ref(target, parts[0], parts[1])
 
 
 def did_you_mean(name: str, known: list[str]) -> str:
@@ -127,6 +151,7 @@ class ListedArchive:
         return {
             "ref": str(self.ref),
             "target": self.ref.target,
+            "node": self.ref.node,
             "volume": self.ref.volume,
             "archive": self.ref.file,
             "started_at": self.started_at.isoformat(),
@@ -191,12 +216,27 @@ class ArchiveStore(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def node(self) -> str | None:
+        """The namespace read: a Swarm node's (`_nodes/<node>/`; a restic host), None for the flat layout."""
+        ...
+
     def describe(self) -> str:
         """Where the target is, for people: a directory or an rclone `remote:path` (no credentials in it)."""
         ...
 
     def volumes(self) -> list[str]:
-        """The volumes that have a directory on the target. Raises CoordError when the target cannot be read."""
+        """The volumes that have a directory on the target (in the namespace read). Raises CoordError when the
+        target cannot be read."""
+        ...
+
+    def nodes(self) -> list[str]:
+        """The Swarm nodes that have a namespace on the target (`_nodes/<node>/`; a restic snapshot's host).
+        Raises CoordError when the target cannot be read."""
+        ...
+
+    def in_namespace(self, node: str | None) -> ArchiveStore:
+        """The same target, reading `node`'s namespace (None: the flat layout)."""
         ...
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
@@ -229,16 +269,34 @@ class LocalStore:
     name: str
     root: Path
     state_dir: Path | None = None
+    node: str | None = None  # the namespace read: `<root>/_nodes/<node>/`; None: the flat layout
+
+    @property
+    def base(self) -> Path:
+        """The directory holding the volume directories of the namespace read."""
+        return self.root / NODES_DIRECTORY / self.node if self.node else self.root
 
     def describe(self) -> str:
-        return str(self.root)
+        return str(self.base)
 
     def volumes(self) -> list[str]:
-        return volume_directories(self.root)
+        return volume_directories(self.base)
+
+    def nodes(self) -> list[str]:
+        directory = self.root / NODES_DIRECTORY
+        if not directory.is_dir() or directory.is_symlink():
+            return []
+        return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False))
+
+    def in_namespace(self, node: str | None) -> LocalStore:
+        return dataclasses.replace(self, node=node)
+
+    def volume_directory(self, volume: str) -> Path:
+        return self.root.joinpath(*volume_parts(volume, self.node))
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
         hashes = ArchiveHashes(self.state_dir)
-        found = find_archives(self.root / volume, now, hashes)
+        found = find_archives(self.volume_directory(volume), now, hashes)
         hashes.save()
         listing = VolumeListing(
             self.name, volume, warnings=found.warnings, mismatched=found.mismatched, ignored=found.ignored
@@ -254,12 +312,12 @@ class LocalStore:
         except (OSError, ValueError):  # read a moment ago by find_archives: gone or replaced since
             manifest, size = {}, 0
         document = manifest if isinstance(manifest, dict) else {}
-        ref = Ref(self.name, volume, item.archive.name)
+        ref = Ref(self.name, volume, item.archive.name, self.node)
         listed = listed_from_manifest(ref, {**document, "status": item.status}, item.started_at, size)
         return dataclasses.replace(listed, shown_as=str(item.archive))
 
     def path_of(self, ref: Ref) -> Path:
-        return self.root / ref.volume / ref.file
+        return self.root.joinpath(*ref.directory_parts, ref.file)
 
     def location(self, ref: Ref) -> ArchiveLocation:
         path = self.path_of(ref)
@@ -320,15 +378,27 @@ class RcloneStore:
     name: str
     root: str
     rclone: Rclone
+    node: str | None = None  # the namespace read: `<root>/_nodes/<node>/`; None: the flat layout
+
+    @property
+    def base(self) -> str:
+        """The rclone path holding the volume directories of the namespace read."""
+        return remote_join(self.root, NODES_DIRECTORY, self.node) if self.node else self.root
 
     def describe(self) -> str:
-        return self.root
+        return self.base
 
     def volumes(self) -> list[str]:
-        return [name for name in self.rclone.list_dirs(self.root) if _usable_name(name)]
+        return [name for name in self.rclone.list_dirs(self.base) if _volume_name(name)]
+
+    def nodes(self) -> list[str]:
+        return [name for name in self.rclone.list_dirs(remote_join(self.root, NODES_DIRECTORY)) if _usable_name(name)]
+
+    def in_namespace(self, node: str | None) -> RcloneStore:
+        return dataclasses.replace(self, node=node)
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
-        directory = remote_join(self.root, volume)
+        directory = remote_join(self.root, *volume_parts(volume, self.node))
         files = {item.name: item for item in self.rclone.list_files(directory)}
         listing = VolumeListing(self.name, volume)
         for name, item in files.items():
@@ -341,13 +411,13 @@ class RcloneStore:
             elif name + MANIFEST_SUFFIX not in files:
                 listing.ignored.append(f"{where}: no manifest (an upload in progress or one that failed); not listed")
             else:
-                self._judge(Ref(self.name, volume, name), item, listing, now)
+                self._judge(Ref(self.name, volume, name, self.node), item, listing, now)
         listing.archives.sort(key=lambda found: (found.started_at, found.ref.file), reverse=True)
         return listing
 
     def _judge(self, ref: Ref, item: RemoteFile, listing: VolumeListing, now: datetime) -> None:
         """Add the archive to `listing`: counted, held (dated in the future), or a warning saying why not."""
-        location = RemoteArchive(self.rclone, remote_join(self.root, ref.volume, ref.file), ref)
+        location = RemoteArchive(self.rclone, remote_join(self.root, *ref.directory_parts, ref.file), ref)
         try:
             manifest = location.read_manifest()
         except (CoordError, ValueError) as error:
@@ -364,7 +434,7 @@ class RcloneStore:
         listing.count(listed_from_manifest(ref, manifest, checked.started_at, item.size), now)
 
     def location(self, ref: Ref) -> ArchiveLocation:
-        directory = remote_join(self.root, ref.volume)
+        directory = remote_join(self.root, *ref.directory_parts)
         names = {item.name for item in self.rclone.list_files(directory)}
         if ref.file not in names or is_temporary(ref.file):
             raise _missing(ref, self.describe(), f"no archive {ref.file} in {directory}")
@@ -380,7 +450,7 @@ class RcloneStore:
         """The manifest first, then the archive: without its manifest the archive is no longer listed, so an
         interruption between the two leaves an archive nothing counts (reported by the next listing), never a
         manifest that names nothing."""
-        path = remote_join(self.root, archive.ref.volume, archive.ref.file)
+        path = remote_join(self.root, *archive.ref.directory_parts, archive.ref.file)
         self.rclone.delete(path + MANIFEST_SUFFIX)
         self.rclone.delete(path)
 
@@ -420,8 +490,14 @@ def completes(manifest: Snapshot, of: str, archive: Snapshot) -> bool:
     return len(of) >= 8 and archive.id.startswith(of) and manifest.file == archive.file + MANIFEST_SUFFIX
 
 
+def restic_host(node: str | None) -> str:
+    """The host restic records for a namespace's snapshots: the Swarm node's name, or `coord` (flat)."""
+    return node or FLAT_HOST
+
+
 def restic_pairs(snapshots: list[Snapshot], volume: str | None = None) -> list[ResticPair]:
-    """coord's archive snapshots (of `volume` when given), each with its manifest snapshot when there is one."""
+    """coord's archive snapshots (of `volume` when given), each with its manifest snapshot when there is one.
+    `snapshots`: those of one namespace (one host: of_host)."""
     # `coord-of` holds the id restic's backup summary gave (its short form, 8 hex digits): a prefix of the id.
     manifests = {item.values["of"]: item for item in snapshots if TAG_MANIFEST in item.tags and item.values.get("of")}
     return [
@@ -439,20 +515,34 @@ class ResticStore:
 
     name: str
     restic: Restic
+    node: str | None = None  # the namespace read: snapshots whose host is the node; None: host `coord` (flat)
 
     def describe(self) -> str:
-        return f"restic {self.restic.repository}"
+        host = f" (host {self.node})" if self.node else ""
+        return f"restic {self.restic.repository}{host}"
+
+    def snapshots(self, node: str | None) -> list[Snapshot]:
+        """coord's snapshots of one namespace: those restic recorded with the node's host (`coord`: flat)."""
+        host = restic_host(node)
+        return [item for item in self.restic.snapshots(TAG_COORD) if item.host == host]
+
+    def nodes(self) -> list[str]:
+        hosts = {item.host for item in self.restic.snapshots(TAG_COORD) if TAG_ARCHIVE in item.tags}
+        return sorted(host for host in hosts if host and host != FLAT_HOST)
+
+    def in_namespace(self, node: str | None) -> ResticStore:
+        return dataclasses.replace(self, node=node)
 
     def volumes(self) -> list[str]:
-        snapshots = self.restic.snapshots(TAG_COORD)
+        snapshots = self.snapshots(self.node)
         return sorted(
             {item.values["volume"] for item in snapshots if TAG_ARCHIVE in item.tags and "volume" in item.values}
         )
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
         listing = VolumeListing(self.name, volume)
-        for pair in restic_pairs(self.restic.snapshots(TAG_COORD), volume):
-            ref = Ref(self.name, volume, pair.archive.file)
+        for pair in restic_pairs(self.snapshots(self.node), volume):
+            ref = Ref(self.name, volume, pair.archive.file, self.node)
             if pair.manifest is None:
                 listing.ignored.append(
                     f"{ref} (snapshot {pair.archive.id[:8]}): no manifest snapshot (a backup in progress or one "
@@ -474,7 +564,7 @@ class ResticStore:
         return listing
 
     def _pair(self, ref: Ref) -> ResticPair:
-        for pair in restic_pairs(self.restic.snapshots(TAG_COORD), ref.volume):
+        for pair in restic_pairs(self.snapshots(ref.node), ref.volume):
             if pair.archive.file == ref.file and pair.manifest is not None:
                 return pair
         raise _missing(ref, self.describe(), f"no complete archive {ref.file} of volume {ref.volume}")
@@ -536,16 +626,18 @@ class StoreOptions:
     names: tuple[str, ...] = ()
     state_dir: Path | None = None
     rclone_config: Path | None = None
+    node: str | None = None  # the namespace read (a Swarm node's, or --node NAME); None: the flat layout
 
 
 def store_of(target: Target, state_dir: Path | None = None) -> ArchiveStore:
-    """The read side of one of the run's targets (targets.Target): a LocalStore, a ResticStore or an RcloneStore."""
+    """The read side of one of the run's targets (targets.Target): a LocalStore, a ResticStore or an RcloneStore,
+    reading the namespace of `target.node` (None: the flat layout)."""
     if target.local_path is not None:
-        return LocalStore(target.name, target.local_path, state_dir)
+        return LocalStore(target.name, target.local_path, state_dir, target.node)
     if target.restic is not None:
-        return ResticStore(target.name, target.repository())
+        return ResticStore(target.name, target.repository(), target.node)
     assert target.rclone_path is not None
-    return RcloneStore(target.name, target.rclone_path, target.rclone())
+    return RcloneStore(target.name, target.rclone_path, target.rclone(), target.node)
 
 
 def configured_stores(options: StoreOptions) -> dict[str, ArchiveStore]:
@@ -558,7 +650,7 @@ def configured_stores(options: StoreOptions) -> dict[str, ArchiveStore]:
     if not defined and options.dest is None:
         return {}
     targets = resolve_targets(defined, options.dest, (), options.rclone_config)
-    return {target.name: store_of(target, options.state_dir) for target in targets}
+    return {target.name: store_of(target.for_node(options.node), options.state_dir) for target in targets}
 
 
 def selected_stores(options: StoreOptions) -> list[ArchiveStore]:
@@ -572,7 +664,8 @@ def selected_stores(options: StoreOptions) -> list[ArchiveStore]:
             "no target: pass --dest DIR (or set COORD_DEST), or define `targets:` in <policies dir>/_defaults.yaml"
         )
     targets = resolve_targets(defined, options.dest, options.names, options.rclone_config)
-    return [store_of(target, options.state_dir) for target in sorted(targets, key=lambda target: target.name)]
+    ordered = sorted(targets, key=lambda target: target.name)
+    return [store_of(target.for_node(options.node), options.state_dir) for target in ordered]
 
 
 def store_for_latest(options: StoreOptions) -> ArchiveStore:
@@ -581,7 +674,7 @@ def store_for_latest(options: StoreOptions) -> ArchiveStore:
     if len(options.names) > 1:
         raise UsageError("--latest reads one target: give --target once")
     if not options.names and options.dest is not None:
-        return LocalStore(LOCAL_TARGET, options.dest, options.state_dir)
+        return LocalStore(LOCAL_TARGET, options.dest, options.state_dir, options.node)
     stores = selected_stores(options)
     if len(stores) > 1:
         names = ", ".join(store.name for store in stores)

@@ -48,7 +48,7 @@ def prune_store_volume(
     deleted; on a local target trusted from the run's own hash). Never raises for an archive it cannot read or
     delete, nor for a target that cannot be listed: those are errors in the result."""
     if isinstance(store, LocalStore):
-        directory = store.root / volume
+        directory = store.volume_directory(volume)
         this_one = WrittenArchive(directory / written.file, written.size, written.sha256) if written else None
         hashes = ArchiveHashes(store.state_dir)
         result = prune_volume(directory, rules, now, dry_run, written=this_one, hashes=hashes)
@@ -61,7 +61,7 @@ def prune_store_volume(
         result.errors.append(error.message)
         return result
     result.ignored, result.warnings = listing.ignored, listing.warnings
-    written_ref = str(Ref(store.name, volume, written.file)) if written else None
+    written_ref = str(Ref(store.name, volume, written.file, store.node)) if written else None
     archives = [replace(item, written_by_this_run=item.archive == written_ref) for item in listing.archives]
     plan = plan_retention(archives, rules, now)
     result.kept = [(str(item.ref), why) for item, why in [*listing.held, *plan.keep]]

@@ -58,6 +58,7 @@ TAG_COORD = "coord"
 TAG_ARCHIVE = "coord-archive"
 TAG_MANIFEST = "coord-manifest"
 TAR_SUFFIX = ".tar"
+FLAT_HOST = "coord"  # the host of every snapshot outside a swarm; a Swarm node's snapshots carry the node's name
 _LOCKED_WORDS = ("repository is already locked", "unable to create lock")
 _MISSING_WORDS = ("is there a repository at the following location", "unable to open config file")
 
@@ -97,6 +98,7 @@ class Snapshot:
     paths: tuple[str, ...]
     tags: frozenset[str]
     values: dict[str, str] = field(default_factory=dict)
+    host: str = ""  # the host restic recorded (coord passes --host: `coord`, or a Swarm node's name)
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Snapshot:
@@ -107,7 +109,8 @@ class Snapshot:
             if equals and key.startswith("coord-"):
                 values[key.removeprefix("coord-")] = value
         when = parse_time(str(entry.get("time", "")).replace("Z", "+00:00")) or datetime.fromtimestamp(0, UTC)
-        return cls(str(entry["id"]), when, tuple(str(p) for p in entry.get("paths") or ()), frozenset(tags), values)
+        paths = tuple(str(p) for p in entry.get("paths") or ())
+        return cls(str(entry["id"]), when, paths, frozenset(tags), values, str(entry.get("hostname") or ""))
 
     @property
     def file(self) -> str:
@@ -129,12 +132,20 @@ class Restic:
     or restic's own environment; it is never on a command line and never in a message."""
 
     def __init__(
-        self, target: str, repository: str, password_file: Path | None = None, rclone_config: Path | None = None
+        self,
+        target: str,
+        repository: str,
+        password_file: Path | None = None,
+        rclone_config: Path | None = None,
+        host: str = FLAT_HOST,
     ) -> None:
         self.target = target
         self.repository = repository
         self.password_file = password_file
         self.rclone_config = rclone_config
+        # Given explicitly on every backup: restic's default is the hostname, a container's inside one, which
+        # changes when the container is recreated.
+        self.host = host
 
     def environment(self) -> dict[str, str]:
         environment = dict(os.environ)
@@ -236,7 +247,7 @@ class Restic:
         """Read `stream` to its end into a new snapshot holding `/<file_name>`. Not retried (a stream cannot be
         replayed). Raises ResticError; a restic killed half-way leaves no snapshot (its pack files are removed by
         the next `restic prune`)."""
-        arguments = ["backup", "--stdin", "--stdin-filename", file_name, "--json", "--quiet", "--host", "coord"]
+        arguments = ["backup", "--stdin", "--stdin-filename", file_name, "--json", "--quiet", "--host", self.host]
         for item in tags:
             arguments += ["--tag", item]
         what = f"backup of {file_name}"
@@ -274,7 +285,7 @@ class Restic:
 
     def backup_bytes(self, data: bytes, file_name: str, tags: list[str]) -> BackupSummary:
         """A small file (a manifest) as a new snapshot holding `/<file_name>`; a lock is waited for."""
-        arguments = ["backup", "--stdin", "--stdin-filename", file_name, "--json", "--quiet", "--host", "coord"]
+        arguments = ["backup", "--stdin", "--stdin-filename", file_name, "--json", "--quiet", "--host", self.host]
         for item in tags:
             arguments += ["--tag", item]
         what = f"backup of {file_name}"
