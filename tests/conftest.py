@@ -64,6 +64,14 @@ def write_policy(directory: Path, name: str, text: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def flat_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-host layout on targets (`<target>/<volume>/`) even while tests/e2e/test_swarm.py has the shared
+    test engine in swarm mode: other modules run meanwhile and must not see their archives move to
+    `_nodes/<node>/`. test_swarm.py sets COORD_NODE_LAYOUT=auto for its own tests."""
+    monkeypatch.setenv("COORD_NODE_LAYOUT", "flat")
+
+
+@pytest.fixture(autouse=True)
 def isolated_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own coord state directory (lock, journal), never the machine's /var/lib/coord."""
     state = tmp_path / "coord-state"

@@ -660,12 +660,12 @@ def _read_namespace(node: str | None, *, deleting: bool = False) -> str | None:
     DockerError."""
     from coord.docker_ops import DockerControl
     from coord.errors import DockerError
-    from coord.node import check_node_name, node_of_engine
+    from coord.node import check_node_name, namespace_node
 
     if node is not None:
         return check_node_name(node, "--node")
     try:
-        return node_of_engine(DockerControl.connect())
+        return namespace_node(DockerControl.connect)
     except DockerError as error:
         if deleting:
             raise DockerError(

@@ -37,7 +37,7 @@ from coord.journal import Journal
 from coord.lock import run_lock
 from coord.metrics import MetricsServer
 from coord.monitoring import Monitoring
-from coord.node import node_of_engine
+from coord.node import namespace_node
 from coord.recording import SCHEDULE, RecordedRun, Watch, run_and_record
 from coord.recovery import recover
 from coord.render import archived_line, run_line
@@ -266,9 +266,8 @@ def _scheduled_drills(drills: ScheduledDrills, connect: Callable[[], Engine], ev
     volume was removed); other errors are logged and the schedule goes on."""
     events.emit("drill-started", "restore drills")
     try:
-        engine = connect()  # also in sidecar mode: on a Swarm node, the drills read the node's own archives
-        node = node_of_engine(engine)
-        docker = engine if drills.request.sources.volumes_root is None else None
+        docker = connect() if drills.request.sources.volumes_root is None else None
+        node = namespace_node(lambda: docker or connect())  # on a Swarm node, drills read the node's own archives
         results = drill_volumes(replace(drills.request, trigger=SCHEDULE, node=node), docker, drills.decryption)
     except CoordError as error:
         events.emit("drill-failed", f"drills could not be done: {error.message}", error=error.message)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
 from coord.errors import UsageError
 
 NODE_ENV = "COORD_NODE"
+LAYOUT_ENV = "COORD_NODE_LAYOUT"  # auto (default): _nodes/<node>/ on a Swarm node; flat; nodes (always)
+LAYOUTS = ("auto", "flat", "nodes")
 NODES_DIRECTORY = "_nodes"  # <target root>/_nodes/<node>/<volume>/: never a volume (Docker's start [a-zA-Z0-9])
 
 _engine_hostname: str | None = None  # the Swarm node's hostname, once an engine of this process was asked
@@ -60,13 +63,34 @@ def this_node() -> str:
         return os.environ.get(NODE_ENV) or _engine_hostname or socket.gethostname()
 
 
-def node_of_engine(engine: SwarmInfo) -> str | None:
-    """The node whose namespace this process writes and reads on shared targets: None when `engine` is not an
-    active Swarm node (the flat layout), else node_name() of its hostname (remembered, so that this_node() in the
-    same process names the node alike). Raises UsageError (an unusable name), DockerError (engine unreachable)."""
+def configured_layout() -> str:
+    """`COORD_NODE_LAYOUT`: `auto` (unset: a Swarm node's archives in its own namespace), `flat` (never: the
+    single-host layout even on a Swarm node, e.g. a one-node swarm keeping its archives where they are) or `nodes`
+    (always, also for hosts outside a swarm that share a target). Raises UsageError for another value."""
+    layout = os.environ.get(LAYOUT_ENV) or "auto"
+    if layout not in LAYOUTS:
+        raise UsageError(f"{LAYOUT_ENV}={layout!r}: give one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def namespace_node(connect: Callable[[], SwarmInfo]) -> str | None:
+    """The node whose namespace this process writes and reads on shared targets (`_nodes/<node>/`), or None for
+    the flat layout: by COORD_NODE_LAYOUT, and under `auto` whether the engine `connect()` gives is an active
+    Swarm node (its hostname is remembered, so that this_node() in the same process names the node alike; the
+    engine is not asked under `flat`). Raises UsageError (an unusable name or layout), DockerError (the engine
+    cannot be reached)."""
     global _engine_hostname
-    hostname = engine.swarm_hostname()
-    if hostname is None:
+    layout = configured_layout()
+    if layout == "flat":
         return None
-    _engine_hostname = hostname
+    hostname = connect().swarm_hostname()
+    if hostname is not None:
+        _engine_hostname = hostname
+    elif layout == "auto":
+        return None
     return node_name(hostname)
+
+
+def node_of_engine(engine: SwarmInfo) -> str | None:
+    """namespace_node() of `engine`."""
+    return namespace_node(lambda: engine)

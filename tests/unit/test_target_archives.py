@@ -54,7 +54,8 @@ class FakeRclone:
 
     def list_dirs(self, path: str) -> list[str]:
         prefix = path if path.endswith(":") else path + "/"
-        return sorted({key[len(prefix) :].split("/")[0] for key in self.files if key[len(prefix) :].count("/")})
+        below = [key[len(prefix) :] for key in self.files if key.startswith(prefix)]
+        return sorted({rest.split("/")[0] for rest in below if "/" in rest})
 
     def read_bytes(self, path: str) -> bytes:
         if path not in self.files:
