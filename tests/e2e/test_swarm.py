@@ -44,6 +44,13 @@ def swarm(docker_client) -> Iterator[str]:
                 subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=60)
 
 
+@pytest.fixture(autouse=True)
+def swarm_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's coord runs see the engine as the Swarm node it is (tests/conftest.py keeps the other modules
+    on the flat layout while the engine is in swarm mode)."""
+    monkeypatch.setenv("COORD_NODE_LAYOUT", "auto")
+
+
 def tasks_of(docker_client, service_id: str, running_only: bool = True) -> list[str]:
     """The ids of the service's task containers here (running ones only, or all). From the listing alone: a task
     container Swarm removes meanwhile must not make an inspect fail."""
@@ -89,6 +96,27 @@ def make_service(swarm, docker_client, unique) -> Iterator[Callable[..., str]]:
 
 def backup(policies: Path, dest: Path, *extra: str, **options):
     return run_coord("backup", "--policies-dir", str(policies), "--dest", str(dest), "--json", *extra, **options)
+
+
+def test_outside_a_swarm_the_layout_stays_flat(docker_client, make_volume, tmp_path, isolated_state_dir):
+    """First in the module, before its `swarm` fixture makes the engine a Swarm node: under the default layout
+    (auto) an engine outside a swarm keeps `<target>/<volume>/`, with two-segment refs. (An engine that was
+    already someone's Swarm node before this module must give the node's namespace instead.)"""
+    in_swarm = docker_client.info()["Swarm"]["LocalNodeState"] == "active"
+    volume = make_volume("data")
+    write_policy(tmp_path / "p", "db", f"volumes: [{volume}]\nstrategy: live\n")
+    run = backup(tmp_path / "p", tmp_path / "b")
+    assert run.returncode == 0, run.stdout + run.stderr
+    archive = Path(run.json["volumes"][0]["archive"])
+    if in_swarm:
+        node = docker_client.info()["Name"]
+        assert archive.parent == tmp_path / "b" / "_nodes" / node / volume
+        return
+    assert archive.parent == tmp_path / "b" / volume
+    assert run.json["volumes"][0]["targets"][0]["ref"] == f"local:{volume}/{archive.name}"
+    assert not (tmp_path / "b" / "_nodes").exists()
+    listed = run_coord("list", "--dest", str(tmp_path / "b"), "--policies-dir", str(tmp_path / "p"), "--json")
+    assert [item["ref"] for item in listed.json["targets"][0]["archives"]] == [f"local:{volume}/{archive.name}"]
 
 
 def test_stop_scales_a_replicated_service_to_0_and_back_and_plan_names_node_service_and_task(
@@ -284,3 +312,80 @@ def test_the_fleet_report_counts_what_each_node_published_to_the_shared_target(
     text = run_coord("report", "--fleet", "--dest", str(shared))
     assert text.returncode == 0 and "2 node(s), 2 archive(s) published" in text.stdout, text.stdout
     print(text.stdout)
+
+
+def restored_content(docker_client, volume: str) -> str:
+    return (volume_path(docker_client, volume) / "who").read_text()
+
+
+def test_a_swarm_nodes_archives_are_its_own_on_a_shared_target_and_another_nodes_are_read_only_when_asked(
+    swarm, docker_client, make_volume, tmp_path, isolated_state_dir
+):
+    """Two nodes with a volume of the same name, one shared target: this node's archives go to
+    `_nodes/<node>/`, the other's (coord with COORD_NODE=other) to `_nodes/other/`; retention, prune, `list` and
+    `restore --latest` on this node see only its own; `--node other` restores the other's; an old flat archive
+    is left where it is and still read by its flat ref."""
+    node = docker_client.info()["Name"]
+    volume = make_volume("data")  # the same name on both "nodes", as a stack names its volumes
+    shared = tmp_path / "shared"
+    write_policy(tmp_path / "p", "db", f"volumes: [{volume}]\nstrategy: live\nretention: {{keep_last: 1}}\n")
+    (volume_path(docker_client, volume) / "who").write_text("flat")
+    old = backup(tmp_path / "p", shared, env={"COORD_NODE_LAYOUT": "flat"})  # written before this change
+    assert old.returncode == 0, old.stdout + old.stderr
+    [old_archive] = (shared / volume).glob("*.tar.zst")
+
+    (volume_path(docker_client, volume) / "who").write_text("mine")
+    mine = backup(tmp_path / "p", shared)
+    assert mine.returncode == 0, mine.stdout + mine.stderr
+    [entry] = mine.json["volumes"]
+    archive = Path(entry["archive"])
+    assert archive.parent == shared / "_nodes" / node / volume, archive
+    assert json.loads(Path(entry["manifest"]).read_text())["node"] == node
+    assert entry["targets"][0]["ref"] == f"local:{node}/{volume}/{archive.name}"
+    assert old_archive.is_file() and entry["pruned"] == []  # keep_last 1, yet the flat archive is not its to prune
+
+    (volume_path(docker_client, volume) / "who").write_text("theirs")
+    for _ in range(2):  # the other node's runs: its retention keeps its own last one, never this node's
+        theirs = backup(tmp_path / "p", shared, env={"COORD_NODE": "other"})
+        assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+        assert Path(theirs.json["volumes"][0]["archive"]).parent == shared / "_nodes" / "other" / volume
+    [their_archive] = (shared / "_nodes" / "other" / volume).glob("*.tar.zst")
+    assert [p.name for p in (shared / "_nodes" / node / volume).glob("*.tar.zst")] == [archive.name]
+    assert old_archive.is_file()
+
+    pruned = run_coord("prune", "--policies-dir", str(tmp_path / "p"), "--dest", str(shared), "--json")
+    assert pruned.returncode == 0 and all(not v["deleted"] for v in pruned.json["volumes"]), pruned.stdout
+    assert archive.is_file() and their_archive.is_file() and old_archive.is_file()
+
+    listed = run_coord("list", "--dest", str(shared), "--policies-dir", str(tmp_path / "p"), "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    refs = [item["ref"] for target in listed.json["targets"] for item in target["archives"]]
+    assert refs == [f"local:{node}/{volume}/{archive.name}"]
+    both = run_coord(
+        "list", "--dest", str(shared), "--policies-dir", str(tmp_path / "p"), "--node", node, "--node", "other"
+    )
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert f"local:{node}/{volume}/{archive.name}" in both.stdout, both.stdout
+    assert f"local:other/{volume}/{their_archive.name}" in both.stdout, both.stdout
+    print(both.stdout)
+
+    restores = iter(range(1, 10))
+
+    def restore(*arguments: str) -> str:
+        into = make_volume(f"restored-{next(restores)}")
+        done = run_coord("restore", *arguments, "--volume", into, "--dest", str(shared), "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return restored_content(docker_client, into)
+
+    assert restore("--latest", volume) == "mine"  # the other node's newer archives are not this node's latest
+    assert restore("--latest", volume, "--node", "other") == "theirs"
+    assert restore(f"local:other/{volume}/{their_archive.name}") == "theirs"
+    assert restore(f"local:{volume}/{old_archive.name}") == "flat"  # an old flat archive, by its flat ref
+
+    plan = run_coord("plan", "--policies-dir", str(tmp_path / "p"), "--dest", str(shared), "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert plan.json["node"] == node
+    assert plan.json["groups"][0]["volumes"][0]["archives_to"] == [f"local:{node}/{volume}/"]
+    text = run_coord("plan", "--policies-dir", str(tmp_path / "p"), "--dest", str(shared))
+    assert f"archives to local:{node}/{volume}/" in text.stdout, text.stdout
+
