@@ -316,3 +316,35 @@ def test_a_restic_target_alone_and_unencrypted_or_refused_before_anything_runs(
     volume = document["volumes"][0]
     assert code == 1 and volume["status"] == "failed" and expected in volume["errors"][0]
     assert not (tmp_path / "repo").exists() and not (tmp_path / "dest").exists()  # nothing was written anywhere
+
+
+def test_each_node_backs_up_with_its_own_host_and_reads_only_its_snapshots(
+    tmp_path: Path, engine: FakeEngine, password_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Swarm node's namespace on a restic target is its host (`restic backup --host <node>`, never the
+    container's changing hostname): two nodes with a volume of the same name in one repository; each node's
+    listing and retention (keep_last 1) see only its own snapshots; --node and a node's ref read the other's.
+    COORD_NODE_LAYOUT=nodes stands for the Swarm node (FakeEngine is not one)."""
+    repository = str(tmp_path / "repo")
+    setting(tmp_path, repository, password_file, "retention: {keep_last: 1}\n")
+    make_volume(engine)
+    assert coord(tmp_path, "init-target", "repo")[0] == 0
+    monkeypatch.setenv("COORD_NODE_LAYOUT", "nodes")
+    refs: dict[str, str] = {}
+    for node in ("node1", "node2", "node2"):
+        monkeypatch.setenv("COORD_NODE", node)
+        code, document, err = backup(tmp_path)
+        assert code == 0, (document, err)
+        refs[node] = document["volumes"][0]["targets"][0]["ref"]
+        assert refs[node].startswith(f"repo:{node}/v/v-"), refs[node]
+    hosts = sorted(item["hostname"] for item in restic_json(repository, password_file, "snapshots"))
+    assert hosts == ["node1", "node1", "node2", "node2"]  # archive + manifest each; node2's first one forgotten
+
+    monkeypatch.setenv("COORD_NODE", "node1")
+    code, out, _ = coord(tmp_path, "list", "--json")
+    assert code == 0 and [a["ref"] for a in json.loads(out)["targets"][0]["archives"]] == [refs["node1"]]
+    code, out, _ = coord(tmp_path, "list", "--json", "--node", "node2")
+    assert code == 0 and [a["ref"] for a in json.loads(out)["targets"][0]["archives"]] == [refs["node2"]]
+    assert coord(tmp_path, "verify", refs["node2"])[0] == 0
+    code, out, err = coord(tmp_path, "verify", "--latest", "v", "--node", "node2", "--json")
+    assert code == 0 and json.loads(out)["archive"] == refs["node2"], out + err
