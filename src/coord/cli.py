@@ -843,11 +843,10 @@ def verify(
             verification.problems += chosen.mismatched
             return verification
         assert archive is not None
-        if target or node:
-            raise UsageError(
-                "--target and --node go with --latest; a ref names its target and node itself "
-                "(<target>:<volume>/<file>, <target>:<node>/<volume>/<file>)"
-            )
+        if target:
+            raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+        if node:
+            raise UsageError("--node goes with --latest; a ref names its node itself (<target>:<node>/<volume>/<file>)")
         resolved = resolve_archive(archive, options)
         if isinstance(resolved, Path) and not resolved.is_file():
             raise UsageError(f"archive {resolved} does not exist or is not a file")

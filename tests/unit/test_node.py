@@ -4,6 +4,7 @@ namespace a Swarm node writes and reads on targets (`<root>/_nodes/<node>/`)."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,12 @@ def test_a_name_that_is_not_a_path_segment_is_refused(name: str, monkeypatch: py
 def test_usable_names_pass() -> None:
     for name in ("node1", "node-1.example.org", "NODE_2"):
         assert check_node_name(name, "--node") == name
+
+
+def test_a_node_option_that_cannot_be_a_path_segment_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+
+    result = CliRunner().invoke(app, ["list", "--node", "..", "--dest", str(tmp_path), "--policies-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--node '..' cannot name a node" in result.stderr, result.stderr
