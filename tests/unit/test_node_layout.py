@@ -137,3 +137,23 @@ def test_a_restic_store_reads_the_snapshots_of_its_nodes_host() -> None:
     assert [str(item.ref) for item in flat.list_volume(VOLUME, NOW).archives] == [f"repo:{VOLUME}/{VOLUME}-coord.tar"]
     assert [pair.archive.host for pair in restic_pairs(node1.snapshots("node2"), VOLUME)] == ["node2"]
     assert node1.describe() == "restic /srv/restic (host node1)"
+
+
+def test_the_fleet_report_reads_every_nodes_namespace_and_the_flat_layout_counting_each_archive_once(
+    tmp_path: Path,
+) -> None:
+    from coord.fleet import fleet_report
+    from coord.report import Period
+
+    shared, copy = tmp_path / "shared", tmp_path / "copy"  # copy: node2's archive on a second target too
+    for node, hours in (("node1", 1), ("node2", 2)):
+        local_archive(shared / "_nodes" / node / VOLUME, VOLUME, NOW - timedelta(hours=hours), node)
+    local_archive(shared / VOLUME, VOLUME, NOW - timedelta(hours=3), "node1")  # written before the namespaces
+    for item in (shared / "_nodes" / "node2" / VOLUME).iterdir():
+        (copy / "_nodes" / "node2" / VOLUME).mkdir(parents=True, exist_ok=True)
+        (copy / "_nodes" / "node2" / VOLUME / item.name).write_bytes(item.read_bytes())
+    stores = [LocalStore("local", shared, node="node1"), LocalStore("copy", copy)]  # whatever namespace they read
+    report = fleet_report(stores, Period(NOW - timedelta(days=1), NOW, "today"), NOW)
+    assert report.errors == []
+    assert {(row.node, row.volume): row.archives for row in report.rows} == {("node1", VOLUME): 2, ("node2", VOLUME): 1}
+    assert {row.node: sorted(row.targets) for row in report.rows} == {"node1": ["local"], "node2": ["copy", "local"]}
