@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
-from coord.errors import UsageError
+from coord.errors import DockerError, UsageError
 
 NODE_ENV = "COORD_NODE"
 LAYOUT_ENV = "COORD_NODE_LAYOUT"  # auto (default): _nodes/<node>/ on a Swarm node; flat; nodes (always)
@@ -77,13 +77,18 @@ def namespace_node(connect: Callable[[], SwarmInfo]) -> str | None:
     """The node whose namespace this process writes and reads on shared targets (`_nodes/<node>/`), or None for
     the flat layout: by COORD_NODE_LAYOUT, and under `auto` whether the engine `connect()` gives is an active
     Swarm node (its hostname is remembered, so that this_node() in the same process names the node alike; the
-    engine is not asked under `flat`). Raises UsageError (an unusable name or layout), DockerError (the engine
-    cannot be reached)."""
+    engine is not asked under `flat`, and need not answer under `nodes`). Raises UsageError (an unusable name or
+    layout), DockerError (under `auto`: the engine cannot be reached)."""
     global _engine_hostname
     layout = configured_layout()
     if layout == "flat":
         return None
-    hostname = connect().swarm_hostname()
+    try:
+        hostname = connect().swarm_hostname()
+    except DockerError:
+        if layout == "auto":
+            raise
+        hostname = None  # `nodes`: a namespace whatever the engine says; its name without the engine's help
     if hostname is not None:
         _engine_hostname = hostname
     elif layout == "auto":

@@ -100,3 +100,17 @@ def test_a_node_option_that_cannot_be_a_path_segment_is_a_usage_error(tmp_path: 
 
     result = CliRunner().invoke(app, ["list", "--node", "..", "--dest", str(tmp_path), "--policies-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--node '..' cannot name a node" in result.stderr, result.stderr
+
+
+def test_under_nodes_an_unreachable_engine_still_gives_the_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coord.errors import DockerError
+
+    def unreachable() -> SwarmEngine:
+        raise DockerError("cannot reach the Docker engine")
+
+    monkeypatch.setenv("COORD_NODE", "node-7")
+    monkeypatch.setenv("COORD_NODE_LAYOUT", "nodes")
+    assert namespace_node(unreachable) == "node-7"
+    monkeypatch.setenv("COORD_NODE_LAYOUT", "auto")  # auto must know: the caller decides (warning, or refusal)
+    with pytest.raises(DockerError):
+        namespace_node(unreachable)
