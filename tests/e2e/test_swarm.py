@@ -361,6 +361,7 @@ def test_a_swarm_nodes_archives_are_its_own_on_a_shared_target_and_another_nodes
     assert listed.returncode == 0, listed.stdout + listed.stderr
     refs = [item["ref"] for target in listed.json["targets"] for item in target["archives"]]
     assert refs == [f"local:{node}/{volume}/{archive.name}"]
+    assert [(t["node"], t["where"]) for t in listed.json["targets"]] == [(node, str(shared / "_nodes" / node))]
     both = run_coord(
         "list", "--dest", str(shared), "--policies-dir", str(tmp_path / "p"), "--node", node, "--node", "other"
     )

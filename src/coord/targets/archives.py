@@ -771,6 +771,7 @@ class TargetListing:
     where: str
     volumes: list[VolumeListing] = field(default_factory=list)
     error: str | None = None
+    node: str | None = None  # the Swarm node whose namespace was listed; None: the flat layout
 
     @property
     def archives(self) -> list[ListedArchive]:
@@ -783,6 +784,7 @@ class TargetListing:
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "node": self.node,
             "where": self.where,
             "error": self.error,
             "archives": [item.to_json() for item in self.archives],
@@ -796,7 +798,7 @@ def list_targets(stores: list[ArchiveStore], volumes: tuple[str, ...], now: date
     Never raises for a target that cannot be read: its listing carries the error, and the others are listed."""
     listings = []
     for store in stores:
-        listing = TargetListing(store.name, store.describe())
+        listing = TargetListing(store.name, store.describe(), node=store.node)
         try:
             for volume in store.volumes():
                 if not volumes or volume in volumes:
