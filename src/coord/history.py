@@ -361,6 +361,16 @@ class History:
             for volume in volumes:
                 self._insert_volume(connection, volume_row_of(run_id, started, volume))
 
+    def note_run(self, run_id: int, notes: Sequence[str]) -> None:
+        """Add `notes` to a finished run's problems (what went wrong after it was finalized, e.g. its run record
+        could not be published), its status unchanged. Raises HistoryError."""
+        with self._write() as connection:
+            row = connection.execute("SELECT errors FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise HistoryError(f"history {self.path}: run {run_id} does not exist")
+            errors = [*json.loads(row[0]), *notes]
+            connection.execute("UPDATE runs SET errors = ? WHERE id = ?", (json.dumps(errors), run_id))
+
     def mark_crashed(self) -> list[int]:
         """Store `crashed` for rows still `running` whose process is gone; returns their ids."""
         if not self.path.exists():

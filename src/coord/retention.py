@@ -613,7 +613,10 @@ def latest_archive(volume_dir: Path, state_dir: Path | None = None) -> Path | No
 
 
 def volume_directories(dest: Path) -> list[str]:
-    """The volume names that have a directory of archives under `dest`."""
+    """The volume names that have a directory of archives under `dest`. Names starting with `.` or `_` are not
+    volumes (a Docker volume name starts with a letter or digit): `_runs/` holds run records (run_records.py)."""
     if not dest.is_dir():
         return []
-    return sorted(entry.name for entry in os.scandir(dest) if entry.is_dir() and not entry.name.startswith("."))
+    return sorted(
+        entry.name for entry in os.scandir(dest) if entry.is_dir() and not entry.name.startswith((".", "_"))
+    )

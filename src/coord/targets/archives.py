@@ -325,7 +325,8 @@ class RcloneStore:
         return self.root
 
     def volumes(self) -> list[str]:
-        return [name for name in self.rclone.list_dirs(self.root) if _usable_name(name)]
+        # `_` names are not volumes (run records: `_runs/`); a Docker volume name starts with a letter or digit
+        return [name for name in self.rclone.list_dirs(self.root) if _usable_name(name) and not name.startswith("_")]
 
     def list_volume(self, volume: str, now: datetime) -> VolumeListing:
         directory = remote_join(self.root, volume)
