@@ -321,6 +321,11 @@ def render_fleet_html(report: FleetReport, generated: datetime) -> str:
             f'<div class="error">run failed {escape(short_time(at))}: {escape(error)}</div>'
             for at, error in (node.run_errors if node else [])
         )
+        if silent and node is not None:
+            run_errors += (
+                f'<div class="error">no run record in this period; its last one started '
+                f"{escape(short_time(node.last_seen))}: its coord stopped, or it reaches no target</div>"
+            )
         rows = "".join(fleet_row_html(row, axis, (start, end)) for row in report.rows if row.node == name)
         sections.append(
             f'<section class="volume node{" silent" if silent else ""}" data-node="{escape(name)}">'
