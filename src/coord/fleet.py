@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from coord.errors import CoordError
-from coord.history import VolumeRow
+from coord.history import RUN_WARNING, VolumeRow
 from coord.render import short_time
 from coord.report import SUCCESS_STATUSES, Period, _table
 from coord.run_records import ReadRecord, RecordShelf, read_record, shelf_of, stamp_of
@@ -259,7 +259,7 @@ def read_records(
 def count_record(node: FleetNode, rows: dict[tuple[str, str], FleetRow], record: ReadRecord) -> None:
     """Add one run record to its node and to its volumes' rows."""
     node.runs[record.status] += 1
-    problems = [error for error in record.errors if not error.startswith("warning: ")]
+    problems = [error for error in record.errors if not error.startswith(RUN_WARNING)]
     if record.status != "ok" and problems:
         node.run_errors.append((record.started_at, "; ".join(problems)))
     for volume in record.volumes:

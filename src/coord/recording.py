@@ -149,7 +149,7 @@ def _publish_record(
     if record.result is not None:
         record.result.warnings += warnings
     try:
-        history.note_run(record.run_id, [f"warning: {warning}" for warning in warnings])
+        history.note_run(record.run_id, warnings)
     except HistoryError as error:
         log.error("%s", error.message)
 
