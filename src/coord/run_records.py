@@ -25,6 +25,7 @@ report says so for such a target. `coord prune` removes records older than `run_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -190,20 +191,26 @@ def _queue(state_dir: Path, target: str) -> Path:
 
 def keep_unpublished(state_dir: Path, targets: Iterable[Target], record: dict[str, Any]) -> list[str]:
     """Keep `record` in the state directory for each of `targets` that carries records, before anything is
-    published. Returns the problems (a state directory that cannot be written: the record then goes out
-    only if this run can publish it)."""
-    name = record_name(_moment(record["run"]["started_at"]), int(record["run"]["id"]))
-    problems = []
-    for target in targets:
-        if not carries_records(target):
-            continue
-        directory = _queue(state_dir, target.name) / node_directory(str(record["node"]))
-        try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_json_atomically(directory / name, record)
-        except OSError as error:
-            problems.append(f"run record {name} could not be kept in {directory} for target {target.name}: {error}")
-    return problems
+    published (an interrupted run only does this). Returns the problems: the targets it could not be kept for."""
+    problems = [_keep(state_dir, target, record) for target in targets if carries_records(target)]
+    return [problem for problem in problems if problem]
+
+
+def _keep(state_dir: Path, target: Target, record: dict[str, Any]) -> str | None:
+    """Keep `record` for `target`; the problem when it could not be, else None."""
+    name = name_of(record)
+    directory = _queue(state_dir, target.name) / node_directory(str(record["node"]))
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_json_atomically(directory / name, record)
+    except OSError as error:
+        return f"run record {name} could not be kept in {directory} for target {target.name}: {error}"
+    return None
+
+
+def name_of(record: dict[str, Any]) -> str:
+    """The file name of a record built by build_record."""
+    return record_name(_moment(record["run"]["started_at"]), int(record["run"]["id"]))
 
 
 @dataclass
@@ -245,13 +252,19 @@ def publish_pending(state_dir: Path, target: Target) -> Publication:
         kept = _queue(state_dir, target.name) / node / name
         try:
             data = kept.read_bytes()
-            json.loads(data)  # a torn file (a full disk) is not published as a record
+            json.loads(data)
+        except (OSError, ValueError) as error:  # not a record any more: set aside, it must not block the others
+            log.warning("%s: unreadable (%s): set aside as %s.unreadable, not published", kept, error, kept.name)
+            with contextlib.suppress(OSError):
+                kept.rename(kept.with_name(kept.name + ".unreadable"))
+            continue
+        try:
             write_record(target, node, name, data)
-        except (CoordError, OSError, ValueError) as error:
+            kept.unlink(missing_ok=True)
+        except (CoordError, OSError) as error:
             publication.error = error.message if isinstance(error, CoordError) else str(error)
             publication.kept = len(queued) - index
             return publication
-        kept.unlink(missing_ok=True)
         publication.published.append(f"{node}/{name}")
     return publication
 
@@ -277,10 +290,17 @@ def write_record(target: Target, node: str, name: str, data: bytes) -> None:
 def publish_run_record(state_dir: Path, targets: Sequence[Target], record: dict[str, Any]) -> list[str]:
     """Keep `record` for each target that carries records, then publish what is kept for each (earlier runs'
     records first). Returns the warnings: records kept for a later run, or not kept at all. Never raises."""
-    warnings = keep_unpublished(state_dir, targets, record)
+    warnings = []
     for target in targets:
         if not carries_records(target):
             continue
+        problem = _keep(state_dir, target, record)
+        if problem is not None:  # the state directory cannot hold it: this run's chance is the only one
+            log.warning("%s", problem)
+            try:
+                write_record(target, node_directory(str(record["node"])), name_of(record), json.dumps(record).encode())
+            except (CoordError, OSError) as error:
+                warnings.append(f"{problem}; publishing it failed too: {getattr(error, 'message', error)} (lost)")
         publication = publish_pending(state_dir, target)
         if len(publication.published) > 1:
             log.info(
@@ -297,15 +317,15 @@ def publish_run_record(state_dir: Path, targets: Sequence[Target], record: dict[
 # Reading and pruning
 
 
+@dataclass(frozen=True)
 class RecordShelf:
-    """The `_runs/` directory of one target, read: its nodes, their records' names, a record."""
+    """The `_runs/` directory of one target, read: its nodes, their records' names, a record. A local target
+    (`local_root`) or an rclone one (`remote_root`, read with `rclone`)."""
 
-    def __init__(self, target: str, local_root: Path | None = None, remote_root: str | None = None,
-                 rclone: Rclone | None = None) -> None:  # fmt: skip
-        self.target = target
-        self.local_root = local_root
-        self.remote_root = remote_root
-        self.rclone = rclone
+    target: str
+    local_root: Path | None = None
+    remote_root: str | None = None
+    rclone: Rclone | None = None
 
     def nodes(self) -> list[str]:
         """The node directories under `_runs/`. Raises CoordError, OSError."""

@@ -179,6 +179,17 @@ def test_a_record_that_cannot_be_published_is_kept_and_published_by_the_next_run
     assert [(row.run_count(), row.run_count("failed")) for row in report.rows] == [(3, 2)]
 
 
+def test_a_kept_record_that_became_unreadable_is_set_aside_and_does_not_block_the_others(tmp_path: Path) -> None:
+    state, root = tmp_path / "state", tmp_path / "target"
+    target = Target("shared", local_path=root)
+    broken = state / UNPUBLISHED_DIRECTORY / "shared" / "node-a" / "20261122T000000Z-1.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"kind": "coord-ru')  # older than the run's own: tried first
+    assert publish_run_record(state, [target], record("node-a", 2, MONDAY, volume("v", "ok"))) == []
+    assert [path.name for path in (root / RUNS_DIRECTORY / "node-a").iterdir()] == ["20261123T000000Z-2.json"]
+    assert [path.name for path in broken.parent.iterdir()] == ["20261122T000000Z-1.json.unreadable"]
+
+
 def test_a_restic_target_gets_no_record_and_the_fleet_report_says_so(tmp_path: Path) -> None:
     from coord.targets.archives import ResticStore
     from coord.targets.config import ResticTargetConfig
