@@ -234,11 +234,11 @@ def read_records(
             continue
         try:
             for node in shelf.nodes():
-                summary = nodes.setdefault(node, FleetNode(node))
                 for name in shelf.names(node):
                     started = stamp_of(name)
-                    if started is None or started >= period.end:
+                    if started is None or started >= period.end:  # a node seen only after the period is not in it
                         continue
+                    summary = nodes.setdefault(node, FleetNode(node))
                     if summary.last_seen is None or started > summary.last_seen:
                         summary.last_seen = started
                     if period.start <= started:

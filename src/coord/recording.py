@@ -27,7 +27,7 @@ from coord.backup.run import run_backup
 from coord.delivery import Delivery
 from coord.docker_ops import Engine
 from coord.errors import CoordError, HistoryError, PolicyError
-from coord.history import FAILED, INTERRUPTED, OK, History, RunRow, process_identity
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, History, RunRow, process_identity
 from coord.monitoring import Ending, Monitoring, notification_body
 from coord.node import this_node
 from coord.notify import LogTail, NotifyEvent
@@ -79,6 +79,7 @@ def run_and_record(
     crashed = history.mark_crashed()
     if crashed:
         log.warning("earlier run(s) %s ended without being recorded as finished: shown as crashed", crashed)
+        _keep_crashed_records(request, history, crashed)
     started = datetime.now(UTC)
     record = RecordedRun(history.start_run(trigger, request.policy_names, started))
     monitoring = monitoring or Monitoring()
@@ -127,6 +128,20 @@ def _finish(history: History, record: RecordedRun) -> None:
         if record.result is not None:
             record.result.errors.append(f"the run could not be recorded: {error.message}")
             record.status = FAILED
+
+
+def _keep_crashed_records(request: BackupRequest, history: History, crashed: list[int]) -> None:
+    """A run killed before it finished (SIGKILL, out of memory, power cut) published no record: its record
+    (status crashed, no volume: its history has none) is kept now and goes out with this run's."""
+    try:
+        targets = request.run_targets()
+        runs = [run for run in history.runs(status=CRASHED) if run.id in crashed]
+    except CoordError as error:  # no target (this run fails for it), or the history unreadable
+        log.warning("crashed runs' records not kept: %s", error.message)
+        return
+    for run in runs:
+        for problem in keep_unpublished(request.state_dir, targets, build_record(this_node(), run, None)):
+            log.warning("%s", problem)
 
 
 def _publish_record(

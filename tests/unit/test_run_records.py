@@ -17,7 +17,7 @@ from coord.errors import PolicyError
 from coord.fleet import fleet_report, render_fleet
 from coord.history import RunRow
 from coord.policy import Strategy
-from coord.report import parse_week
+from coord.report import parse_since, parse_week
 from coord.results import ContainerAction, RunResult, TargetResult, TargetStatus, VolumeResult, VolumeStatus
 from coord.run_records import (
     RUNS_DIRECTORY,
@@ -232,3 +232,38 @@ def test_run_records_keep_days_is_a_validated_defaults_key_with_a_default(tmp_pa
         load_defaults(tmp_path)
     problems = "\n".join(raised.value.problems)
     assert "_defaults.yaml:2: run_records.keep_days" in problems and "run_records.keep" in problems
+
+
+def test_a_crashed_run_gets_its_record_from_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed before it finished publishes nothing; the next run (here through the CLI, against the
+    in-memory engine of tests/fakes.py) publishes a `crashed` record for it, then its own."""
+    from tests.fakes import FakeEngine
+    from tests.unit.test_history import run_in_child
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+    from coord.docker_ops import DockerControl
+    from coord.history import History
+
+    engine = FakeEngine(tmp_path / "volumes")
+    engine.add_volume("pg", {"a.txt": "a\n"})
+    monkeypatch.setattr(DockerControl, "connect", classmethod(lambda cls: engine))
+    monkeypatch.setenv("COORD_NODE", "node-a")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "db.yaml").write_text("volumes: [pg]\nstrategy: live\n")
+    run_in_child(History(tmp_path / "state"), "h.start_run('schedule')")  # then the process is gone
+    arguments = ["backup", "--json", "--policies-dir", str(tmp_path / "policies"), "--dest", str(tmp_path / "dest")]
+    arguments += ["--state-dir", str(tmp_path / "state"), "--volumes-root", str(tmp_path / "volumes")]
+    done = CliRunner().invoke(app, arguments, catch_exceptions=False)
+    assert done.exit_code == 0, done.stdout
+    assert json.loads(done.stdout)["warnings"] == []
+    records = sorted((tmp_path / "dest" / RUNS_DIRECTORY / "node-a").iterdir())
+    crashed, mine = (read_record(json.loads(path.read_text())) for path in records)
+    assert (crashed.run_id, crashed.status, crashed.volumes) == (1, "crashed", [])
+    assert "ended before it finished" in crashed.errors[0]
+    assert (mine.run_id, mine.status, [v.row.volume for v in mine.volumes]) == (2, "ok", ["pg"])
+    now = datetime.now(UTC)
+    report = fleet_report([LocalStore("local", tmp_path / "dest")], parse_since("2026-01-01", now), now)
+    assert [(node.node, node.runs) for node in report.nodes] == [("node-a", {"crashed": 1, "ok": 1})]
+    assert "ended before it finished" in report.nodes[0].run_errors[0][1]
+    assert fleet_report([LocalStore("local", tmp_path / "dest")], WEEK, MONDAY).nodes == []  # seen only later
