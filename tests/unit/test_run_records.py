@@ -267,3 +267,30 @@ def test_a_crashed_run_gets_its_record_from_the_next_run(tmp_path: Path, monkeyp
     assert [(node.node, node.runs) for node in report.nodes] == [("node-a", {"crashed": 1, "ok": 1})]
     assert "ended before it finished" in report.nodes[0].run_errors[0][1]
     assert fleet_report([LocalStore("local", tmp_path / "dest")], WEEK, MONDAY).nodes == []  # seen only later
+
+
+def test_coord_prune_deletes_old_run_records_unless_a_policy_narrows_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coord.cli import app
+
+    dest, policies = tmp_path / "dest", tmp_path / "policies"
+    policies.mkdir()
+    (policies / "db.yaml").write_text("volumes: [pg]\nstrategy: live\n")
+    (policies / "_defaults.yaml").write_text("run_records: {keep_days: 30}\n")
+    now = datetime.now(UTC)
+    put(dest, record("node-a", 1, now - timedelta(days=31), volume("pg", "ok")))
+    put(dest, record("node-a", 2, now - timedelta(days=1), volume("pg", "ok")))
+    common = ["--policies-dir", str(policies), "--dest", str(dest), "--state-dir", str(tmp_path / "state")]
+    narrowed = CliRunner().invoke(app, ["prune", "--policy", "db", "--json", *common], catch_exceptions=False)
+    assert narrowed.exit_code == 0 and json.loads(narrowed.stdout)["run_records"] == []
+    text = CliRunner().invoke(app, ["prune", "--dry-run", *common], catch_exceptions=False)
+    old = dest / RUNS_DIRECTORY / "node-a" / record_name(now - timedelta(days=31), 1)
+    assert f"local:_runs: would delete {old} (run record older than run_records.keep_days)" in text.stdout
+    assert old.exists()
+    done = CliRunner().invoke(app, ["prune", "--json", *common], catch_exceptions=False)
+    assert done.exit_code == 0, done.stdout
+    assert json.loads(done.stdout)["run_records"] == [
+        {"target": "local", "deleted": [str(old)], "kept": 1, "errors": []}
+    ]
+    assert not old.exists() and len(list((dest / RUNS_DIRECTORY / "node-a").iterdir())) == 1
