@@ -26,6 +26,7 @@ from coord.targets import Target
 
 if TYPE_CHECKING:
     from coord.monitoring import Monitoring
+    from coord.run_records import RecordPrune
 
 T = TypeVar("T")
 
@@ -1062,19 +1063,31 @@ def prune(
     On a Swarm node, only the archives this node wrote (`_nodes/<node>/`): never another node's, nor the flat
     layout's."""
     from coord.retention import PruneResult
+    from coord.run_records import prune_run_records
     from coord.targets.archives import selected_stores
     from coord.targets.prune import prune_stores
 
-    def work() -> list[PruneResult]:
+    def work() -> tuple[list[PruneResult], list[RecordPrune]]:
         namespace = _read_namespace(None, deleting=True)  # this node's archives only: never another node's
-        options = _store_options(policies_dir, dest, target, state_dir, rclone_config, namespace)
-        return prune_stores(policies_dir, selected_stores(options), tuple(policy or ()), dry_run)
+        stores = selected_stores(_store_options(policies_dir, dest, target, state_dir, rclone_config, namespace))
+        results = prune_stores(policies_dir, stores, tuple(policy or ()), dry_run)
+        # run records are not a policy's: pruned when no --policy narrows the prune
+        return results, [] if policy else prune_run_records(policies_dir, stores, dry_run)
 
-    results = _run(as_json, work)
-    failed = any(result.errors for result in results)
+    results, records = _run(as_json, work)
+    failed = any(result.errors for result in results) or any(result.errors for result in records)
     if as_json:
-        print(json.dumps({"ok": not failed, "volumes": [result.to_json() for result in results]}))
+        print(
+            json.dumps(
+                {
+                    "ok": not failed,
+                    "volumes": [result.to_json() for result in results],
+                    "run_records": [result.to_json() for result in records],
+                }
+            )
+        )
     else:
+        _print_record_prunes(records, dry_run)
         verb = "would delete" if dry_run else "deleted"
         for result in results:
             # --dest's volumes as they always were; another target's named with it
@@ -1100,6 +1113,18 @@ def prune(
                 + (f", {plural(errors, 'error')}" if errors else "")
             )
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _print_record_prunes(records: Sequence[RecordPrune], dry_run: bool) -> None:
+    """`coord prune`'s lines about run records: each one deleted, each error, and a count per target."""
+    verb = "would delete" if dry_run else "deleted"
+    for result in records:
+        for path in result.deleted:
+            print(f"{result.target}:_runs: {verb} {path} (run record older than run_records.keep_days)")
+        for error in result.errors:
+            print(f"{result.target}:_runs: error: {error}")
+        if result.deleted or result.errors:
+            print(f"{result.target}:_runs: {verb} {plural(len(result.deleted), 'run record')}, kept {result.kept}")
 
 
 @app.command()
@@ -1128,8 +1153,8 @@ def report(
         typer.Option(
             "--fleet",
             help="Read what every node published to the targets (--dest, --target, _defaults.yaml `targets:`) "
-            "instead of this node's history: per node and volume, archives, ok/warn, verdicts, downtime, last "
-            "success (docs/swarm.md).",
+            "instead of this node's history: per node and volume, runs, ok/warn/failed, success rate, last "
+            "success and failure, verdicts, downtime, archives; silent nodes (docs/swarm.md). With --html, as a page.",
         ),
     ] = False,
     target: ReadTargets = None,
@@ -1139,7 +1164,8 @@ def report(
 ) -> None:
     """Per policy and volume over a week: runs, successes, warnings, failures, success rate, mean and max
     downtime, last success, last restore drill; and how many runs ended ok, failed, interrupted or crashed.
-    With --fleet: per node and volume, from the manifests every node published to the shared targets."""
+    With --fleet: per node and volume, from the run records and manifests every node published to the shared
+    targets."""
     from datetime import UTC, datetime
 
     from coord.history import History
@@ -1148,7 +1174,9 @@ def report(
 
     if fleet:
         policies = policies_dir or Path("policies")
-        _fleet_report(week, since, lambda: _store_options(policies, dest, target, state_dir, rclone_config), as_json)
+        _fleet_report(
+            week, since, lambda: _store_options(policies, dest, target, state_dir, rclone_config), as_json, html
+        )
         return
 
     def work() -> Report:
@@ -1170,13 +1198,17 @@ def report(
         print("\n".join(render_report(result)))
 
 
-def _fleet_report(week: str | None, since: str | None, store_options: Callable[[], Any], as_json: bool) -> None:
-    """`coord report --fleet` over the targets `store_options()` names (it raises UsageError for bad options):
-    exit 0, or 1 when a target or manifest could not be read."""
+def _fleet_report(
+    week: str | None, since: str | None, store_options: Callable[[], Any], as_json: bool, html: Path | None
+) -> None:
+    """`coord report --fleet` over the targets `store_options()` names (it raises UsageError for bad options),
+    also as a page when `html` is given: exit 0, or 1 when a target, run record or manifest could not be read
+    (the runs' failures do not change it: a report describes, as `coord report` does)."""
     from datetime import UTC, datetime
 
     from coord.fleet import FleetReport, fleet_report, render_fleet
     from coord.report import parse_since, parse_week, week_of
+    from coord.report_html import render_fleet_html, write_html
     from coord.targets.archives import selected_stores
 
     def work() -> FleetReport:
@@ -1184,7 +1216,11 @@ def _fleet_report(week: str | None, since: str | None, store_options: Callable[[
             raise UsageError("give --week or --since, not both")
         now = datetime.now(UTC)
         period = parse_week(week) if week else parse_since(since, now) if since else week_of(now)
-        return fleet_report(selected_stores(store_options()), period, now)
+        result = fleet_report(selected_stores(store_options()), period, now)
+        if html is not None:
+            write_html(html, render_fleet_html(result, now))
+            print(f"wrote {html}", file=sys.stderr)  # stderr: --json keeps stdout one document
+        return result
 
     result = _run(as_json, work)
     print(json.dumps(result.to_json()) if as_json else "\n".join(render_fleet(result)))

@@ -377,6 +377,7 @@ def _emit_result(events: EventLog, result: RunResult, record: RecordedRun) -> No
         volumes=len(result.volumes),
         failed=failed,
         errors=list(result.errors),
+        warnings=list(result.warnings),
     )
 
 

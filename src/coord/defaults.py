@@ -22,6 +22,8 @@ metrics:
 targets:                              # where archives go (targets/config.py); a policy may pick some
   local:   {path: /backups}
   offsite: {rclone: "offsite:coord-backups"}
+run_records:
+  keep_days: 90                       # `coord prune` deletes older run records (run_records.py)
 ```
 """
 
@@ -55,6 +57,26 @@ class MetricsSettings(BaseModel):
     )
 
 
+RUN_RECORDS_KEEP_DAYS = 90
+
+
+class RunRecordSettings(BaseModel):
+    """The run records every backup publishes to its targets (`_runs/`, run_records.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="run_records")
+
+    keep_days: int = Field(
+        default=RUN_RECORDS_KEEP_DAYS,
+        ge=1,
+        description=(
+            "`coord prune` deletes run records (`<target>/_runs/<node>/`) of runs that started more than this "
+            "many days ago: the fleet report's history (docs/swarm.md). A node silent for longer is no longer "
+            "shown as silent."
+        ),
+        examples=[90, 400],
+    )
+
+
 class Defaults(BaseModel):
     """Settings that apply to every backup run, whatever the policy."""
 
@@ -78,6 +100,11 @@ class Defaults(BaseModel):
             "--dest DIR (COORD_DEST) is a local target named `local`."
         ),
         examples=[{"local": {"path": "/backups"}, "offsite": {"rclone": "offsite:coord-backups"}}],
+    )
+
+    run_records: RunRecordSettings = Field(
+        default_factory=RunRecordSettings,
+        description="Run records on the targets (one per backup run, read by `coord report --fleet`): how long kept.",
     )
 
     @field_validator("targets")
@@ -105,7 +132,7 @@ def load_defaults(directory: Path) -> Defaults:
     text, problems = read_policy_text(path)
     defaults = None
     if text is not None:
-        defaults, problems = parse_document(path, text, Defaults, "notify, ping, metrics, targets")
+        defaults, problems = parse_document(path, text, Defaults, "notify, ping, metrics, targets, run_records")
     if problems or defaults is None:
         raise PolicyError(problems)
     metrics_file = defaults.metrics.file

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from coord.history import OK, RUNNING, History
+from coord.history import OK, RUN_WARNING, RUNNING, History
 from coord.render import short_time
 from coord.schedule import Schedule, parse_schedule
 
@@ -102,12 +102,13 @@ def health_of(
     latest_finished_seen = False
     for run in history.recent_runs(50):
         status = run.effective_status(here)
-        problems = list(run.errors)
+        problems = [error for error in run.errors if not error.startswith(RUN_WARNING)]
         if status != RUNNING and not latest_finished_seen:
             latest_finished_seen = True
             if status != OK:  # the latest run to end did not end well: say which volumes failed and why, also
                 # while a newer run is in progress
                 failed = [v for v in history.volume_runs_of(run.id) if v.status == "failed"]
                 problems += [f"{v.volume}: {v.error}" for v in failed]
+        problems += [error for error in run.errors if error.startswith(RUN_WARNING)]  # after why it failed
         views.append(RunView(run.id, run.started_at, status, problems, run.finished_at))
     return check_health(views, now, schedule, started, grace_s)

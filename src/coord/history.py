@@ -36,6 +36,8 @@ from coord.timestamps import utc_iso_or_none
 HISTORY_FILE = "history.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 
+RUN_WARNING = "warning: "  # a run's problem that did not fail it (History.note_run), among its errors
+
 RUNNING = "running"
 OK = "ok"
 FAILED = "failed"
@@ -360,6 +362,17 @@ class History:
             )
             for volume in volumes:
                 self._insert_volume(connection, volume_row_of(run_id, started, volume))
+
+    def note_run(self, run_id: int, warnings: Sequence[str]) -> None:
+        """Add `warnings` to a finished run's problems, each prefixed RUN_WARNING: what went wrong after it was
+        finalized without failing it (its run record could not be published), its status unchanged. Raises
+        HistoryError."""
+        with self._write() as connection:
+            row = connection.execute("SELECT errors FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise HistoryError(f"history {self.path}: run {run_id} does not exist")
+            errors = [*json.loads(row[0]), *(RUN_WARNING + warning for warning in warnings)]
+            connection.execute("UPDATE runs SET errors = ? WHERE id = ?", (json.dumps(errors), run_id))
 
     def mark_crashed(self) -> list[int]:
         """Store `crashed` for rows still `running` whose process is gone; returns their ids."""

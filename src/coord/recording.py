@@ -3,6 +3,7 @@ daemon call.
 
     mark crashed runs -> history row `running` -> start pings, notify start -> connect to Docker -> run_backup
         -> history row finalized (ok / failed / interrupted, one row per volume)
+        -> run record kept, then published to the run's targets with any kept by earlier runs (run_records.py)
         -> metrics file, end pings, notify success, warning or failure (coord.monitoring)
 
 The runner knows nothing of history or webhooks. The row is finalized whatever happens: a result, a CoordError
@@ -15,6 +16,8 @@ dead-man pings say fail, since the backup did not happen.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,10 +27,12 @@ from coord.backup.run import run_backup
 from coord.delivery import Delivery
 from coord.docker_ops import Engine
 from coord.errors import CoordError, HistoryError, PolicyError
-from coord.history import FAILED, INTERRUPTED, OK, History
+from coord.history import CRASHED, FAILED, INTERRUPTED, OK, History, RunRow, process_identity
 from coord.monitoring import Ending, Monitoring, notification_body
+from coord.node import this_node
 from coord.notify import LogTail, NotifyEvent
-from coord.results import RunResult
+from coord.results import RunResult, VolumeStatus
+from coord.run_records import build_record, keep_unpublished, publish_run_record
 from coord.signals import Interrupted, deferred, termination_raises
 
 log = logging.getLogger("coord.recording")
@@ -74,6 +79,7 @@ def run_and_record(
     crashed = history.mark_crashed()
     if crashed:
         log.warning("earlier run(s) %s ended without being recorded as finished: shown as crashed", crashed)
+        _keep_crashed_records(request, history, crashed)
     started = datetime.now(UTC)
     record = RecordedRun(history.start_run(trigger, request.policy_names, started))
     monitoring = monitoring or Monitoring()
@@ -104,6 +110,7 @@ def run_and_record(
                 with deferred():  # a second signal must not cut the record short
                     _finish(history, record)
     finally:  # outside the signal handling: a SIGTERM now does not turn a recorded success into an interruption
+        _publish_record(request, history, record, started, trigger)
         ending = _ending(record, started, tail)
         record.deliveries += monitoring.finished(scopes, ending, request, history)
         if record.status != INTERRUPTED:
@@ -121,6 +128,65 @@ def _finish(history: History, record: RecordedRun) -> None:
         if record.result is not None:
             record.result.errors.append(f"the run could not be recorded: {error.message}")
             record.status = FAILED
+
+
+def _keep_crashed_records(request: BackupRequest, history: History, crashed: list[int]) -> None:
+    """A run killed before it finished (SIGKILL, out of memory, power cut) published no record: its record
+    (status crashed, no volume: its history has none) is kept now and goes out with this run's."""
+    try:
+        targets = request.run_targets()
+        runs = [run for run in history.runs(status=CRASHED) if run.id in crashed]
+    except CoordError as error:  # no target (this run fails for it), or the history unreadable
+        log.warning("crashed runs' records not kept: %s", error.message)
+        return
+    for run in runs:
+        for problem in keep_unpublished(request.state_dir, targets, build_record(this_node(), run, None)):
+            log.warning("%s", problem)
+
+
+def _publish_record(
+    request: BackupRequest, history: History, record: RecordedRun, started: datetime, trigger: str
+) -> None:
+    """The run's record to its targets (run_records.py), after its history row is final. An interrupted run's
+    record is only kept: the process was asked to stop, and the next run publishes it. What could not be
+    published is a warning of the run (its output, JSON `warnings`, and its history row), never a failure."""
+    try:
+        targets = request.run_targets()
+    except CoordError:  # nowhere to publish to: the run itself failed for that, and its history says so
+        return
+    document = build_record(this_node(), _run_row(request, record, started, trigger), record.result)
+    if record.status == INTERRUPTED:
+        warnings = keep_unpublished(request.state_dir, targets, document)
+    else:
+        warnings = publish_run_record(request.state_dir, targets, document)
+    if not warnings:
+        return
+    if record.result is not None:
+        record.result.warnings += warnings
+    try:
+        history.note_run(record.run_id, warnings)
+    except HistoryError as error:
+        log.error("%s", error.message)
+
+
+def _run_row(request: BackupRequest, record: RecordedRun, started: datetime, trigger: str) -> RunRow:
+    """The run as its history row now holds it (History.finish_run): the same model, for its run record."""
+    volumes = record.result.volumes if record.result else []
+    pid = os.getpid()
+    return RunRow(
+        id=record.run_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        status=record.status,
+        trigger=trigger,
+        pid=pid,
+        process=process_identity(pid),
+        host=socket.gethostname(),
+        policies=list(request.policy_names),
+        errors=[*(record.result.errors if record.result else []), *([record.error] if record.error else [])],
+        volume_count=len(volumes),
+        failed_count=sum(1 for volume in volumes if volume.status is VolumeStatus.FAILED),
+    )
 
 
 def _ending(record: RecordedRun, started: datetime, tail: LogTail) -> Ending:

@@ -117,6 +117,8 @@ def run_summary(result: RunResult) -> list[str]:
         lines.append(f"recovered from an earlier run: {line}")
     for error in result.errors:
         lines.append(f"error: {error}")
+    for warning in result.warnings:
+        lines.append(f"warning: {warning}")
     failed = sum(1 for v in result.volumes if v.status is VolumeStatus.FAILED)
     lines.append(volumes_line(len(result.volumes), failed) if result.volumes else "no volume selected")
     return lines

@@ -16,6 +16,7 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
+from coord.fleet import FleetNode, FleetReport, FleetRow
 from coord.history import DrillRow, History, VolumeRow
 from coord.node import this_node
 from coord.render import human_size, short_time
@@ -42,6 +43,13 @@ svg text { font: 11px system-ui, sans-serif; fill: #616161; }
 .drill { padding: 6px 10px; border-radius: 4px; }
 .drill.ok { background: #e8f5e9; } .drill.failed { background: #ffebee; } .drill.never { background: #f5f5f5; }
 .error { color: #c62828; }
+h3 { font-size: 15px; margin: 12px 0 4px; }
+table.nodes { border-collapse: collapse; margin: 8px 0 4px; }
+table.nodes td, table.nodes th { padding: 3px 12px 3px 0; text-align: left; }
+table.nodes th { color: #616161; font-weight: normal; }
+tr.silent td, section.silent h2 { color: #c62828; } .badge { font-size: 12px; padding: 1px 6px; border-radius: 3px;
+  background: #ffebee; color: #c62828; margin-left: 8px; vertical-align: 2px; }
+.note { color: #616161; font-size: 13px; }
 """
 
 
@@ -136,6 +144,17 @@ def drill_html(drill: DrillRow | None) -> str:
     return f'<div class="drill {escape(drill.status)}">{head}{problems}</div>'
 
 
+def figures_table(figures: Sequence[tuple[str, str]]) -> str:
+    """A row of names over a row of values."""
+    return (
+        '<table class="figures"><tr>'
+        + "".join(f"<th>{escape(name)}</th>" for name, _ in figures)
+        + "</tr><tr>"
+        + "".join(f"<td>{escape(value)}</td>" for _, value in figures)
+        + "</tr></table>"
+    )
+
+
 def volume_html(
     summary: VolumeSummary, rows: Sequence[VolumeRow], axis: _Axis, period: tuple[datetime, datetime]
 ) -> str:
@@ -150,13 +169,7 @@ def volume_html(
         ("max downtime", f"{summary.downtime_max_s:.2f}s"),
         ("last success", short_time(summary.last_success)),
     )
-    table = (
-        '<table class="figures"><tr>'
-        + "".join(f"<th>{escape(name)}</th>" for name, _ in figures)
-        + "</tr><tr>"
-        + "".join(f"<td>{escape(value)}</td>" for _, value in figures)
-        + "</tr></table>"
-    )
+    table = figures_table(figures)
     last_error = f'<div class="error">last error: {escape(summary.last_error)}</div>' if summary.last_error else ""
     last_error += "".join(f'<div class="error">{escape(line)}</div>' for line in target_failure_lines(summary))
     written = [row for row in rows if row.archive]  # a failed run's size is of an archive that was removed
@@ -229,3 +242,112 @@ def write_html(path: Path, page: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fleet report's page (`coord report --fleet --html FILE`): the same style, charts and escaping
+
+
+def fleet_row_html(row: FleetRow, axis: _Axis, period: tuple[datetime, datetime]) -> str:
+    """One node's volume: its figures, its last failure, and a timeline of its runs (from the run records)."""
+    rate = row.success_rate
+    figures = (
+        ("policy", ", ".join(sorted(row.policies)) or "-"),
+        ("services", ", ".join(row.service_names) or "-"),
+        ("runs", str(row.run_count())),
+        ("ok", str(row.run_count("ok"))),
+        ("warnings", str(row.run_count("warning"))),
+        ("failures", str(row.run_count("failed"))),
+        ("success rate", "-" if rate is None else f"{rate:.0%}"),
+        ("downtime mean / max", _mean_and_max(row.run_downtimes)),
+        ("archives", str(row.archives)),
+        ("last success", short_time(row.last_run_success)),
+    )
+    failure = row.last_failure
+    last_failure = (
+        f'<div class="error">last failure {escape(short_time(failure.started_at))} (run {failure.run_id}): '
+        f"{escape(failure.error or 'failed')}</div>"
+        if failure
+        else ""
+    )
+    verdicts = ", ".join(f"{verdict} {n}" for verdict, n in sorted(row.run_verdicts.items()))
+    return (
+        f'<div class="fleet-row" data-node="{escape(row.node)}" data-volume="{escape(row.volume)}">'
+        f"<h3>{escape(row.volume)}</h3>{figures_table(figures)}"
+        + (f'<div class="muted">verdicts: {escape(verdicts)}</div>' if verdicts else "")
+        + last_failure
+        + (timeline_svg(row.counted, axis, *period) if row.counted else "")
+        + "</div>"
+    )
+
+
+def _mean_and_max(seconds: Sequence[float]) -> str:
+    return f"{sum(seconds) / len(seconds):.2f}s / {max(seconds):.2f}s" if seconds else "-"
+
+
+def fleet_nodes_html(nodes: Sequence[FleetNode]) -> str:
+    """The nodes' table: runs, failed ones, the last record seen; a silent node in red."""
+    if not nodes:
+        return '<p class="muted">no run record on these targets</p>'
+    cells = "".join(
+        f'<tr class="{"silent" if node.silent else "seen"}" data-node="{escape(node.node)}">'
+        f"<td>{escape(node.node)}</td><td>{sum(node.runs.values())}</td><td>{node.runs.get('ok', 0)}</td>"
+        f"<td>{sum(n for status, n in node.runs.items() if status != 'ok')}</td>"
+        f"<td>{escape(short_time(node.last_seen))}</td>"
+        f"<td>{'SILENT: no run record in this period' if node.silent else ''}</td></tr>"
+        for node in nodes
+    )
+    return (
+        '<table class="nodes"><tr><th>node</th><th>runs</th><th>ok</th><th>failed</th><th>last record</th><th></th>'
+        f"</tr>{cells}</table>"
+    )
+
+
+def render_fleet_html(report: FleetReport, generated: datetime) -> str:
+    """The fleet report as one page: the nodes (silent ones marked), then per node each volume's figures, last
+    failure and timeline; what could not be read, and what cannot be seen (notes)."""
+    period = report.period
+    runs = [run for row in report.rows for run in row.counted]
+    start, end = time_range(runs, period)
+    axis = _Axis(start, end)
+    by_node = {node.node: node for node in report.nodes}
+    names = sorted({row.node for row in report.rows} | set(by_node))
+    sections = []
+    for name in names:
+        node = by_node.get(name)
+        silent = node is not None and node.silent
+        badge = '<span class="badge">silent</span>' if silent else ""
+        run_errors = "".join(
+            f'<div class="error">run failed {escape(short_time(at))}: {escape(error)}</div>'
+            for at, error in (node.run_errors if node else [])
+        )
+        if silent and node is not None:
+            run_errors += (
+                f'<div class="error">no run record in this period; its last one started '
+                f"{escape(short_time(node.last_seen))}: its coord stopped, or it reaches no target</div>"
+            )
+        rows = "".join(fleet_row_html(row, axis, (start, end)) for row in report.rows if row.node == name)
+        sections.append(
+            f'<section class="volume node{" silent" if silent else ""}" data-node="{escape(name)}">'
+            f"<h2>{escape(name)}{badge}</h2>{run_errors}{rows}</section>"
+        )
+    total = sum(sum(node.runs.values()) for node in report.nodes)
+    legend = "".join(
+        f'<span><i style="background:{colour}"></i>{status}</span>' for status, colour in STATUS_COLOURS.items()
+    )
+    problems = "".join(f'<div class="error">not read: {escape(error)}</div>' for error in report.errors)
+    notes = "".join(f'<div class="note">note: {escape(note)}</div>' for note in report.notes)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>coord fleet report {escape(period.label)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>coord fleet report {escape(period.label)}</h1>"
+        f'<div class="period">{len(names)} node(s); {escape(short_time(period.start))} .. '
+        f"{escape(short_time(period.end))}; {total} run(s) recorded, "
+        f"{sum(row.archives for row in report.rows)} archive(s) published; generated "
+        f"{escape(short_time(generated))}</div>"
+        f"{fleet_nodes_html(report.nodes)}{problems}{notes}"
+        f'<p class="legend">{legend}</p>'
+        + ("".join(sections) or '<p class="muted">no run recorded and no archive published in this period</p>')
+        + "</body></html>\n"
+    )

@@ -30,6 +30,7 @@ class ContainerAction:
     seconds: float = 0.0
     restored: bool = True
     error: str | None = None
+    service: str | None = None  # the Swarm service (its name, from the task's labels) the container is a task of
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class ContainerAction:
             "seconds": round(self.seconds, 3),
             "restored": self.restored,
             "error": self.error,
+            "service": self.service,
         }
 
 
@@ -149,6 +151,7 @@ class RunResult:
     volumes: list[VolumeResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # problems of the run itself (e.g. a container not restored)
     recovered: list[str] = field(default_factory=list)  # what this run put back after an earlier, dead run
+    warnings: list[str] = field(default_factory=list)  # problems that do not fail the run (a run record kept)
 
     @property
     def ok(self) -> bool:
@@ -162,4 +165,5 @@ class RunResult:
             "volumes": [v.to_json() for v in self.volumes],
             "errors": list(self.errors),
             "recovered": list(self.recovered),
+            "warnings": list(self.warnings),
         }

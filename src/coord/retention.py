@@ -614,8 +614,8 @@ def latest_archive(volume_dir: Path, state_dir: Path | None = None) -> Path | No
 
 def volume_directories(dest: Path) -> list[str]:
     """The volume names that have a directory of archives under `dest`. Names starting with `.` or `_` are
-    coord's own (`_nodes/`, a Swarm node's namespace; `_runs/`): a Docker volume's name starts with a letter or
-    digit."""
+    coord's own (`_nodes/`, a Swarm node's namespace; `_runs/`, run records: run_records.py): a Docker volume's
+    name starts with a letter or digit."""
     if not dest.is_dir():
         return []
     return sorted(

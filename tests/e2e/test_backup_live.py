@@ -15,6 +15,8 @@ from tests.conftest import (
     write_policy,
 )
 
+from coord.run_records import RUNS_DIRECTORY
+
 pytestmark = pytest.mark.docker
 
 
@@ -115,7 +117,8 @@ def test_unreadable_entry_fails_the_volume(docker_client, make_volume, tmp_path:
     assert entry["status"] == "failed"
     assert entry["errors"] == ["secret.key: Cannot open: Permission denied"]
     assert entry["archive"] is None
-    assert not any(dest.rglob("*")) or not [p for p in dest.rglob("*") if p.is_file()]
+    # nothing but the run's record (`_runs/`, run_records.py): no archive, manifest or temporary
+    assert not [p for p in dest.rglob("*") if p.is_file() and p.relative_to(dest).parts[0] != RUNS_DIRECTORY]
 
 
 def test_excludes_are_honoured_and_recorded(docker_client, make_volume, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from tests.conftest import REPO, container_state, run_coord, volume_path, write_
 from tests.faultproxy import FaultProxy
 
 from coord.docker_ops import API_TIMEOUT_S, UNPAUSE_TIMEOUT_S
+from coord.run_records import RUNS_DIRECTORY
 
 pytestmark = pytest.mark.docker
 
@@ -56,7 +57,9 @@ def backup(policies: Path, dest: Path, env: dict[str, str] | None = None):
 
 
 def files_under(directory: Path) -> list[str]:
-    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())
+    """The files under a target's directory, its run records (`_runs/`: a failed run publishes one too) left out."""
+    files = [path.relative_to(directory) for path in directory.rglob("*") if path.is_file()]
+    return sorted(str(path) for path in files if path.parts[0] != RUNS_DIRECTORY)
 
 
 def test_disk_full_at_the_manifest_fails_the_volume_cleanly(docker_client, make_volume, mount_tmpfs, tmp_path) -> None:

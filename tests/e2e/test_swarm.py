@@ -289,10 +289,10 @@ def test_the_fleet_report_counts_what_each_node_published_to_the_shared_target(
     swarm, docker_client, make_volume, make_service, tmp_path, isolated_state_dir
 ):
     shared = tmp_path / "shared-target"
-    published = {}
+    published, services = {}, {}
     for node, strategy in (("node-a", "stop"), ("node-b", "pause")):  # one node's stack each, one shared target
         volume = make_volume(f"data-{node}")
-        make_service(f"db-{node}", volume, replicas=1)
+        services[node] = docker_client.services.get(make_service(f"db-{node}", volume, replicas=1)).name
         write_policy(tmp_path / node, "db", f"volumes: [{volume}]\nstrategy: {strategy}\nstop_timeout: 5\n")
         run = backup(tmp_path / node, shared, env={"COORD_NODE": node})
         assert run.returncode == 0, run.stdout + run.stderr
@@ -306,11 +306,13 @@ def test_the_fleet_report_counts_what_each_node_published_to_the_shared_target(
     for node, volume in published.items():
         row = rows[node]
         assert (row["volume"], row["archives"], row["statuses"]) == (volume, 1, {"ok": 1}), row
+        assert (row["runs"], row["ok"], row["success_rate"]) == (1, 1, 1.0), row  # from its run record
         assert row["last_success"] is not None and row["targets"] == ["local"]
-    assert rows["node-a"]["services"][0].startswith("service coordtest-")  # scaled to 0 and back
-    assert rows["node-b"]["services"][0].startswith("coordtest-")  # its task container, paused
+        # the service by name, from its tasks' labels: scaled to 0 and back (node-a), its task paused (node-b)
+        assert row["services"] == [services[node]], row
     text = run_coord("report", "--fleet", "--dest", str(shared))
-    assert text.returncode == 0 and "2 node(s), 2 archive(s) published" in text.stdout, text.stdout
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "2 node(s), 2 run(s) recorded (2 ok), 2 archive(s) published" in text.stdout, text.stdout
     print(text.stdout)
 
 

@@ -19,7 +19,7 @@ from coord.errors import DockerError
 
 FILES = {"a.txt": "a\n", "dir/b.txt": "b\n"}
 
-RUN_KEYS = {"ok", "volumes", "errors", "recovered"}
+RUN_KEYS = {"ok", "volumes", "errors", "recovered", "warnings"}
 VOLUME_KEYS = {
     "volume",
     "policy",
@@ -45,7 +45,7 @@ VOLUME_KEYS = {
     "targets",
 }
 WARNING_KEYS = {"vanished", "changed", "shrank", "skipped"}
-CONTAINER_KEYS = {"container", "id", "action", "prior_state", "seconds", "restored", "error"}
+CONTAINER_KEYS = {"container", "id", "action", "prior_state", "seconds", "restored", "error", "service"}
 HOOK_KEYS = {"phase", "policy", "container", "command", "exit_code", "error"}
 
 
@@ -80,7 +80,7 @@ hooks:
 def assert_run_shape(document: dict[str, Any]) -> None:
     assert set(document) == RUN_KEYS
     assert isinstance(document["ok"], bool)
-    assert all(isinstance(line, str) for line in document["errors"] + document["recovered"])
+    assert all(isinstance(line, str) for line in document["errors"] + document["recovered"] + document["warnings"])
     for volume in document["volumes"]:
         assert set(volume) == VOLUME_KEYS
         assert set(volume["warnings"]) == WARNING_KEYS

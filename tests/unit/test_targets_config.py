@@ -156,7 +156,7 @@ def test_schema_of_the_defaults_file_describes_targets() -> None:
 
     result = CliRunner().invoke(app, ["schema", "--defaults"], catch_exceptions=False)
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) == {"notify", "ping", "metrics", "targets"}
+    assert set(schema["properties"]) == {"notify", "ping", "metrics", "targets", "run_records"}
     target = schema["$defs"]["TargetConfig"]
     assert set(target["properties"]) == {"path", "rclone", "restic", "password_file"}
     assert target["additionalProperties"] is False

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from coord import swarm
-from coord.docker_ops import ContainerInfo, Engine, ServiceInfo
+from coord.docker_ops import SWARM_SERVICE_NAME, ContainerInfo, Engine, ServiceInfo
 from coord.errors import ContainersMustStayDown, CoordError
 from coord.journal import (
     CONTAINER,
@@ -181,7 +181,9 @@ def _scale_down(tasks: list[ContainerInfo] | None, group: QuiesceGroup, hold: _H
         return
     docker, actions = hold.docker, hold.actions
     service = swarm.read_service(docker, tasks[0].swarm_service or "")  # its version after the claim
-    action = ContainerAction(f"service {service.name}", service.id, STOPPED, f"{service.replicas} replicas")
+    action = ContainerAction(
+        f"service {service.name}", service.id, STOPPED, f"{service.replicas} replicas", service=service.name
+    )
     actions.append(action)
     if service.replicas == 0:
         action.action = "left-alone"
@@ -224,12 +226,26 @@ def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:
         verb = STOPPED_PAUSED
     elif state != "running":
         log.info("%s is %s: left alone", container.name, state or "gone")
-        actions.append(ContainerAction(container.name, container.id, "left-alone", prior_state=state or "gone"))
+        actions.append(
+            ContainerAction(
+                container.name,
+                container.id,
+                "left-alone",
+                prior_state=state or "gone",
+                service=container.labels.get(SWARM_SERVICE_NAME),
+            )
+        )
         return
     else:
         verb = STOPPED if hold.strategy is Strategy.STOP else PAUSED
     entry = hold.journal.record(CONTAINER, container.id, verb, container.name)
-    action = ContainerAction(container.name, container.id, STOPPED if verb == STOPPED_PAUSED else verb, state)
+    action = ContainerAction(
+        container.name,
+        container.id,
+        STOPPED if verb == STOPPED_PAUSED else verb,
+        state,
+        service=container.labels.get(SWARM_SERVICE_NAME),
+    )
     actions.append(action)
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
     # so it is right whether the call below succeeds, fails, or fails after the engine acted.

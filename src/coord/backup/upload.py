@@ -157,8 +157,15 @@ def finish(rclone: Rclone, archive: RemoteArchive, manifest: bytes) -> None:
     if not archive.direct:
         refuse_taken_name(rclone, archive)
         rclone.move(archive.temporary, archive.location)
-    rclone.write_bytes(manifest, archive.manifest_temporary)
-    rclone.move(archive.manifest_temporary, archive.manifest)
+    write_whole(rclone, manifest, archive.manifest)
+
+
+def write_whole(rclone: Rclone, data: bytes, location: str) -> None:
+    """Put the small file `data` at `location` so that no reader ever sees part of it: written as
+    `<location>.partial` (never listed), then renamed. How every manifest lands, and every run record
+    (run_records.py). Raises RemoteError."""
+    rclone.write_bytes(data, location + PARTIAL_SUFFIX)
+    rclone.move(location + PARTIAL_SUFFIX, location)
 
 
 def give_up(rclone: Rclone, archive: RemoteArchive, journal: Journal, entry: JournalEntry, error: CoordError) -> str:
