@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from coord.cli import app
 from coord.docker_ops import DockerControl
+from coord.run_records import RUNS_DIRECTORY
 from coord.targets.rclone import rclone_binary
 from coord.targets.restic import LOCK_WAIT_ENV, TAG_ARCHIVE, TAG_COORD, Restic, ResticError
 
@@ -315,7 +316,10 @@ def test_a_restic_target_alone_and_unencrypted_or_refused_before_anything_runs(
     code, document, _ = backup(tmp_path)
     volume = document["volumes"][0]
     assert code == 1 and volume["status"] == "failed" and expected in volume["errors"][0]
-    assert not (tmp_path / "repo").exists() and not (tmp_path / "dest").exists()  # nothing was written anywhere
+    # nothing was written anywhere but the refused run's own record (`_runs/`, run_records.py)
+    dest = tmp_path / "dest"
+    assert not (tmp_path / "repo").exists()
+    assert not [p for p in dest.rglob("*") if p.is_file() and p.relative_to(dest).parts[0] != RUNS_DIRECTORY]
 
 
 def test_each_node_backs_up_with_its_own_host_and_reads_only_its_snapshots(
