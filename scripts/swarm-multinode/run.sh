@@ -170,7 +170,7 @@ say "the stack deployed: compose/stack.yml, its gateway on a manager, coord glob
 # One line differs, and only here: this kernel has no IPsec ESP (CONFIG_INET_ESP), so the nested engines cannot
 # build an encrypted overlay network; the copy deployed drops `encrypted` (checked below: the only change).
 cp -r "$repo/compose" "$work/shared/compose"
-sed -i '/^      encrypted: "true"/d' "$work/shared/compose/stack.yml"
+sed -i '/^    driver_opts: {encrypted: "true"}$/d' "$work/shared/compose/stack.yml"
 changed=$(diff "$repo/compose/stack.yml" "$work/shared/compose/stack.yml" | grep -c '^[<>]' || true)
 [ "$changed" = 1 ] || { echo "expected exactly the encrypted line removed, $changed lines differ"; exit 1; }
 mkdir -p "$work/shared/stack"

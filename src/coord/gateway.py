@@ -176,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: GatewayServer
     server_version = "coord-gateway"
     sys_version = ""
+    timeout = 30  # seconds a connection may sit idle or half-sent: a silent client does not hold a thread forever
 
     def do_GET(self) -> None:
         self._answer(self._get)
@@ -193,6 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._authorize()
             status, body = handle()
         except Refused as refusal:
+            if refusal.status == HTTPStatus.FORBIDDEN:  # a caller with the token asked for more than coord needs
+                log.warning("%s: refused %s %s: %s", self._caller(), self.command, self.path[:200], refusal.message)
             status, body = refusal.status, {"error": refusal.message}
         except ServiceChanged as changed:
             status, body = HTTPStatus.CONFLICT, {"error": changed.message}
@@ -253,11 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             current = engine.service(reference)
             if current is None:
                 raise Refused(HTTPStatus.NOT_FOUND, f"service {reference} does not exist")
-            try:
-                check_update(current, request)
-            except Refused as refusal:
-                log.warning("%s: refused update of service %s: %s", self._caller(), current.name, refusal.message)
-                raise
+            check_update(current, request)
             change = describe_update(current, request)
             read = ServiceInfo(current.id, current.name, current.replicas, request.version, current.labels)
             engine.update_service(read, replicas=request.replicas, labels=request.labels)

@@ -405,4 +405,6 @@ def test_the_gateway_refuses_any_other_change_403_and_a_wrong_token_401_on_the_r
     assert requests.get(url, headers=wrong, timeout=30).status_code == 401
     assert version_of(docker_client, service) == version and replicas_of(docker_client, service) == 1
     assert labels_of(docker_client, service) == labels
-    assert "refused update of service" in Path(gateway["log"]).read_text()
+    logged = Path(gateway["log"]).read_text()
+    assert f"refused POST /v1/services/{service}/update: service " in logged  # the label change
+    assert f"refused POST /v1/services/{service}/update: the gateway changes only" in logged  # the image

@@ -107,11 +107,17 @@ def test_a_worker_claims_scales_to_0_and_back_and_releases_through_the_gateway_a
     ],
 )
 def test_an_update_changing_anything_but_the_claim_and_the_replica_count_is_refused_403_and_nothing_changes(
-    gateway: GatewayServer, manager: FakeEngine, change: dict[str, Any], refused: str
+    gateway: GatewayServer,
+    manager: FakeEngine,
+    change: dict[str, Any],
+    refused: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     db = service(manager, "db")
     answer = post(gateway, db.id, {"version": db.version, **change})
     assert answer.status_code == 403 and refused in answer.json()["error"], answer.text
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "coord.gateway"]  # and logged, with the caller
+    assert logged.startswith(f"node 'worker-1' (127.0.0.1): refused POST /v1/services/{db.id}/update: ")
     assert service(manager, "db") == db  # same version: nothing was sent to the engine
     assert not [call for call in manager.calls if call.method == "update_service"]
 
