@@ -197,7 +197,8 @@ on node1 docker stack ps coord-fleet --format '{{.Name}} {{.Node}} {{.CurrentSta
 for node in "${nodes[@]}"; do
   task=$(on "$node" docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
   echo "-- $node: the coord task's daemon log"
-  on "$node" docker logs "$task" 2>&1 | tail -n 6 | sed 's/^/   /'
+  on "$node" docker logs "$task" 2>&1 | grep -v next-run | tail -n 8 | sed 's/^/   /'
+  on "$node" docker logs "$task" 2>&1 | grep -F 'volume: failed' | sed 's/^/   earlier failure: /' || true
 done
 echo "-- the manifests on the shared server (node, volume, status)"
 manifests | sort | uniq -c | sed 's/^/   /'
