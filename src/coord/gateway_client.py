@@ -32,8 +32,11 @@ GATEWAY_TOKEN_FILE_ENV = "COORD_SWARM_GATEWAY_TOKEN_FILE"
 READ_TIMEOUT_S = 15.0
 # The gateway's own engine call retries for up to a minute (docker_ops.RESTORE_DEADLINE_S, plus one call's 60 s).
 UPDATE_TIMEOUT_S = 150.0
-ATTEMPTS = 5
-DEADLINE_S = 60.0  # retries of connection errors (a gateway task being rescheduled) stop after this
+# Connection errors are retried for about 25 s (backoff 0.25 s doubling to 8 s): a gateway task being rescheduled,
+# or the name `gateway` not yet known on a node that just joined the stack's network (seen in the multi-node run:
+# "Failed to resolve 'gateway'" for the first seconds).
+ATTEMPTS = 8
+DEADLINE_S = 60.0
 
 
 class GatewayClient:
@@ -41,9 +44,12 @@ class GatewayClient:
     calls are); an answer is never retried: 409 becomes ServiceChanged, any other error a DockerError carrying
     the gateway's message."""
 
-    def __init__(self, url: str, token: str, node: str, session: requests.Session | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, node: str, session: requests.Session | None = None, attempts: int = ATTEMPTS
+    ) -> None:
         self.url = url.rstrip("/")
         self.session = session or requests.Session()
+        self.attempts = attempts
         self.headers = {"Authorization": f"Bearer {token}", NODE_HEADER: node}
 
     @classmethod
@@ -103,7 +109,7 @@ class GatewayClient:
             return self.session.request(method, self.url + path, json=body, headers=self.headers, timeout=timeout_s)
 
         try:
-            return with_retries(call, ATTEMPTS, deadline_s=DEADLINE_S)
+            return with_retries(call, self.attempts, deadline_s=DEADLINE_S)
         except requests.RequestException as error:
             raise DockerError(
                 f"{what}: cannot reach the Swarm gateway at {self.url} ({GATEWAY_ENV}): {error}. Is the stack's "

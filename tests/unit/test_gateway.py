@@ -181,7 +181,7 @@ def test_the_rules_are_checked_against_the_service_as_it_is_now() -> None:
 
 
 def test_an_unreachable_gateway_is_a_docker_error_naming_it_and_what_to_check() -> None:
-    unreachable = GatewayClient("http://127.0.0.1:9", TOKEN, "worker-1")  # discard port: nothing listens
+    unreachable = GatewayClient("http://127.0.0.1:9", TOKEN, "worker-1", attempts=2)  # nothing listens on 9
     with pytest.raises(DockerError, match=f"cannot reach the Swarm gateway at http://127.0.0.1:9 \\({GATEWAY_ENV}\\)"):
         unreachable.service("db")
 
