@@ -26,7 +26,11 @@ cleanup() {
   set +e
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   for node in "${nodes[@]}"; do docker rm -f -v "$prefix-$node" >/dev/null 2>&1; done
-  docker network rm "$network" >/dev/null 2>&1
+  for _ in 1 2 3 4 5; do  # the node containers' endpoints may take a moment to go
+    docker network rm "$network" >/dev/null 2>&1 && break
+    docker network inspect "$network" >/dev/null 2>&1 || break
+    sleep 2
+  done
   for node in "${nodes[@]}"; do  # cgroup v1: one directory per controller; v2: one
     find /sys/fs/cgroup -maxdepth 2 -type d -name "$prefix-$node" 2>/dev/null | sort -r | while read -r dir; do
       find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
@@ -68,6 +72,8 @@ image=coord-test/swarm-node:$(cat "$here/Dockerfile" | sha256sum | cut -c1-12)
 docker image inspect "$image" >/dev/null 2>&1 || docker build -q -t "$image" --label "$label" "$work/context" >/dev/null
 say "image $image"
 
+# a network of an earlier run whose removal did not finish (ours: its name and label)
+if [ -n "$(docker network ls -q --filter "name=^$network\$" --filter "label=$label")" ]; then docker network rm "$network" >/dev/null; fi
 docker network create --label "$label" "$network" >/dev/null
 gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "$network")
 mkdir -p "$work/shared/target" "$work/shared/barrier"
