@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
@@ -40,6 +41,8 @@ NODE_HEADER = "X-Coord-Node"
 MAX_BODY_BYTES = 64 * 1024  # a claim and a few labels; anything larger is not coord talking
 MIN_TOKEN_CHARS = 16
 UPDATE_KEYS = frozenset({"version", "replicas", "labels"})
+# A service id or name as Swarm makes them: nothing that could turn the engine URL built from it into another path.
+SERVICE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class Refused(Exception):
@@ -232,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) in (4, 5) and parts[:3] == ["", "v1", "services"] and parts[3]:
             action = parts[4] if len(parts) == 5 else ""
             reference = unquote(parts[3])
-            if action in ("", "update") and "/" not in reference:
+            if action in ("", "update") and SERVICE_REFERENCE.fullmatch(reference):
                 return reference, action
         raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.command} {self.path[:200]}")
 

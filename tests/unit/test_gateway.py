@@ -162,7 +162,7 @@ def test_a_stale_version_is_409_and_the_client_raises_service_changed(
 def test_a_missing_service_is_none_and_other_paths_are_404(gateway: GatewayServer) -> None:
     assert client(gateway).service("no-such-service") is None
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Coord-Node": "worker-1"}
-    for path in ("/v1/services", "/v1/services/db/tasks", "/v1/nodes/x", "/"):
+    for path in ("/v1/services", "/v1/services/db/tasks", "/v1/nodes/x", "/", "/v1/services/..", "/v1/services/%2e%2e"):
         assert requests.get(gateway.url + path, headers=headers, timeout=10).status_code == 404, path
     answer = requests.post(f"{gateway.url}/v1/services/nope/update", json={"version": 1}, headers=headers, timeout=10)
     assert answer.status_code == 404
