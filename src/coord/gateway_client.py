@@ -32,10 +32,10 @@ GATEWAY_TOKEN_FILE_ENV = "COORD_SWARM_GATEWAY_TOKEN_FILE"
 READ_TIMEOUT_S = 15.0
 # The gateway's own engine call retries for up to a minute (docker_ops.RESTORE_DEADLINE_S, plus one call's 60 s).
 UPDATE_TIMEOUT_S = 150.0
-# Connection errors are retried for about 25 s (backoff 0.25 s doubling to 8 s): a gateway task being rescheduled,
-# or the name `gateway` not yet known on a node that just joined the stack's network (seen in the multi-node run:
-# "Failed to resolve 'gateway'" for the first seconds).
-ATTEMPTS = 8
+# Connection errors are retried for up to a minute (backoff 0.25 s doubling to 8 s): a gateway task being
+# rescheduled, or the name `gateway` not yet known on a node that just joined the stack's network (seen in the
+# multi-node run: "Failed to resolve 'gateway'" on the worker for 45 s after the deploy).
+ATTEMPTS = 12
 DEADLINE_S = 60.0
 
 
