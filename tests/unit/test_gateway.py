@@ -271,3 +271,15 @@ def test_the_gateway_refuses_to_start_unless_the_engine_is_a_swarm_manager(
     assert "needs a Swarm manager's engine" in result.stderr and "this engine is a Swarm worker" in result.stderr
     assert manager_refusal(None) is not None and "not part of a swarm" in str(manager_refusal(None))
     assert manager_refusal("manager") is None
+
+
+def test_a_workers_503_for_a_service_call_is_not_retried_as_transient() -> None:
+    import docker.errors
+
+    from coord.docker_ops import is_transient
+
+    answer = requests.Response()
+    answer.status_code = 503
+    not_manager = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."
+    assert not is_transient(docker.errors.APIError("503", response=answer, explanation=not_manager))
+    assert is_transient(docker.errors.APIError("503", response=answer, explanation="engine busy"))
