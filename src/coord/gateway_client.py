@@ -105,11 +105,11 @@ class GatewayClient:
     def _send(
         self, what: str, method: str, path: str, body: dict[str, Any] | None, timeout_s: float
     ) -> requests.Response:
-        def call() -> requests.Response:
+        def swarm_gateway_request() -> requests.Response:  # the name the retry log shows
             return self.session.request(method, self.url + path, json=body, headers=self.headers, timeout=timeout_s)
 
         try:
-            return with_retries(call, self.attempts, deadline_s=DEADLINE_S)
+            return with_retries(swarm_gateway_request, self.attempts, deadline_s=DEADLINE_S)
         except requests.RequestException as error:
             raise DockerError(
                 f"{what}: cannot reach the Swarm gateway at {self.url} ({GATEWAY_ENV}): {error}. Is the stack's "
