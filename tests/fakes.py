@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coord.docker_ops import ContainerInfo, ServiceInfo
+from coord.docker_ops import ContainerInfo, ServiceChanged, ServiceInfo
 from coord.errors import DockerError
 
 ExecBehaviour = Callable[[list[str]], tuple[int | None, str]]
@@ -77,6 +77,8 @@ class FakeEngine:
     volume_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # by volume name
     containers: dict[str, FakeContainer] = field(default_factory=dict)  # by id
     exec_behaviour: dict[str, ExecBehaviour] = field(default_factory=dict)  # by container name
+    services: dict[str, ServiceInfo] = field(default_factory=dict)  # by id
+    swarm: str | None = None  # this engine's Swarm role: 'manager', 'worker', or None (no swarm)
     _failures: list[_Failure] = field(default_factory=list)
     _afters: list[_After] = field(default_factory=list)
 
@@ -247,20 +249,43 @@ class FakeEngine:
         self._done("exec", container)
         return answer
 
-    # Swarm: this fake engine is not part of a swarm (tests/e2e/test_swarm.py runs a real one) ----------------------
+    # Swarm: services with Swarm's versioning (tests/e2e/test_swarm.py runs the real one) ---------------------------
+
+    def add_service(self, name: str, replicas: int | None = 1, labels: dict[str, str] | None = None) -> ServiceInfo:
+        """A service at version 1 (replicated with `replicas`, global when None); this engine becomes a manager."""
+        service = ServiceInfo(hashlib.sha256(name.encode()).hexdigest()[:25], name, replicas, 1, dict(labels or {}))
+        self.services[service.id] = service
+        self.swarm = self.swarm or "manager"
+        return service
 
     def service(self, identifier: str) -> ServiceInfo | None:
         self._enter("service", identifier, f"inspect service {identifier}")
-        return None
+        return next((s for s in self.services.values() if identifier in (s.id, s.name)), None)
 
     def update_service(
         self, service: ServiceInfo, replicas: int | None = None, labels: dict[str, str] | None = None
     ) -> None:
+        """As Engine 20.10: refused when the version is stale; a global service cannot become replicated."""
         self._enter("update_service", service.name, f"update service {service.name}")
-        raise DockerError(f"update service {service.name}: the engine answered 503: This node is not a swarm manager.")
+        current = self.services.get(service.id)
+        if current is None:
+            raise DockerError(f"update service {service.name}: not found (service {service.id} not found)")
+        if service.version != current.version:
+            raise ServiceChanged(f"service {service.name} changed since coord read it (version {service.version})")
+        if replicas is not None and current.replicas is None:
+            raise DockerError(f"update service {service.name}: the engine answered 400: mode change is not allowed")
+        self.services[service.id] = replace(
+            current,
+            version=current.version + 1,
+            replicas=current.replicas if replicas is None else replicas,
+            labels=current.labels if labels is None else dict(labels),
+        )
 
     def swarm_node(self) -> str | None:
-        return None
+        return "fake-node (fakenodeid00)" if self.swarm else None
+
+    def swarm_role(self) -> str | None:
+        return self.swarm
 
     def swarm_hostname(self) -> str | None:
         return None

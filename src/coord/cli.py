@@ -352,7 +352,7 @@ def backup(
     validate, write a manifest beside each archive. Runs `coord recover` first; records the run in the history,
     sends the notifications and dead-man pings of <policies dir>/_defaults.yaml and of the policies, and writes
     the metrics file."""
-    from coord.docker_ops import DockerControl
+    from coord.gateway_client import connect_engine
     from coord.history import History
     from coord.recording import MANUAL, Watch, run_and_record
 
@@ -369,10 +369,10 @@ def backup(
         request, monitoring = _checked_request(request, target or (), rclone_config, metrics_file)
         history = History(state_dir)
         if not sys.stderr.isatty() or as_json:
-            result, _ = run_and_record(request, DockerControl.connect, history, monitoring, MANUAL)
+            result, _ = run_and_record(request, connect_engine, history, monitoring, MANUAL)
             return result
         with _ConsoleProgress(history.last_archive_size) as progress:
-            result, _ = run_and_record(request, DockerControl.connect, history, monitoring, MANUAL, Watch(progress))
+            result, _ = run_and_record(request, connect_engine, history, monitoring, MANUAL, Watch(progress))
         return result
 
     result = _run(as_json, work)
@@ -418,14 +418,15 @@ def plan(
     error."""
     from coord.backup.plan import describe_group
     from coord.backup.steps import remote_only_volumes
-    from coord.docker_ops import DockerControl, swarm_place
+    from coord.docker_ops import swarm_place
+    from coord.gateway_client import connect_engine
     from coord.node import node_of_engine
     from coord.plan import group_volumes, plan_volumes, uncovered_volumes
     from coord.targets import targets_of
 
     def work() -> tuple[list[dict[str, Any]], list[str], str | None]:
         loaded = load_policies(policies_dir, policy or None)
-        docker = DockerControl.connect()
+        docker = connect_engine()
         node = node_of_engine(docker)  # a Swarm node's archives go to _nodes/<node>/ on every target
         run_targets = [t.for_node(node) for t in _planned_targets(loaded, policies_dir, dest, target or ())]
         existing = docker.volume_names()
@@ -493,7 +494,7 @@ def recover(
 ) -> None:
     """Put back containers a crashed coord run left paused or stopped (from its journal), remove its partial
     archives. Only containers still in the state coord put them in are touched. Every backup does this first."""
-    from coord.docker_ops import DockerControl
+    from coord.gateway_client import connect_engine
     from coord.journal import Journal
     from coord.lock import run_lock
     from coord.recovery import RecoveryReport
@@ -501,7 +502,7 @@ def recover(
 
     def work() -> RecoveryReport:
         with run_lock(state_dir, lock_timeout):
-            return recover_journal(Journal(state_dir), DockerControl.connect())
+            return recover_journal(Journal(state_dir), connect_engine())
 
     report = _run(as_json, work)
     if as_json:
@@ -573,10 +574,10 @@ def validate(
         if defaults:  # `local` may come from --dest at run time
             problems += unknown_target_problems(loaded, {*defaults[0].targets, LOCAL_TARGET})
         if with_docker and not problems:
-            from coord.docker_ops import DockerControl
+            from coord.gateway_client import connect_engine
             from coord.plan import engine_problems
 
-            problems += engine_problems(loaded, DockerControl.connect().volume_names())
+            problems += engine_problems(loaded, connect_engine().volume_names())
         if problems:
             raise PolicyError(problems)
         return [item.name for item in loaded]
@@ -926,9 +927,9 @@ def restore(
         )
         docker = None
         if volume is not None:
-            from coord.docker_ops import DockerControl
+            from coord.gateway_client import connect_engine
 
-            docker = DockerControl.connect()
+            docker = connect_engine()
         if not sys.stderr.isatty() or as_json:
             return run_restore(request, _decryption(gpg_home, passphrase_file, state_dir), docker)
         with _ConsoleProgress():  # "stopping X (up to 30 s...)": a stop that takes long is not silent
@@ -1027,9 +1028,9 @@ def drill(
         )
         docker = None
         if sources.volumes_root is None:
-            from coord.docker_ops import DockerControl
+            from coord.gateway_client import connect_engine
 
-            docker = DockerControl.connect()
+            docker = connect_engine()
         return drill_volumes(request, docker, _decryption(gpg_home, passphrase_file, state_dir))
 
     results = _run(as_json, work)
@@ -1324,8 +1325,8 @@ def daemon(
     """Run backups on a cron schedule in the foreground, logging one line per event to stdout. Recovers first,
     never runs two backups at once, records every run; SIGTERM puts back any container it changed and exits 0."""
     from coord.daemon import LOG_FORMATS, DaemonExtras, EventLog, ScheduledDrills, run_daemon
-    from coord.docker_ops import DockerControl
     from coord.drill import DrillRequest
+    from coord.gateway_client import connect_engine
     from coord.schedule import parse_schedule
 
     def work() -> int:
@@ -1359,9 +1360,62 @@ def daemon(
             drills = ScheduledDrills(parse_schedule(drill_schedule), drill_request, decryption)
         events = EventLog(sys.stdout, log_format)
         extras = DaemonExtras(metrics_addr=metrics_addr, drills=drills)
-        return run_daemon(request, parsed, DockerControl.connect, monitoring, events, extras)
+        return run_daemon(request, parsed, connect_engine, monitoring, events, extras)
 
     raise typer.Exit(_run(False, work))
+
+
+@app.command()
+def gateway(
+    token_file: Annotated[
+        Path,
+        typer.Option(
+            "--token-file",
+            envvar="COORD_GATEWAY_TOKEN_FILE",
+            help="File holding the shared token (at least 16 characters; a Docker secret in compose/stack.yml). "
+            "Env: COORD_GATEWAY_TOKEN_FILE.",
+        ),
+    ],
+    listen: Annotated[
+        str,
+        typer.Option(
+            "--listen",
+            envvar="COORD_GATEWAY_LISTEN",
+            help="Address to listen on (in the stack: every interface of the gateway's container, reached over "
+            "the stack's overlay network; never publish the port). Env: COORD_GATEWAY_LISTEN.",
+        ),
+    ] = "0.0.0.0",
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar="COORD_GATEWAY_PORT", help="Port (0: any free one, printed at start)."),
+    ] = 8733,
+) -> None:
+    """Serve, from a Swarm manager, the two service calls coord needs on worker nodes.
+
+    Swarm reads and updates services on managers only, and coord needs both for a volume used by a service's task:
+    the claim (a coord.claim label written with the version read) and strategy stop (scale a replicated service
+    to 0 and back). Run this on a manager beside its engine socket (compose/stack.yml's gateway service does);
+    coord on every node then sets COORD_SWARM_GATEWAY=http://gateway:8733 and COORD_SWARM_GATEWAY_TOKEN_FILE.
+
+    It serves GET /v1/services/<id or name> and POST /v1/services/<id>/update {version, replicas?, labels?}, and
+    nothing else. Each request must carry `Authorization: Bearer <token>` (401 otherwise) and name its node
+    (X-Coord-Node). An update may change only the coord.claim label and a replicated service's replica count, at
+    the version read (409 when the service changed since); anything else is refused (403) and logged. Every
+    update is logged with the node, the service and what changed. Refuses to start unless the engine is a
+    Swarm manager. Runs until SIGTERM.
+    """
+    from coord.docker_ops import DockerControl
+    from coord.gateway import GatewayServer, manager_refusal, read_token, serve
+
+    def work() -> None:
+        token = read_token(token_file)
+        docker = DockerControl.connect()
+        refusal = manager_refusal(docker.swarm_role())
+        if refusal:
+            raise CoordError(refusal)
+        serve(GatewayServer((listen, port), docker, token))
+
+    _run(False, work)
 
 
 @app.command()

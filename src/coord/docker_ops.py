@@ -69,6 +69,8 @@ def is_transient(error: BaseException) -> bool:
             return False
         if SERVICE_CHANGED in explanation:  # Swarm's optimistic concurrency: the version read is stale
             return False
+        if NOT_A_MANAGER in explanation:  # a worker's 503 for a service call: asking again will not promote it
+            return False
         return status >= 500
     return isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError)
 
@@ -108,6 +110,8 @@ def with_retries(
 # What the engine answers (500) to a service update carrying a version that is no longer the service's: someone
 # else updated it since it was read (docs/swarm.md). Exactly one of two concurrent updaters gets through.
 SERVICE_CHANGED = "update out of sequence"
+# What a worker's engine answers (503) to a service inspection or update: those calls are manager-only.
+NOT_A_MANAGER = "not a swarm manager"
 
 # Labels Swarm puts on a task's container (docs/swarm.md).
 SWARM_SERVICE_ID = "com.docker.swarm.service.id"
@@ -509,6 +513,14 @@ class DockerControl:
         if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
             return None
         return str(info.get("Name") or "") or None
+
+    def swarm_role(self) -> str | None:
+        """'manager' or 'worker' (docker info: Swarm.ControlAvailable), or None when not part of a swarm."""
+        info = self._call("read the engine's info", lambda: self.client.info())
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active":
+            return None
+        return "manager" if swarm.get("ControlAvailable") else "worker"
 
     # Exec ------------------------------------------------------------------------------------------------------
 

@@ -156,15 +156,18 @@ def group_volumes(plans: Sequence[VolumePlan], docker: Engine, own_container: st
 
 
 def _global_service_under_stop(plan: VolumePlan, containers: list[ContainerInfo], docker: Engine) -> str | None:
-    """Why `stop` (or auto escalating to it) cannot hold a global Swarm service's task down, or None."""
+    """Why `stop` (or auto escalating to it) cannot hold a global Swarm service's task down, or None.
+
+    Every Swarm service with tasks among the containers is read, whatever the strategy: coord claims it before
+    touching them, so a service coord cannot read (a worker without a gateway, an unreachable gateway) raises
+    CoordError here and fails the volume in the plan as it would in the backup."""
     policy = plan.policy.policy
-    if not (
-        plan.strategy is Strategy.STOP or (plan.strategy is Strategy.AUTO and policy.escalate_to is Escalation.STOP)
-    ):
-        return None
+    under_stop = plan.strategy is Strategy.STOP or (
+        plan.strategy is Strategy.AUTO and policy.escalate_to is Escalation.STOP
+    )
     for service_id in dict.fromkeys(c.swarm_service for c in containers if c.swarm_service):
         service = docker.service(service_id or "")
-        if service is not None and service.is_global:
+        if under_stop and service is not None and service.is_global:
             return global_refusal(service)
     return None
 

@@ -29,7 +29,10 @@ def in_container() -> bool:
         return False
 
 
-_CONTAINER_ID = re.compile(r"/(?:docker|containers)/containers/([0-9a-f]{64})/")
+# The engine bind-mounts <data root>/containers/<id>/{resolv.conf,hostname,hosts} into each container. The data
+# root is not always /var/lib/docker: `--data-root` moves it, and an engine inside a container (a Swarm node of
+# scripts/swarm-multinode/run.sh) keeps it in a volume (/var/lib/docker/volumes/<v>/_data/containers/<id>/...).
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/(?:resolv\.conf|hostname|hosts) ")
 
 
 def own_container_id() -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -392,3 +393,125 @@ def test_a_swarm_nodes_archives_are_its_own_on_a_shared_target_and_another_nodes
     text = run_coord("plan", "--policies-dir", str(tmp_path / "p"), "--dest", str(shared))
     assert f"archives to local:{node}/{volume}/" in text.stdout, text.stdout
 
+
+# Through the gateway (coord/gateway.py): coord reaches services only through `coord gateway`, as on a worker ----
+
+
+@pytest.fixture(scope="module")
+def gateway(swarm, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """`coord gateway` on localhost against the test engine (a manager of the module's swarm), on a free port;
+    yields what coord needs to use it (its env), its URL, token and log file. Stopped with SIGTERM at the end."""
+    work = tmp_path_factory.mktemp("gateway")
+    token = "e2e-" + os.urandom(16).hex()
+    (work / "token").write_text(token + "\n")
+    log = work / "gateway.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coord", "gateway", "--listen", "127.0.0.1", "--port", "0",
+             "--token-file", str(work / "token")],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env=dict(os.environ),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "listening on" in log.read_text() or process.poll() is not None, what="the gateway")
+        listening = [line for line in log.read_text().splitlines() if "listening on" in line]
+        assert listening, log.read_text()
+        url = listening[0].split("listening on ")[1].split()[0]
+        env = {"COORD_SWARM_GATEWAY": url, "COORD_SWARM_GATEWAY_TOKEN_FILE": str(work / "token")}
+        yield {"url": url, "token": token, "log": str(log), **env}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def gateway_env(gateway: dict[str, str]) -> dict[str, str]:
+    return {key: gateway[key] for key in ("COORD_SWARM_GATEWAY", "COORD_SWARM_GATEWAY_TOKEN_FILE")}
+
+
+def gateway_updates(gateway: dict[str, str], service_name: str) -> list[str]:
+    """What the gateway's log says it changed on the service, in order ('replicas 2 -> 0', 'coord.claim set ...')."""
+    marker = f"updated service {service_name} ("
+    lines = Path(gateway["log"]).read_text().splitlines()
+    return [line.split(marker, 1)[1].split("): ", 1)[1] for line in lines if marker in line]
+
+
+def version_of(docker_client, service_id: str) -> int:
+    return int(docker_client.api.inspect_service(service_id)["Version"]["Index"])
+
+
+def test_stop_through_the_gateway_scales_to_0_and_back_and_claims_and_releases_there(
+    swarm, gateway, docker_client, make_volume, make_service, tmp_path, isolated_state_dir
+):
+    volume = make_volume("data")
+    service = make_service("db", volume, replicas=2)
+    name = docker_client.services.get(service).name
+    write_policy(tmp_path / "p", "db", f"volumes: [{volume}]\nstrategy: stop\nstop_timeout: 5\n")
+
+    run = backup(tmp_path / "p", tmp_path / "b", env=gateway_env(gateway))
+    assert run.returncode == 0, run.stdout + run.stderr
+    [action] = run.json["volumes"][0]["containers"]
+    assert (action["action"], action["prior_state"], action["restored"]) == ("stopped", "2 replicas", True)
+    assert replicas_of(docker_client, service) == 2 and CLAIM_LABEL not in labels_of(docker_client, service)
+    updates = gateway_updates(gateway, name)
+    print("\n".join(["gateway log:", *updates]))
+    assert [u.split(" (")[0] for u in updates] == ["coord.claim set", "replicas 2 -> 0", "replicas 0 -> 2",
+                                                   "coord.claim removed"]  # fmt: skip
+    # each update names the calling node (this host: COORD_NODE is not set) and the claim's holder
+    lines = [line for line in Path(gateway["log"]).read_text().splitlines() if f"updated service {name} (" in line]
+    assert all(f"node {socket.gethostname()!r} (127.0.0.1)" in line for line in lines), lines
+    assert f"coord.claim set (node {socket.gethostname()} (" in updates[0]
+
+
+def test_recover_after_sigkill_puts_the_replica_count_back_through_the_gateway(
+    swarm, gateway, docker_client, make_volume, make_service, tmp_path, isolated_state_dir
+):
+    volume = make_volume("data")
+    service = make_service("db", volume, replicas=2)
+    name = docker_client.services.get(service).name
+    write_policy(tmp_path / "p", "db", f"volumes: [{volume}]\nstrategy: stop\nstop_timeout: 5\n")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_SCALING, "backup", "--policies-dir", str(tmp_path / "p"),
+         "--dest", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **gateway_env(gateway)},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert replicas_of(docker_client, service) == 0 and CLAIM_LABEL in labels_of(docker_client, service)
+    assert [u.split(" (")[0] for u in gateway_updates(gateway, name)] == ["coord.claim set", "replicas 2 -> 0"]
+
+    recovered = run_coord("recover", "--json", env=gateway_env(gateway))
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert f"scaled service {name} back to 2" in " ".join(recovered.json["restored"])
+    assert replicas_of(docker_client, service) == 2 and CLAIM_LABEL not in labels_of(docker_client, service)
+    assert [u.split(" (")[0] for u in gateway_updates(gateway, name)][2:] == ["replicas 0 -> 2", "coord.claim removed"]
+    assert not list((isolated_state_dir / "journal").glob("*.json"))
+
+
+def test_the_gateway_refuses_any_other_change_403_and_a_wrong_token_401_on_the_real_engine(
+    swarm, gateway, docker_client, make_volume, make_service
+):
+    import requests
+
+    service = make_service("db", make_volume("data"), replicas=1)
+    version = version_of(docker_client, service)
+    labels = labels_of(docker_client, service)
+    headers = {"Authorization": f"Bearer {gateway['token']}", "X-Coord-Node": "e2e"}
+    url = f"{gateway['url']}/v1/services/{service}"
+    assert requests.get(url, headers=headers, timeout=30).json()["version"] == version
+
+    refused = [
+        {"version": version, "labels": {**labels, "com.example.other": "1"}},  # another label
+        {"version": version, "TaskTemplate": {"ContainerSpec": {"Image": "coord-test/busybox:latest"}}},  # an image
+    ]
+    for body in refused:
+        answer = requests.post(f"{url}/update", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 403, answer.text
+    wrong = {**headers, "Authorization": "Bearer " + "0" * 40}
+    assert (
+        requests.post(f"{url}/update", json={"version": version, "replicas": 0}, headers=wrong, timeout=30).status_code
+        == 401
+    )
+    assert requests.get(url, headers=wrong, timeout=30).status_code == 401
+    assert version_of(docker_client, service) == version and replicas_of(docker_client, service) == 1
+    assert labels_of(docker_client, service) == labels
+    logged = Path(gateway["log"]).read_text()
+    assert f"refused POST /v1/services/{service}/update: service " in logged  # the label change
+    assert f"refused POST /v1/services/{service}/update: the gateway changes only" in logged  # the image
