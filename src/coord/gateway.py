@@ -290,15 +290,18 @@ def manager_refusal(role: str | None) -> str | None:
     )
 
 
+class _GatewayLog(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed: no parameter at run time
+    """The gateway's own log on stderr (added once however often serve() runs in a process)."""
+
+
 def serve(server: GatewayServer) -> None:
     """Serve until SIGTERM or SIGINT (a `docker stop` of the task), logging to stderr: the address once, then
     every update (node, service, what changed) and every refusal. Returns when stopped; raises nothing else."""
     from coord.signals import Interrupted, termination_raises
 
-    if not any(getattr(handler, "coord_gateway", False) for handler in log.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(handler, _GatewayLog) for handler in log.handlers):
+        handler = _GatewayLog()
         handler.setFormatter(logging.Formatter("coord gateway: %(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
-        handler.coord_gateway = True  # type: ignore[attr-defined]
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False  # the CLI's root handler shows warnings only; every update must be in this log
