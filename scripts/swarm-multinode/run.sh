@@ -218,23 +218,37 @@ on node1 docker service inspect -f 'coord-fleet_clickhouse after the run: {{.Spe
 
 say "the fleet report (from node1's coord task: the stack's policies and rclone secret)"
 # Every node's coord backs up a volume of the same name (the stack mounts it on every node; node1's and node2's are
-# empty): with the archive layout of this branch, two nodes publishing in the same second write the same name on
-# the shared target and one overwrites the other ("not read: ... its manifest says"): the report says so and exits
-# 1. The per-node layout on shared targets (`_nodes/<node>/`, another branch of issue 18) removes that; until then
-# only the worker's archive is required here.
+# empty): each node's archives go to its own namespace on the shared target (`_nodes/<node>/`), so every node's
+# archive is counted and none overwrites another's; each node's run records (`_runs/<node>/`) give its runs and
+# success rate. Wait until every node published (the worker's came first, above).
+for _ in $(seq 180); do
+  [ "$(manifests | grep -c ' coord-fleet_clickhouse-data ')" -ge 3 ] && \
+    [ "$(manifests | grep ' coord-fleet_clickhouse-data ' | cut -d' ' -f1 | sort -u | wc -l)" -ge 3 ] && break
+  sleep 1
+done
 task=$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
-on node1 docker exec "$task" coord report --fleet || echo "   (coord report --fleet: exit $?)"
-on node1 docker exec "$task" coord report --fleet --json >"$work/fleet.json" || true
+on node1 docker exec "$task" coord report --fleet | sed 's/^/   /'
+on node1 docker exec "$task" coord report --fleet --json >"$work/fleet.json"
+on node1 docker exec "$task" coord report --fleet --html /tmp/fleet.html
+on node1 docker exec "$task" cat /tmp/fleet.html >"$work/fleet.html"
+echo "   the fleet report as HTML: $(wc -c <"$work/fleet.html") bytes"
+grep -q node3 "$work/fleet.html" || { echo "the fleet page does not name node3"; exit 1; }
 python3 - "$work/fleet.json" "${nodes[@]}" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 counted = {node: 0 for node in sys.argv[2:]}
+runs = {node: [0, 0] for node in sys.argv[2:]}
 for row in report["rows"]:
     if row["volume"] == "coord-fleet_clickhouse-data" and row["node"] in counted:
         counted[row["node"]] += row["archives"]
+        runs[row["node"]][0] += row["runs"]
+        runs[row["node"]][1] += row["ok"] + row["warnings"]
 print("   archives of the stack's volume per node, as the fleet report counts them:", counted)
-print("   not read (same-named archives of two nodes in one second):", len(report["errors"]))
-if counted["node3"] < 1:
-    sys.exit("the fleet report counts no archive of the stack's volume for node3, the worker")
+print("   runs of the stack's volume per node (runs, ok or warning):", runs)
+if report["errors"]:
+    sys.exit(f"the fleet report could not read: {report['errors']}")
+missing = [node for node, count in counted.items() if count < 1 or runs[node][0] < 1]
+if missing:
+    sys.exit(f"the fleet report counts no archive or run of the stack's volume for {missing}")
 PY
 echo "== the worker's coord backed up the stack's service with stop through the gateway"
