@@ -61,3 +61,21 @@ def read_png(path: Path) -> tuple[int, int, list[tuple[int, int, int]]]:
         pixels.extend((row[i], row[i + 1], row[i + 2]) for i in range(0, stride, step))
         previous = row
     return width, height, pixels
+
+
+def chromium_screenshot(page: Path, screenshot: Path, width: int, height: int) -> list[tuple[int, int, int]]:
+    """Render the HTML file `page` with headless Chromium (installed by scripts/bootstrap.sh) into `screenshot`
+    at `width` x `height`; returns its pixels after checking that Chromium succeeded and the size is the one asked."""
+    import subprocess
+
+    shot = subprocess.run(
+        [
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--screenshot={screenshot}", f"--window-size={width},{height}", page.as_uri(),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
+    shown_width, shown_height, pixels = read_png(screenshot)
+    assert (shown_width, shown_height) == (width, height)
+    return pixels
