@@ -10,8 +10,9 @@ gateway runs on a manager beside its engine socket and exposes exactly that, not
 
 A worker's containers share the worker's network, so the gateway must not become a way to change the fleet:
 every request carries the shared token (`Authorization: Bearer`, compared in constant time; 401 without it) and
-names its node (`X-Coord-Node`, logged), and an update may change only the replica count of a replicated service
-and the `coord.claim` label (any other key, any other label, a global service's mode: 403 with the reason). The
+names its node (`X-Coord-Node`, logged), and an update may change only the `coord.claim` label and the replica
+count of a replicated service that carries a claim, to 0 or back from 0 (any other key, any other label, a global
+service's mode, scaling an unclaimed service or from one running count to another: 403 with the reason). The
 rest of the spec is read from the engine and sent back as it is (DockerControl.update_service), never taken
 from the request. Every update and every refusal is logged with the node, the service and what changed.
 """
@@ -123,6 +124,8 @@ def check_update(current: ServiceInfo, request: UpdateRequest) -> None:
             f"service {current.name} is global: it has no replica count, and the gateway never changes a "
             "service's mode",
         )
+    if request.replicas is not None and request.replicas != current.replicas:
+        _check_scaling(current, request.replicas)
     if request.labels is not None:
         keys = set(request.labels) | set(current.labels)
         changed = sorted(k for k in keys - {CLAIM_LABEL} if request.labels.get(k) != current.labels.get(k))
@@ -139,6 +142,24 @@ def check_update(current: ServiceInfo, request: UpdateRequest) -> None:
                 f"service {current.name}: {CLAIM_LABEL} must be a claim as coord writes it "
                 "({node, run, pid, deadline})",
             )
+
+
+def _check_scaling(current: ServiceInfo, replicas: int) -> None:
+    """What coord's own `stop` does, and nothing more: a claimed service scaled to 0, or back from 0 (coord claims a
+    service before it scales it, and keeps the claim until it is back: swarm.py, recovery.py). So the token cannot
+    scale an unclaimed service, nor move a running service to another count. Raises Refused (403)."""
+    if Claim.from_label(current.labels.get(CLAIM_LABEL)) is None:
+        raise Refused(
+            HTTPStatus.FORBIDDEN,
+            f"service {current.name} carries no {CLAIM_LABEL}: the gateway scales only a claimed service (coord "
+            "claims it first)",
+        )
+    if current.replicas != 0 and replicas != 0:
+        raise Refused(
+            HTTPStatus.FORBIDDEN,
+            f"service {current.name}: the gateway scales a service to 0 or back from 0 only, not from "
+            f"{current.replicas} to {replicas} (docker service scale on a manager does that)",
+        )
 
 
 def describe_update(current: ServiceInfo, request: UpdateRequest) -> str:

@@ -6,6 +6,7 @@ tests/e2e/test_swarm.py runs the gateway against the real engine."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -153,10 +154,11 @@ def test_a_stale_version_is_409_and_the_client_raises_service_changed(
     gateway: GatewayServer, manager: FakeEngine
 ) -> None:
     stale = service(manager, "db")
-    client(gateway, node="worker-2").update_service(stale, replicas=1)  # someone else got in first
-    with pytest.raises(ServiceChanged, match="changed since"):
+    claim = swarm.Claim("worker-2", "run2", 1, time.time() + 60).to_label()
+    client(gateway, node="worker-2").update_service(stale, labels={**stale.labels, swarm.CLAIM_LABEL: claim})
+    with pytest.raises(ServiceChanged, match="changed since"):  # worker-2 got in first
         client(gateway).update_service(stale, replicas=0)
-    assert service(manager, "db").replicas == 1
+    assert service(manager, "db").replicas == 2
 
 
 def test_a_missing_service_is_none_and_other_paths_are_404(gateway: GatewayServer) -> None:
@@ -171,13 +173,37 @@ def test_a_missing_service_is_none_and_other_paths_are_404(gateway: GatewayServe
 def test_the_rules_are_checked_against_the_service_as_it_is_now() -> None:
     from coord.gateway import UpdateRequest
 
-    current = ServiceInfo("id1", "db", 2, 7, {"app": "db"})
-    check_update(current, UpdateRequest(7, 0, None))
-    check_update(current, UpdateRequest(7, None, {"app": "db"}))
     claim = swarm.Claim("n", "r", 1, time.time() + 60).to_label()
+    current = ServiceInfo("id1", "db", 2, 7, {"app": "db", swarm.CLAIM_LABEL: claim})
+    check_update(current, UpdateRequest(7, 0, None))
     check_update(current, UpdateRequest(7, None, {"app": "db", swarm.CLAIM_LABEL: claim}))
+    check_update(current, UpdateRequest(7, None, {"app": "db"}))  # the claim released
     with pytest.raises(Exception, match=r"changed since it was read \(version 6, now 7\)"):
         check_update(current, UpdateRequest(6, 0, None))
+
+
+@pytest.mark.parametrize(
+    ("replicas_now", "labels", "asked", "refused"),
+    [
+        (2, {"app": "db"}, 0, "carries no coord.claim: the gateway scales only a claimed service"),
+        (0, {"app": "db"}, 2, "carries no coord.claim"),
+        (2, "claimed", 5, "scales a service to 0 or back from 0 only, not from 2 to 5"),
+        (2, "claimed", 1, "not from 2 to 1"),
+    ],
+)
+def test_the_gateway_scales_only_a_claimed_service_and_only_to_0_or_back_from_0(
+    replicas_now: int, labels: dict[str, str] | str, asked: int, refused: str
+) -> None:
+    from coord.gateway import Refused, UpdateRequest
+
+    claim = swarm.Claim("n", "r", 1, time.time() + 60).to_label()
+    current = ServiceInfo("id1", "db", replicas_now, 7, {"app": "db", swarm.CLAIM_LABEL: claim})
+    check_update(current, UpdateRequest(7, 0 if replicas_now else 3, None))  # claimed: to 0, or back from 0
+    if labels != "claimed":
+        current = ServiceInfo("id1", "db", replicas_now, 7, dict(labels))
+    with pytest.raises(Refused, match=re.escape(refused)) as refusal:
+        check_update(current, UpdateRequest(7, asked, None))
+    assert refusal.value.status == 403
 
 
 def test_an_unreachable_gateway_is_a_docker_error_naming_it_and_what_to_check() -> None:
