@@ -34,6 +34,7 @@ from coord.notify import LogTail, NotifyEvent
 from coord.results import RunResult, VolumeStatus
 from coord.run_records import build_record, keep_unpublished, publish_run_record
 from coord.signals import Interrupted, deferred, termination_raises
+from coord.targets import Target
 
 log = logging.getLogger("coord.recording")
 
@@ -151,7 +152,7 @@ def _publish_record(
     record is only kept: the process was asked to stop, and the next run publishes it. What could not be
     published is a warning of the run (its output, JSON `warnings`, and its history row), never a failure."""
     try:
-        targets = request.run_targets()
+        targets = _record_targets(request.run_targets(), record.result)
     except CoordError:  # nowhere to publish to: the run itself failed for that, and its history says so
         return
     document = build_record(this_node(), _run_row(request, record, started, trigger), record.result)
@@ -167,6 +168,14 @@ def _publish_record(
         history.note_run(record.run_id, warnings)
     except HistoryError as error:
         log.error("%s", error.message)
+
+
+def _record_targets(targets: list[Target], result: RunResult | None) -> list[Target]:
+    """Where a run's record goes: the targets its volumes' archives went to or were meant for (a policy's
+    `targets:`, --target), else, when no volume got as far as a target, every target of the run (a run that failed
+    early is recorded wherever it could have written)."""
+    used = {target.target for volume in (result.volumes if result else []) for target in volume.targets}
+    return [target for target in targets if target.name in used] or targets
 
 
 def _run_row(request: BackupRequest, record: RecordedRun, started: datetime, trigger: str) -> RunRow:

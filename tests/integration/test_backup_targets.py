@@ -26,6 +26,7 @@ from coord.cli import app
 from coord.docker_ops import DockerControl
 from coord.manifest import MANIFEST_SUFFIX
 from coord.results import TargetStatus, VolumeStatus
+from coord.run_records import RUNS_DIRECTORY
 from coord.runner import BackupRequest, run_backup
 from coord.targets import Target
 
@@ -73,7 +74,10 @@ def backup(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
 
 
 def files_under(root: Path) -> list[str]:
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+    """The archives and manifests under a local target's root: run records (`_runs/`, tests/unit/test_run_records.py)
+    left out."""
+    files = (path.relative_to(root) for path in root.rglob("*") if path.is_file())
+    return sorted(str(path) for path in files if path.parts[0] != RUNS_DIRECTORY)
 
 
 def volume_files(remote: ServedRemote, volume: str = "v") -> list[str]:
