@@ -2,7 +2,7 @@
 
 Processes, so no per-file Python work sits in the hot path:
 
-    tar --create ... .  --stdout-->  pzstd / gzip  --stdout-->  coord: sha256 + write to the .partial file
+    tar --create ... .  --stdout-->  pzstd / pigz  --stdout-->  coord: sha256 + write to the .partial file
         |--index (one line per member, via a pipe)--> coord: entry count, digest, per-directory listing
         |--stderr--> coord: every line classified (problems.py)
 
@@ -64,7 +64,8 @@ class DestinationError(CoordError):
 # compression instead of decoding one frame on one core (docs/benchmarks.md, issue 16). The frames are ordinary
 # zstd frames: `zstd -dc X.tar.zst | tar -x` restores such an archive, and pzstd -d reads one-frame archives too.
 PARALLEL_ZSTD = "pzstd"
-_missing_parallel_zstd_noted: list[bool] = []
+PARALLEL_GZIP = "pigz"  # gzip's format on every core; `gzip -dc` reads what it writes
+_missing_tools_noted: set[str] = set()
 
 
 def worker_count(threads: int = 0) -> int:
@@ -77,36 +78,43 @@ def worker_count(threads: int = 0) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def parallel_zstd_available() -> bool:
-    """Whether pzstd is on PATH; the first time it is not, a note says what that costs and how to fix it."""
-    if shutil.which(PARALLEL_ZSTD) is not None:
+def parallel_tool_available(tool: str) -> bool:
+    """Whether `tool` (pzstd or pigz) is on PATH; the first time it is not, a note says what that costs."""
+    if shutil.which(tool) is not None:
         return True
-    if not _missing_parallel_zstd_noted:
-        _missing_parallel_zstd_noted.append(True)
-        log.warning(
-            "pzstd is not on PATH: zstd writes one frame, which the archive's check decodes on one core "
-            "(install pzstd: Debian's zstd package, Fedora's zstd, Alpine's zstd)"
-        )
+    if tool not in _missing_tools_noted:
+        _missing_tools_noted.add(tool)
+        if tool == PARALLEL_ZSTD:
+            log.warning(
+                "pzstd is not on PATH: zstd writes one frame, which the archive's check decodes on one core "
+                "(install pzstd: Debian's zstd package, Fedora's zstd, Alpine's zstd)"
+            )
+        else:
+            log.info("%s is not on PATH: gzip compresses on one core (Debian: apt-get install %s)", tool, tool)
     return False
 
 
 def compressor_command(compression: Compression, level: int | None = None, threads: int = 0) -> list[str]:
     """The compressor reading tar's stream: zstd -3 in independent frames on every core (pzstd; plain zstd
-    -T0 when pzstd is missing), or gzip -6. `threads` 0 means every core."""
+    -T0 when pzstd is missing), or gzip -6 on every core (pigz; gzip when pigz is missing). `threads` 0 means
+    every core."""
     if compression is Compression.ZSTD:
-        if parallel_zstd_available():
+        if parallel_tool_available(PARALLEL_ZSTD):
             return [PARALLEL_ZSTD, "-q", "-c", f"-{level or 3}", "-p", str(worker_count(threads))]
         return ["zstd", "-q", "-c", f"-{level or 3}", f"-T{threads}"]
     if compression is Compression.NONE:
         return ["cat"]  # the same pipeline, so tar's stream is handled (hashed, listed, stored) one way
+    if parallel_tool_available(PARALLEL_GZIP):
+        return [PARALLEL_GZIP, "-c", f"-{level or 6}", "-p", str(worker_count(threads))]
     return ["gzip", "-c", f"-{level or 6}"]
 
 
 def decompressor_command(compression: Compression) -> list[str]:
     """The decompressor of an archive's stream. pzstd -d decodes the frames pzstd wrote on every core, and a
-    one-frame archive (plain zstd's, coord's before issue 16) on one, as zstd -d does."""
+    one-frame archive (plain zstd's, coord's before issue 16) on one, as zstd -d does. gzip's format decodes on
+    one core whoever wrote it (pigz -d only moves the CRC to another thread), so gzip -d reads it."""
     if compression is Compression.ZSTD:
-        if parallel_zstd_available():
+        if parallel_tool_available(PARALLEL_ZSTD):
             return [PARALLEL_ZSTD, "-q", "-d", "-c", "-p", str(worker_count())]
         return ["zstd", "-q", "-d", "-c"]
     if compression is Compression.NONE:

@@ -148,13 +148,38 @@ def test_without_pzstd_coord_falls_back_to_one_frame_zstd_and_says_so(
     for tool in ("tar", "zstd", "sh"):
         (tools / tool).symlink_to(shutil.which(tool) or tool)
     monkeypatch.setenv("PATH", str(tools))
-    monkeypatch.setattr(archive_module, "_missing_parallel_zstd_noted", [])
+    monkeypatch.setattr(archive_module, "_missing_tools_noted", set())
     assert compressor_command(Compression.ZSTD, 4) == ["zstd", "-q", "-c", "-4", "-T0"]
     assert decompressor_command(Compression.ZSTD) == ["zstd", "-q", "-d", "-c"]
     assert [record.levelname for record in caplog.records] == ["WARNING"]  # once, not per command
+    assert compressor_command(Compression.GZIP, 9) == ["gzip", "-c", "-9"]
     assert "pzstd is not on PATH" in caplog.text
     source = tmp_path / "source"
     source.mkdir()
     (source / "file").write_text("data\n" * 1000)
     _, mismatches = archive_checked(source, tmp_path / "volume.tar.zst", compressor_command(Compression.ZSTD))
     assert mismatches == []
+
+
+def test_gzip_archives_are_compressed_on_every_core_and_read_by_plain_gzip(tmp_path: Path, large_tree: Path) -> None:
+    assert shutil.which("pigz"), "scripts/bootstrap.sh installs pigz"
+    assert compressor_command(Compression.GZIP, None, 2) == ["pigz", "-c", "-6", "-p", "2"]
+    archive = tmp_path / "volume.tar.gz"
+    check = WrittenArchiveCheck(Compression.GZIP, None)
+    settings = ArchiveSettings(ExcludeMatcher.of([]), compressor_command(Compression.GZIP), check.write)
+    try:
+        outcome = create_archive(large_tree, archive, settings)
+    finally:
+        check.end_writing()
+    assert outcome.problems == []
+    assert check.read_back(archive, outcome)[1] == []
+    target = tmp_path / "by-hand"
+    target.mkdir()
+    subprocess.run(
+        f"set -o pipefail; gzip -dc '{archive}' | tar -x --numeric-owner -C '{target}'",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+        capture_output=True,
+    )
+    assert differences(snapshot_tree(large_tree), snapshot_tree(target)) == []
