@@ -24,7 +24,7 @@ if [ "${1:-}" = "--fetch" ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any -d "$carry/whl" \
     docker typer tenacity python-gnupg pyyaml pydantic rich croniter prometheus-client apprise
-  (cd "$carry/deb" && apt-get download zstd libzstd1 >/dev/null)
+  (cd "$carry/deb" && apt-get download zstd libzstd1 liblz4-1 liblzma5 2>/dev/null)
   du -sh "$carry"
   exit 0
 fi
@@ -40,8 +40,15 @@ if compgen -G "$carry/whl/*.whl" >/dev/null; then
 fi
 if compgen -G "$carry/deb/*.deb" >/dev/null && ! command -v pzstd >/dev/null; then
   for package in "$carry"/deb/*.deb; do dpkg -x "$package" /tmp/coord-root; done
-  export PATH="/tmp/coord-root/usr/bin:$PATH"
-  export LD_LIBRARY_PATH="/tmp/coord-root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # Wrappers: only zstd and pzstd see Debian's libraries (the device's python keeps its own liblzma).
+  mkdir -p /tmp/coord-root/wrap
+  libraries=/tmp/coord-root/usr/lib/x86_64-linux-gnu:/tmp/coord-root/lib/x86_64-linux-gnu
+  for tool in zstd pzstd; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec /tmp/coord-root/usr/bin/%s "$@"\n' "$libraries" "$tool" \
+      >/tmp/coord-root/wrap/$tool
+    chmod +x /tmp/coord-root/wrap/$tool
+  done
+  export PATH="/tmp/coord-root/wrap:$PATH"
 fi
 missing=()
 for tool in tar zstd pzstd bash mkfifo tee sync; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -51,7 +58,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "device.sh: missing: ${missing[*]} (run bench/device.sh --fetch where there is network, carry .device)" >&2
   exit 2
 fi
-echo "device.sh: $(nproc) cores, $(uname -r), $("$python" --version), $(zstd --version | head -1)"
+echo "device.sh: $(nproc) cores, $(uname -r), $("$python" --version), $(zstd --version | head -1), pzstd at $(command -v pzstd)"
 uptime
 before=()
 [ -d "$carry/before/src/coord" ] && before=(--before "$carry/before")
