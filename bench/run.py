@@ -109,6 +109,7 @@ class Context:
     gpg_home: Path | None = None
     gpg_recipient: str | None = None
     log: list[str] = field(default_factory=list)
+    before_source: Path | None = None  # --before: another coord's source tree (its src/), run as `coord-before`
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,6 +145,36 @@ def _shell_zstd_overlapped(context: Context, prepared: Prepared, work: Path) -> 
     )
 
 
+def _workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _shell_pzstd(context: Context, prepared: Prepared, work: Path) -> str:
+    archive = shlex.quote(str(work / "out.tar.zst"))
+    return f"tar -C {shlex.quote(str(prepared.mountpoint))} -cf - . | pzstd -q -3 -p {_workers()} > {archive}"
+
+
+def _shell_zstd_checked(context: Context, prepared: Prepared, work: Path, compressor: str, decompressor: str) -> str:
+    """The shell doing coord's in-line check: the stream to the file and, through tee, decoded and listed
+    (`tee >(decoder | tar -t)`, with a named pipe so the shell waits for the listing and sees its status)."""
+    archive = shlex.quote(str(work / "out.tar.zst"))
+    fifo = shlex.quote(str(work / "check.fifo"))
+    return (
+        f"mkfifo {fifo} && {{ {decompressor} < {fifo} | tar -tf - > /dev/null & }} && listing=$! && "
+        f"tar -C {shlex.quote(str(prepared.mountpoint))} -cf - . | {compressor} | tee {fifo} > {archive} "
+        f"&& wait $listing && sync {archive}"
+    )
+
+
+def _shell_zstd_check(context: Context, prepared: Prepared, work: Path) -> str:
+    return _shell_zstd_checked(context, prepared, work, "zstd -T0 -q", "zstd -q -d -c")
+
+
+def _shell_pzstd_check(context: Context, prepared: Prepared, work: Path) -> str:
+    workers = _workers()
+    return _shell_zstd_checked(context, prepared, work, f"pzstd -q -3 -p {workers}", f"pzstd -q -d -c -p {workers}")
+
+
 def _shell_gzip(context: Context, prepared: Prepared, work: Path) -> str:
     return f"tar -C {shlex.quote(str(prepared.mountpoint))} -czf {shlex.quote(str(work / 'out.tar.gz'))} ."
 
@@ -168,6 +199,14 @@ def _coord(context: Context, prepared: Prepared, work: Path, policies_dir: Path 
         "--state-dir", str(context.out / "state"),
         "--json",
     ]  # fmt: skip
+
+
+def _coord_before(context: Context, prepared: Prepared, work: Path) -> list[str]:
+    """The same command with another coord (--before: e.g. `git archive main src | tar -x -C DIR`), run by this
+    venv's Python with that tree first on its path: two versions in one run, alternating, under the same load."""
+    assert context.before_source is not None
+    argv = _coord(context, prepared, work)
+    return ["env", f"PYTHONPATH={context.before_source / 'src'}", str(context.python), "-m", "coord", *argv[1:]]
 
 
 def _coord_gpg(context: Context, prepared: Prepared, work: Path) -> list[str]:
@@ -214,8 +253,29 @@ CASES = {
             _shell_zstd_overlapped,
             ".tar.zst",
         ),
+        Case(
+            "zstd+check",
+            "tar | zstd -T0 -q | tee >(zstd -dc | tar -tf - > /dev/null) > out.tar.zst; sync out.tar.zst "
+            "(the shell doing coord's in-line check: one zstd frame, decoded on one core)",
+            _shell_zstd_check,
+            ".tar.zst",
+        ),
+        Case(
+            "pzstd",
+            "tar -C MOUNT -cf - . | pzstd -q -3 -p NPROC > out.tar.zst (independent frames)",
+            _shell_pzstd,
+            ".tar.zst",
+        ),
+        Case(
+            "pzstd+check",
+            "tar | pzstd -q -3 -p NPROC | tee >(pzstd -dc -p NPROC | tar -tf - > /dev/null) > out.tar.zst; "
+            "sync out.tar.zst (coord's check on independent frames, decoded on every core)",
+            _shell_pzstd_check,
+            ".tar.zst",
+        ),
         Case("gzip", "tar -C MOUNT -czf out.tar.gz . (the incident's command)", _shell_gzip, ".tar.gz"),
         Case("coord", "coord backup --policy bench --dest DEST --json (strategy live, zstd)", _coord, ".tar.zst"),
+        Case("coord-before", "the same with the coord of --before DIR (DIR/src)", _coord_before, ".tar.zst"),
         Case(
             "zstd+gpg",
             "tar -C MOUNT -cf - . | zstd -T0 -q | gpg --encrypt --recipient KEY --compress-algo none > out",
@@ -735,6 +795,7 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "tar": first_line(["tar", "--version"]),
         "zstd": first_line(["zstd", "--version"]),
+        "pzstd": "on PATH" if shutil.which("pzstd") else "missing",  # its --version writes to stderr
         "gzip": first_line(["gzip", "--version"]),
         "gpg": first_line(["gpg", "--version"]),
         "python": platform.python_version(),
@@ -781,6 +842,12 @@ def report_dataset(prepared: Prepared, runs: list[Run], phases: dict | None) -> 
     lines += ratio_lines(runs, "coord", "zstd", "coord vs the zstd pipeline (target <= 1.1x, later 1.05x)")
     lines += ratio_lines(runs, "coord", "zstd+verify", "coord vs pipeline + fsync + read-back listing")
     lines += ratio_lines(runs, "zstd+overlap", "zstd", "validation overlapped with the write vs the zstd pipeline")
+    lines += ratio_lines(runs, "zstd+check", "zstd", "the shell doing coord's check vs the zstd pipeline")
+    lines += ratio_lines(runs, "pzstd", "zstd", "independent frames (pzstd) vs the zstd pipeline")
+    lines += ratio_lines(runs, "pzstd+check", "zstd", "the shell's check on independent frames vs the zstd pipeline")
+    lines += ratio_lines(runs, "coord-before", "zstd", "the --before coord vs the zstd pipeline")
+    lines += ratio_lines(runs, "coord", "coord-before", "this coord vs the --before coord")
+    lines += ratio_lines(runs, "coord", "pzstd+check", "coord vs the shell doing its check on independent frames")
     lines += ratio_lines(runs, "gzip", "coord", "tar -czf vs coord (target >= 3x)")
     lines += ratio_lines(runs, "gzip", "zstd", "tar -czf vs the zstd pipeline")
     lines += ratio_lines(runs, "coord+gpg", "zstd+gpg", "coord+gpg vs the zstd+gpg pipeline")
@@ -956,6 +1023,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(DOWNTIME_STRATEGIES),
         help="with --downtime: comma list of coord strategies to compare",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="source tree of another coord (DIR/src), timed as the case coord-before beside coord",
+    )
     parser.add_argument("--gpg", action="store_true", help="add zstd+gpg and coord+gpg (a throw-away key)")
     parser.add_argument("--no-main", action="store_true", help="skip the main volume (with --scaling)")
     parser.add_argument("--no-phases", action="store_true", help="skip the in-process run that splits coord's time")
@@ -973,6 +1047,8 @@ def check_environment(cases: Sequence[Case], downtime: bool = False) -> None:
     if os.geteuid() != 0:
         problems.append("run as root: the data is written into the volumes' Mountpoint under /var/lib/docker")
     tools = {"docker", "tar", "zstd", "gzip", "bash", "sync", "findmnt"}
+    if any(case.name.startswith("pzstd") for case in cases):
+        tools.add("pzstd")
     if any(case.needs_gpg for case in cases):
         tools |= {"gpg", "gpgconf"}
     problems += [f"{tool} is not on PATH" for tool in sorted(tools) if shutil.which(tool) is None]
@@ -1005,6 +1081,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         sys.exit(f"bench: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     cases = [CASES[name] for name in names]
+    if "coord-before" in names and not (options.before and (options.before / "src" / "coord").is_dir()):
+        sys.exit("bench: coord-before needs --before DIR holding another coord's src/coord")
     check_environment(cases, options.downtime)
     coord = REPO / ".venv" / "bin" / "coord"
     reasons = {case.name: case.unavailable(coord) for case in cases if case.unavailable}
@@ -1024,6 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     options.out.mkdir(parents=True, exist_ok=True)
     context = Context(out=options.out, coord=coord, python=REPO / ".venv" / "bin" / "python")
+    context.before_source = options.before.resolve() if options.before else None
     host = machine()
     all_runs: list[Run] = []
     phases: dict[str, dict] = {}
@@ -1084,7 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.dumps(
             {
                 "machine": host,
-                "arguments": vars(options) | {"out": str(options.out)},
+                "arguments": {key: str(v) if isinstance(v, Path) else v for key, v in vars(options).items()},
                 "datasets": [{"volume": p.dataset.volume, "spec": p.dataset.spec, **p.summary} for p in prepared_sets],
                 "runs": [asdict(run) for run in all_runs],
                 "downtime_runs": [asdict(run) for run in downtime_runs],

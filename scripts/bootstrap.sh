@@ -10,6 +10,8 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 need_packages=()
 command -v tar >/dev/null || need_packages+=(tar)
 command -v zstd >/dev/null || need_packages+=(zstd)
+command -v pzstd >/dev/null || need_packages+=(zstd)                      # Debian's zstd ships pzstd: archives in frames
+command -v pigz >/dev/null || need_packages+=(pigz)                       # gzip archives on every core
 command -v gpg >/dev/null || need_packages+=(gnupg)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_packages+=(busybox-static)
 command -v dockerd >/dev/null || need_packages+=(docker.io)

@@ -2,7 +2,7 @@
 
 Processes, so no per-file Python work sits in the hot path:
 
-    tar --create ... .  --stdout-->  zstd -T0 / gzip  --stdout-->  coord: sha256 + write to the .partial file
+    tar --create ... .  --stdout-->  pzstd / pigz  --stdout-->  coord: sha256 + write to the .partial file
         |--index (one line per member, via a pipe)--> coord: entry count, digest, per-directory listing
         |--stderr--> coord: every line classified (problems.py)
 
@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -36,6 +38,8 @@ from coord.hashing import CHUNK_SIZE, HashingReader
 from coord.policy import Compression, ConsistencyRule
 from coord.problems import EntryProblem, ProblemKind, classify_tar_line
 from coord.stream_types import ByteStream, buffered_pipe
+
+log = logging.getLogger("coord")
 
 INDEX_CHUNK_SIZE = 1 << 16
 TAR_ENVIRONMENT = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -55,17 +59,63 @@ class DestinationError(CoordError):
         super().__init__(f"cannot write to destination {path}: {error.strerror}")
 
 
+# pzstd (Debian's zstd package ships it) cuts the stream into independent frames, each announced by a skippable
+# frame holding its size, so `pzstd -d -p N` decodes them on N cores: the in-line check then keeps up with the
+# compression instead of decoding one frame on one core (docs/benchmarks.md, issue 16). The frames are ordinary
+# zstd frames: `zstd -dc X.tar.zst | tar -x` restores such an archive, and pzstd -d reads one-frame archives too.
+PARALLEL_ZSTD = "pzstd"
+PARALLEL_GZIP = "pigz"  # gzip's format on every core; `gzip -dc` reads what it writes
+_missing_tools_noted: set[str] = set()
+
+
+def worker_count(threads: int = 0) -> int:
+    """`threads`, or with 0 the cores this process may run on (its CPU affinity, not the machine's count)."""
+    if threads > 0:
+        return threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_tool_available(tool: str) -> bool:
+    """Whether `tool` (pzstd or pigz) is on PATH; the first time it is not, a note says what that costs."""
+    if shutil.which(tool) is not None:
+        return True
+    if tool not in _missing_tools_noted:
+        _missing_tools_noted.add(tool)
+        if tool == PARALLEL_ZSTD:
+            log.warning(
+                "pzstd is not on PATH: zstd writes one frame, which the archive's check decodes on one core "
+                "(install pzstd: Debian's zstd package, Fedora's zstd, Alpine's zstd)"
+            )
+        else:
+            log.info("%s is not on PATH: gzip compresses on one core (Debian: apt-get install %s)", tool, tool)
+    return False
+
+
 def compressor_command(compression: Compression, level: int | None = None, threads: int = 0) -> list[str]:
-    """The compressor reading tar's stream: zstd -3 on every core by default, or gzip -6."""
+    """The compressor reading tar's stream: zstd -3 in independent frames on every core (pzstd; plain zstd
+    -T0 when pzstd is missing), or gzip -6 on every core (pigz; gzip when pigz is missing). `threads` 0 means
+    every core."""
     if compression is Compression.ZSTD:
+        if parallel_tool_available(PARALLEL_ZSTD):
+            return [PARALLEL_ZSTD, "-q", "-c", f"-{level or 3}", "-p", str(worker_count(threads))]
         return ["zstd", "-q", "-c", f"-{level or 3}", f"-T{threads}"]
     if compression is Compression.NONE:
         return ["cat"]  # the same pipeline, so tar's stream is handled (hashed, listed, stored) one way
+    if parallel_tool_available(PARALLEL_GZIP):
+        return [PARALLEL_GZIP, "-c", f"-{level or 6}", "-p", str(worker_count(threads))]
     return ["gzip", "-c", f"-{level or 6}"]
 
 
 def decompressor_command(compression: Compression) -> list[str]:
+    """The decompressor of an archive's stream. pzstd -d decodes the frames pzstd wrote on every core, and a
+    one-frame archive (plain zstd's, coord's before issue 16) on one, as zstd -d does. gzip's format decodes on
+    one core whoever wrote it (pigz -d only moves the CRC to another thread), so gzip -d reads it."""
     if compression is Compression.ZSTD:
+        if parallel_tool_available(PARALLEL_ZSTD):
+            return [PARALLEL_ZSTD, "-q", "-d", "-c", "-p", str(worker_count())]
         return ["zstd", "-q", "-d", "-c"]
     if compression is Compression.NONE:
         return ["cat"]

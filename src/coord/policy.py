@@ -392,7 +392,9 @@ class Policy(BaseModel):
         default=0,
         ge=0,
         le=256,
-        description="zstd worker threads; 0 (default) uses every core. gzip is single-threaded.",
+        description=(
+            "Compressor threads (pzstd; pigz for gzip; zstd -T where pzstd is missing); 0 (default) uses every core."
+        ),
         examples=[0],
     )
     containers: list[str] = Field(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from coord.encrypt import (
 )
 from coord.errors import CoordError
 from coord.hashing import CHUNK_SIZE, HashingReader, hash_file
+from coord.pipe_tee import PipeTee
 from coord.policy import Compression
 from coord.stream_types import ByteStream, buffered_pipe
 
@@ -165,6 +167,32 @@ class StreamLister:
             while chunk := listing.read1(1 << 16):
                 self._listing_digest.update(chunk)
                 self.result.entries += chunk.count(b"\n")
+
+    def feeding(self, stream: ByteStream) -> ByteStream:
+        """`stream`, every chunk read from it also fed to the decompressor.
+
+        When `stream` is a HashingReader that has read nothing yet, straight over a pipe (the compressor's, as
+        create_archive hands it), the kernel duplicates the bytes into the decompressor's pipe (tee(2), pipe_tee.py)
+        and coord copies none; otherwise each chunk read is written to the decompressor (`write`)."""
+        pipe = stream.source if isinstance(stream, HashingReader) and stream.size == 0 else None
+        decompressor_input = self.decompressor.stdin
+        if (
+            self._digest is None  # with its own hash the lister must see the bytes in this process
+            and isinstance(pipe, io.BufferedReader)
+            and decompressor_input is not None
+            and PipeTee.available(pipe.fileno(), decompressor_input.fileno())
+        ):
+            assert isinstance(stream, HashingReader)
+            stream.source = PipeTee(pipe.fileno(), decompressor_input.fileno(), self._teed, self._decompressor_gone)
+            return stream
+        return _TeeStream(stream, self.write)
+
+    def _teed(self, count: int) -> None:
+        self.result.stream_size += count
+
+    def _decompressor_gone(self) -> None:
+        self._stopped = True
+        self.result.errors.append("the decompressor stopped reading (corrupt data)")
 
     def write(self, chunk: bytes | memoryview) -> None:
         if self._digest is not None:
@@ -297,7 +325,7 @@ class WrittenArchiveCheck:
             self._store(stream, path)
             return
         self._lister = StreamLister(self.compression, hash_stream=False)
-        self._store(_TeeStream(stream, self._lister.write), path)
+        self._store(self._lister.feeding(stream), path)
 
     @property
     def listed(self) -> ReadBack | None:
