@@ -612,12 +612,15 @@ def latest_archive(volume_dir: Path, state_dir: Path | None = None) -> Path | No
     return choose_latest(volume_dir, datetime.now(UTC), state_dir).archive
 
 
+def is_volume_directory(name: str) -> bool:
+    """Whether a name at a target's root (or a node's area) can be a volume's directory of archives. Names
+    starting with `.` or `_` are coord's own (temporaries; `_nodes/`, a Swarm node's area; `_runs/`, run records:
+    run_records.py): a Docker volume's name starts with a letter or digit."""
+    return bool(name) and "/" not in name and not name.startswith((".", "_"))
+
+
 def volume_directories(dest: Path) -> list[str]:
-    """The volume names that have a directory of archives under `dest`. Names starting with `.` or `_` are
-    coord's own (`_nodes/`, a Swarm node's namespace; `_runs/`, run records: run_records.py): a Docker volume's
-    name starts with a letter or digit."""
+    """The volume names that have a directory of archives under `dest` (is_volume_directory)."""
     if not dest.is_dir():
         return []
-    return sorted(
-        entry.name for entry in os.scandir(dest) if entry.is_dir() and not entry.name.startswith((".", "_"))
-    )
+    return sorted(entry.name for entry in os.scandir(dest) if entry.is_dir() and is_volume_directory(entry.name))

@@ -43,6 +43,7 @@ from coord.retention import (
     find_archives,
     future_reason,
     future_warning,
+    is_volume_directory,
     parse_time,
     volume_directories,
 )
@@ -81,12 +82,6 @@ def _usable_name(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
 
 
-def _volume_name(name: str) -> bool:
-    """A name at a target's root (or a node's) that can be a volume's directory: `_nodes` (and every name
-    starting with `_`) is coord's own, and a Docker volume name starts with a letter or digit."""
-    return _usable_name(name) and not name.startswith("_")
-
-
 def parse_ref(text: str) -> Ref | None:
     """The Ref written as `text`, or None when `text` is not shaped like one (no `:`, a `/` before it, not
     `<volume>/<file>` or `<node>/<volume>/<file>` after it, or a name that is empty, `.`, `..` or starts with `.`;
@@ -95,7 +90,7 @@ def parse_ref(text: str) -> Ref | None:
     if not colon or not target or "/" in target:
         return None
     parts = rest.split("/")
-    if len(parts) not in (2, 3) or not all(_usable_name(part) for part in parts) or not _volume_name(parts[-2]):
+    if len(parts) not in (2, 3) or not all(_usable_name(part) for part in parts) or not is_volume_directory(parts[-2]):
         return None
     if len(parts) == 3:
         return Ref(target, parts[1], parts[2], node=parts[0])
@@ -389,7 +384,7 @@ class RcloneStore:
         return self.base
 
     def volumes(self) -> list[str]:
-        return [name for name in self.rclone.list_dirs(self.base) if _volume_name(name)]
+        return [name for name in self.rclone.list_dirs(self.base) if is_volume_directory(name)]
 
     def nodes(self) -> list[str]:
         return [name for name in self.rclone.list_dirs(remote_join(self.root, NODES_DIRECTORY)) if _usable_name(name)]
