@@ -165,6 +165,11 @@ class ContainerInfo:
         return self.labels.get(SWARM_SERVICE_ID)
 
     @property
+    def swarm_service_name(self) -> str | None:
+        """The name of the Swarm service this container is a task of, or None for a plain container."""
+        return self.labels.get(SWARM_SERVICE_NAME)
+
+    @property
     def swarm_place(self) -> str:
         """'node N, service S, task T' for a Swarm task's container (plan output), '' for a plain container."""
         if self.swarm_service is None:
@@ -500,27 +505,32 @@ class DockerControl:
                 ) from None
             raise
 
-    def swarm_node(self) -> str | None:
+    def _swarm_info(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """`docker info` and its Swarm part when this engine is an active Swarm node (state active, a node id),
+        else None."""
         info = self._call("read the engine's info", lambda: self.client.info())
         swarm = info.get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
             return None
+        return info, swarm
+
+    def swarm_node(self) -> str | None:
+        found = self._swarm_info()
+        if found is None:
+            return None
+        info, swarm = found
         return f"{info.get('Name', '?')} ({str(swarm['NodeID'])[:12]})"
 
     def swarm_hostname(self) -> str | None:
-        info = self._call("read the engine's info", lambda: self.client.info())
-        swarm = info.get("Swarm") or {}
-        if swarm.get("LocalNodeState") != "active" or not swarm.get("NodeID"):
-            return None
-        return str(info.get("Name") or "") or None
+        found = self._swarm_info()
+        return None if found is None else str(found[0].get("Name") or "") or None
 
     def swarm_role(self) -> str | None:
         """'manager' or 'worker' (docker info: Swarm.ControlAvailable), or None when not part of a swarm."""
-        info = self._call("read the engine's info", lambda: self.client.info())
-        swarm = info.get("Swarm") or {}
-        if swarm.get("LocalNodeState") != "active":
+        found = self._swarm_info()
+        if found is None:
             return None
-        return "manager" if swarm.get("ControlAvailable") else "worker"
+        return "manager" if found[1].get("ControlAvailable") else "worker"
 
     # Exec ------------------------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from coord.backup.steps import Step, StepKind, escalation_of, group_steps
-from coord.docker_ops import SWARM_SERVICE_NAME, ContainerInfo
+from coord.docker_ops import ContainerInfo
 from coord.plan import QuiesceGroup, VolumePlan
 from coord.policy import Strategy
 
@@ -76,7 +76,7 @@ def _describe_swarm_stop(step: Step, group: QuiesceGroup) -> str:
     """Stop with Swarm tasks: plain containers are stopped, each replicated service scaled to 0 and back."""
     running = [c for c in group.containers if c.state == "running"]
     plain = [c.name for c in running if not c.swarm_service]
-    services = list(dict.fromkeys(c.labels.get(SWARM_SERVICE_NAME, "?") for c in running if c.swarm_service))
+    services = list(dict.fromkeys(c.swarm_service_name or "?" for c in running if c.swarm_service))
     tasks = ", ".join(_named(c) for c in running if c.swarm_service)
     if step.kind is StepKind.RESUME:
         back = [f"scale service {name} back to its replica count" for name in reversed(services)]

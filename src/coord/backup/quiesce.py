@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from coord import swarm
-from coord.docker_ops import SWARM_SERVICE_NAME, ContainerInfo, Engine, ServiceInfo
+from coord.docker_ops import ContainerInfo, Engine, ServiceInfo
 from coord.errors import ContainersMustStayDown, CoordError
 from coord.journal import (
     CONTAINER,
@@ -232,7 +232,7 @@ def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:
                 container.id,
                 "left-alone",
                 prior_state=state or "gone",
-                service=container.labels.get(SWARM_SERVICE_NAME),
+                service=container.swarm_service_name,
             )
         )
         return
@@ -244,7 +244,7 @@ def _quiesce_one(container: ContainerInfo, hold: _Hold) -> None:
         container.id,
         STOPPED if verb == STOPPED_PAUSED else verb,
         state,
-        service=container.labels.get(SWARM_SERVICE_NAME),
+        service=container.swarm_service_name,
     )
     actions.append(action)
     # Registered before acting: the undo only acts on a container that is paused/stopped (put_back checks),
