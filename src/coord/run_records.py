@@ -44,6 +44,7 @@ from coord.results import RunResult, TargetStatus, VolumeResult
 from coord.targets import Target
 from coord.targets.archives import ArchiveStore, LocalStore, RcloneStore, remote_join
 from coord.targets.rclone import Rclone
+from coord.timestamps import FILE_STAMP_FORMAT, file_stamp
 
 log = logging.getLogger("coord.run_records")
 
@@ -51,14 +52,13 @@ RUNS_DIRECTORY = "_runs"  # at a target's root; `_` names there are not volumes
 UNPUBLISHED_DIRECTORY = "runs-unpublished"  # in the state directory
 RECORD_FORMAT = 1
 RECORD_KIND = "coord-run"
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 RECORD_NAME = re.compile(r"^(\d{8}T\d{6}Z)-(\d+)\.json$")
 ERROR_LIMIT = 500  # characters of a volume's error kept in a record: what failed, not a whole log
 
 
 def record_name(started_at: datetime, run_id: int) -> str:
     """`20261201T060000Z-12.json`: the run's start and its id in the node's history."""
-    return f"{started_at.astimezone(UTC).strftime(STAMP_FORMAT)}-{run_id}.json"
+    return f"{file_stamp(started_at)}-{run_id}.json"
 
 
 def stamp_of(name: str) -> datetime | None:
@@ -68,7 +68,7 @@ def stamp_of(name: str) -> datetime | None:
     if not match:
         return None
     try:
-        return datetime.strptime(match[1], STAMP_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(match[1], FILE_STAMP_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 

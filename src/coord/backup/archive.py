@@ -26,6 +26,7 @@ from coord.policy import Strategy
 from coord.restore_swap import STAGING_PREFIX
 from coord.signals import deferred
 from coord.snapshot import SNAPSHOT_PREFIX
+from coord.timestamps import file_stamp
 from coord.verify import WrittenArchiveCheck
 
 log = logging.getLogger("coord")
@@ -39,7 +40,7 @@ UPLOADS_DIRECTORY = "uploads"  # <state dir>/uploads/<volume>: spooled archives;
 def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
     """<dest>/<volume>/<volume>-<UTC timestamp><suffix>, with a counter if that second is already taken."""
     directory = dest / volume
-    stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = file_stamp(started)
     candidate = directory / f"{volume}-{stamp}{suffix}"
     counter = 1
     while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
