@@ -654,6 +654,10 @@ ReadNode = Annotated[
 ]
 
 
+# verify and restore: a ref names its archive whole, so these options choose among archives only with --latest
+TARGET_WITHOUT_LATEST = "--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)"
+NODE_WITHOUT_LATEST = "--node goes with --latest; a ref names its node itself (<target>:<node>/<volume>/<file>)"
+
 def _read_namespace(node: str | None, *, deleting: bool = False) -> str | None:
     """Whose archives a read command reads on its targets: --node NAME, else this engine's Swarm node (its name:
     coord.node.node_of_engine), else None (not a Swarm node: the flat layout). An engine that cannot be asked
@@ -846,9 +850,9 @@ def verify(
             return verification
         assert archive is not None
         if target:
-            raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+            raise UsageError(TARGET_WITHOUT_LATEST)
         if node:
-            raise UsageError("--node goes with --latest; a ref names its node itself (<target>:<node>/<volume>/<file>)")
+            raise UsageError(NODE_WITHOUT_LATEST)
         resolved = resolve_archive(archive, options)
         if isinstance(resolved, Path) and not resolved.is_file():
             raise UsageError(f"archive {resolved} does not exist or is not a file")
@@ -908,7 +912,7 @@ def restore(
         if (volume is None) == (target_dir is None):
             raise UsageError("give either --volume NAME or --target-dir DIR")
         if archive is not None and node is not None:
-            raise UsageError("--node goes with --latest; a ref names its node itself (<target>:<node>/<volume>/<file>)")
+            raise UsageError(NODE_WITHOUT_LATEST)
         namespace = _read_namespace(node) if latest is not None else None  # a ref names its node itself
         chosen = _archive_to_restore(
             archive, latest, _store_options(policies_dir, dest, source_target, state_dir, rclone_config, namespace)
@@ -979,7 +983,7 @@ def _archive_to_restore(archive: str | None, latest: str | None, options: Any) -
         return chosen.archive
     assert archive is not None
     if options.names:
-        raise UsageError("--target goes with --latest; a ref names its target itself (<target>:<volume>/<file>)")
+        raise UsageError(TARGET_WITHOUT_LATEST)
     return resolve_archive(archive, options)
 
 
@@ -1399,8 +1403,9 @@ def gateway(
 
     It serves GET /v1/services/<id or name> and POST /v1/services/<id>/update {version, replicas?, labels?}, and
     nothing else. Each request must carry `Authorization: Bearer <token>` (401 otherwise) and name its node
-    (X-Coord-Node). An update may change only the coord.claim label and a replicated service's replica count, at
-    the version read (409 when the service changed since); anything else is refused (403) and logged. Every
+    (X-Coord-Node). An update may change only the coord.claim label, and the replica count of a replicated service
+    that carries a claim, to 0 or back from 0 (what strategy stop does), at the version read (409 when the service
+    changed since); anything else is refused (403) and logged. Every
     update is logged with the node, the service and what changed. Refuses to start unless the engine is a
     Swarm manager. Runs until SIGTERM.
     """
