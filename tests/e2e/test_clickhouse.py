@@ -15,7 +15,9 @@ Rows expected:
 
 The reads use gzip -9: gzip reads its input as it compresses, so tar walks the volume at the compressor's pace and
 a read of this ~50 MB volume takes seconds, long enough for merges to race it as they race the read of a large
-volume (zstd's worker threads would take the whole volume in at once).
+volume (zstd's worker threads would take the whole volume in at once). Whether a read of 50 MB loses that race is
+still luck, so the test of a lost race forces it: it stops tar (SIGSTOP) inside the table directory until a merge
+deleted a part tar listed but had not read (`tar_held_for_a_merge`), as a slow disk under a large volume would.
 
 The tests assert correctness, never timings: the table loads, no row is there twice, pause/stop/snapshot lose
 nothing and are consistent, a read that lost rows is at-risk, a live read with merges stopped loses nothing and is
@@ -27,9 +29,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -192,13 +200,122 @@ def policy_for(volume: str, strategy: str, writer_name: str) -> str:
     return text + f"exclude: {json.dumps(chdb_excludes())}\n"
 
 
-def back_up(loaded: Loaded, strategy: str, directory: Path) -> tuple[dict, int, int]:
-    """Run coord; returns its JSON entry for the volume and the host-side log's rows before and after."""
+class Race(Enum):
+    """The race a live read is made to meet (`tar_held_for_a_merge`)."""
+
+    LOSES_ROWS = "a part tar listed is merged into a part it did not list, then deleted before tar reads it"
+    HARMLESS = "a part tar listed, already merged into another part it listed, is deleted before tar reads it"
+
+
+def tar_reading(mount: Path) -> int | None:
+    """The pid of coord's `tar --create` reading `mount`, None while there is none."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"tar", b"--create"] and f"--directory={mount}".encode() in argv:
+            return int(entry.name)
+    return None
+
+
+def entry_being_read(pid: int, table: Path) -> str | None:
+    """The table directory's entry (a part) under which tar has a file or directory open; None when it has none.
+    Once it has one, tar has listed the table directory: it reads a directory whole, then walks its entries."""
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(descriptor)
+        except OSError:
+            continue
+        if target.startswith(prefix := f"{table}/"):
+            return target[len(prefix) :].split("/")[0]
+    return None
+
+
+def gone_after_listing(listed: list[str], reading: str, table: Path, *, rows_kept: bool) -> str | None:
+    """A part tar listed but has not read yet (it reads in name order: --sort=name) that is gone now. With
+    `rows_kept` False, one whose rows no other listed part holds: they are only in a part merged after the listing,
+    which tar will not read (rows lost). With `rows_kept` True, one merged away before the listing into a listed
+    part (nothing lost: the part rule's case)."""
+    parts = {name: part for name in listed if (part := parse_part_name(name)) is not None}
+    present = set(os.listdir(table))
+    for name in (name for name in parts if name > reading and name not in present):
+        if rows_kept == any(other != name and held.contains(parts[name]) for other, held in parts.items()):
+            return name
+    return None
+
+
+@dataclass
+class HeldRead:
+    """What `tar_held_for_a_merge` did: where it stopped tar, and which listed part went away meanwhile."""
+
+    stopped_in: str | None = None
+    gone: str | None = None
+    held_s: float = 0.0
+
+
+@contextmanager
+def tar_held_for_a_merge(mount: Path, *, rows_kept: bool, timeout_s: float = 10) -> Iterator[HeldRead]:
+    """Make a live read meet the race a slow disk makes likely and a fast one rare: stop coord's tar (SIGSTOP)
+    once it has listed the table directory, until a listed part it had not read yet was deleted
+    (`gone_after_listing`) or `timeout_s` passed, then let it go on (SIGCONT). Real tar, real ClickHouse, real
+    merges and deletions: only the timing is forced."""
+    held = HeldRead()
+    done = threading.Event()
+    table = table_directory(mount)
+
+    def hold() -> None:
+        pid = None
+        while not done.is_set() and held.stopped_in is None:
+            pid = pid or tar_reading(mount)
+            reading = entry_being_read(pid, table) if pid else None
+            if pid and reading:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:  # tar ended between the look and the signal: nothing to hold
+                    return
+                held.stopped_in = reading
+            else:
+                time.sleep(0.002)
+        if pid is None or held.stopped_in is None:
+            return
+        listed, started = os.listdir(table), time.monotonic()
+        try:
+            while held.gone is None and time.monotonic() - started < timeout_s:
+                time.sleep(0.05)
+                held.gone = gone_after_listing(listed, held.stopped_in, table, rows_kept=rows_kept)
+        finally:
+            held.held_s = round(time.monotonic() - started, 2)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        yield held
+    finally:
+        done.set()
+        holder.join()
+
+
+def back_up(loaded: Loaded, strategy: str, directory: Path, *, race: Race | None = None) -> tuple[dict, int, int]:
+    """Run coord; returns its JSON entry for the volume and the host-side log's rows before and after. With
+    `race`, the read is made to meet that race with merges and deletions (`tar_held_for_a_merge`)."""
     write_policy(directory / "policies", "clickhouse", policy_for(loaded.volume, strategy, loaded.writer.name))
     before = last_commit(loaded.mount / "writer.log")[1]
-    run = run_coord(
-        "backup", "--policies-dir", str(directory / "policies"), "--dest", str(directory / "backups"), "--json"
-    )
+    arguments = ("backup", "--policies-dir", str(directory / "policies"), "--dest", str(directory / "backups"))
+    if race is not None:
+        with tar_held_for_a_merge(loaded.mount, rows_kept=race is Race.HARMLESS) as held:
+            run = run_coord(*arguments, "--json")
+        print(f"{strategy}: tar held in {held.stopped_in} for {held.held_s} s, until {held.gone} was deleted")
+    else:
+        run = run_coord(*arguments, "--json")
     after = last_commit(loaded.mount / "writer.log")[1]
     assert run.returncode == 0, run.stderr
     [entry] = run.json["volumes"]
@@ -245,9 +362,9 @@ def check_table(volume: str, make_container, chdb_image, stem: str) -> dict:
 
 
 def measure(label: str, attempt: int, loaded: Loaded, tmp_path: Path, make_volume, make_container, docker_client,
-            chdb_image) -> Measured:  # fmt: skip
+            chdb_image, *, race: Race | None = None) -> Measured:  # fmt: skip
     """Back up the loaded volume with the strategy `label`, restore it, open it, and compare the rows."""
-    entry, log_before, log_after = back_up(loaded, label, tmp_path / f"{label}-{attempt}")
+    entry, log_before, log_after = back_up(loaded, label, tmp_path / f"{label}-{attempt}", race=race)
     if label in FREEZING:
         assert container_state(docker_client, loaded.writer) == "running"
     manifest = json.loads(Path(entry["manifest"]).read_text())
@@ -319,16 +436,21 @@ def test_freezing_strategies_restore_every_committed_row(
 def test_live_read_that_loses_rows_is_at_risk(
     loaded, tmp_path, make_volume, make_container, docker_client, chdb_image
 ) -> None:
-    """Live without hooks: merges race the read. Read until a read loses rows (each read's soundness is checked by
-    measure: a loss is at-risk); at least one of four must lose rows, or the race was not exercised at all."""
-    for attempt in range(1, 5):
-        measured = measure("live", attempt, loaded, tmp_path, make_volume, make_container, docker_client, chdb_image)
+    """Live without hooks: merges race the read. The race is made certain (`tar_held_for_a_merge`: tar waits,
+    listing taken, until merges deleted a part it had not read), so the read loses rows, and a loss must be at-risk
+    (each read's soundness is also checked by measure). Up to three reads: the hold needs tar caught inside the
+    table directory, which a read on a fast disk may cross between two looks."""
+    for attempt in range(1, 4):
+        measured = measure(
+            "live", attempt, loaded, tmp_path, make_volume, make_container, docker_client, chdb_image,
+            race=Race.LOSES_ROWS,
+        )  # fmt: skip
         assert measured.downtime_s == 0
         if measured.rows_missing:
             assert measured.verdict == "at-risk" and measured.parts_missing, measured
             assert any("their rows are missing from the archive" in r for r in measured.verdict_reasons)
             return
-    pytest.fail("no live read lost rows in 4 attempts: the race between merges and the read was not exercised")
+    pytest.fail("no live read lost rows in 3 attempts: the race between merges and the read was not exercised")
 
 
 def test_live_read_with_merges_stopped_loses_nothing_and_the_part_rule_knows(
@@ -336,11 +458,13 @@ def test_live_read_with_merges_stopped_loses_nothing_and_the_part_rule_knows(
 ) -> None:
     """SYSTEM STOP MERGES before the read: no new merged part can appear, so nothing is lost, but parts that were
     already merged away are still deleted during the read while inserts add new parts. The generic rule calls that
-    at-risk; the part rule finds every vanished part in an archived part. At least one of three reads must show it."""
+    at-risk; the part rule finds every vanished part in an archived part. tar is held until such a part went away
+    (`tar_held_for_a_merge`, when the listing holds one). At least one of three reads must show it."""
     for attempt in range(1, 4):
         measured = measure(
-            "live-stop-merges", attempt, loaded, tmp_path, make_volume, make_container, docker_client, chdb_image
-        )
+            "live-stop-merges", attempt, loaded, tmp_path, make_volume, make_container, docker_client, chdb_image,
+            race=Race.HARMLESS,
+        )  # fmt: skip
         assert measured.rows_missing == 0, measured
         assert measured.verdict != "at-risk", measured.verdict_reasons
         assert measured.downtime_s == 0
