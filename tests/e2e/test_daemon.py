@@ -20,31 +20,53 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REPO, container_state, run_coord, volume_path, wait_for, write_policy
 from tests.receiver import receiving
 
+from coord.docker_ops import RESTORE_DEADLINE_S, START_TIMEOUT_S, UNPAUSE_TIMEOUT_S
 from coord.node import this_node
 
 pytestmark = pytest.mark.docker
 
 
+# How long a SIGTERM'd daemon may take to exit: its interrupted run puts the containers back, retrying an unpause
+# or a start for up to coord's own restore deadline (plus one call's timeout); beyond that the test gives up.
+STOP_PATIENCE_S = RESTORE_DEADLINE_S + max(UNPAUSE_TIMEOUT_S, START_TIMEOUT_S) + 30
+
+
 class Daemon:
-    """`coord daemon` in a subprocess, its JSON event lines read by a thread."""
+    """`coord daemon` in a subprocess, its JSON event lines (stdout) and its log (stderr) read by threads.
+
+    Python's faulthandler is on: a daemon that does not stop in time is sent SIGABRT, which prints every thread's
+    stack to its stderr, and the failure shows it."""
 
     def __init__(self, *arguments: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "coord", "daemon", "--log-format", "json", *arguments],
+            [sys.executable, "-X", "faulthandler", "-m", "coord", "daemon", "--log-format", "json", *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
         )
         self.events: list[dict] = []
+        self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        self._log_reader = threading.Thread(target=self._read_log, daemon=True)
+        self._log_reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self._lines.put(line)
         self._lines.put(None)
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        self.log.extend(self.process.stderr)  # read as it comes: a full pipe would block the daemon's logging
+
+    def stderr(self) -> str:
+        """The daemon's log so far (all of it once the process ended)."""
+        if self.process.poll() is not None:
+            self._log_reader.join(timeout=10)
+        return "".join(self.log)
 
     def wait_for(self, event: str, count: int = 1, timeout: float = 60, **fields) -> list[dict]:
         """Collect events until `count` of `event` (with these field values) were seen; returns them."""
@@ -59,14 +81,21 @@ class Daemon:
                 line = None
             if line is None:
                 self.process.kill()
-                raise AssertionError(
-                    f"no {count} {event} event(s); events: {self.events}; {self.process.communicate()}"
-                )
+                self.process.wait()
+                raise AssertionError(f"no {count} {event} event(s); events: {self.events}; log: {self.stderr()}")
             self.events.append(json.loads(line))
 
-    def stop(self, timeout: float = 60) -> int:
+    def stop(self, timeout: float = STOP_PATIENCE_S) -> int:
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack to stderr
+            self.process.wait(timeout=30)
+            raise AssertionError(
+                f"the daemon did not stop within {timeout:.0f} s of SIGTERM; events: {self.events[-8:]}; "
+                f"log and stacks: {self.stderr()[-12000:]}"
+            ) from None
         self.wait_for("daemon-stopped")
         return code
 
@@ -97,7 +126,7 @@ def test_daemon_runs_on_schedule_and_stops_cleanly_on_sigterm(
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
-    assert code == 0, daemon.process.stderr.read() if daemon.process.stderr else ""
+    assert code == 0, daemon.stderr()
     assert [e["status"] for e in finished] == ["ok", "ok"]
     kinds = [e["event"] for e in daemon.events]
     assert kinds[:3] == ["daemon-started", "recovered", "next-run"]
@@ -137,7 +166,7 @@ def test_sigterm_during_a_scheduled_run_puts_the_container_back(
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
-    assert code == 0
+    assert code == 0, daemon.stderr()
     assert container_state(docker_client, container) == "running"
     [interrupted] = daemon.wait_for("run-interrupted", run=started["run"])
     assert interrupted["signal"] == "SIGTERM"
@@ -292,7 +321,7 @@ def test_daemon_serves_metrics_pings_and_notifies_around_its_runs(
                 daemon.process.kill()
         pings = [path for path in receiver.paths() if "/hc/" in path]
         notified = [r for r in receiver.received if r.path == "/notify"]
-    assert code == 0
+    assert code == 0, daemon.stderr()
     print(scrape)  # shown with -s: what Prometheus scrapes
     runs = [e for e in daemon.events if e["event"] == "run-finished"]
     node = this_node()  # the daemon runs here, without COORD_NODE of its own

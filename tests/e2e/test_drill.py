@@ -112,7 +112,7 @@ def test_the_daemon_drills_on_its_own_schedule(docker_client, drilled_volume, tm
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
-    assert code == 0
+    assert code == 0, daemon.stderr()
     assert drilled["ok"] is True and drilled["volume"] == volume and drilled["message"].startswith("OK   drill")
     kinds = [event["event"] for event in daemon.events]
     assert kinds[:4] == ["daemon-started", "recovered", "next-run", "next-drill"]
