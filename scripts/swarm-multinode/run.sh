@@ -6,8 +6,9 @@
 # compose/stack.yml itself deployed (with scripts/swarm-multinode/stack.override.yml and env variables for what the
 # run needs: the coord image built from this checkout, a one-minute schedule, a stop policy, the stack's replicated
 # service pinned to the worker) until the worker's coord daemon backed up that service's volume with stop through
-# the stack's gateway (scaled to 0 and back, claim taken and released: the gateway's log shows it), and the fleet
-# report counting what every node published. Everything it creates is labelled and removed at the end (node
+# the stack's gateway (scaled to 0 and back, claim taken and released: the gateway's log shows it), the fleet
+# report counting what every node published, and, with one manager drained, the same through the other manager's
+# gateway. Everything it creates is labelled and removed at the end (node
 # containers and their engines' data, the network, the node cgroup directories); the outer engine keeps the coord
 # image it built.
 # Usage: scripts/swarm-multinode/run.sh    (needs: the coord-test/busybox image, rclone; builds the coord image)
@@ -170,7 +171,7 @@ on node1 docker service inspect -f 'claim label after the release: {{index .Spec
 echo "-- after the release"
 coord_on node3 backup --policies-dir /shared/policies-node3 --policy agent | sed 's/^/   /'
 
-say "the stack deployed: compose/stack.yml, its gateway on a manager, coord global on every node"
+say "the stack deployed: compose/stack.yml, its gateway on every manager, coord global on every node"
 # compose/stack.yml itself, with scripts/swarm-multinode/stack.override.yml (the stack's replicated service pinned to
 # the worker) and env variables (the image, a one-minute schedule, a stop policy, the shared server as `offsite`).
 # One line differs, and only here: this kernel has no IPsec ESP (CONFIG_INET_ESP), so the nested engines cannot
@@ -251,4 +252,40 @@ missing = [node for node, count in counted.items() if count < 1 or runs[node][0]
 if missing:
     sys.exit(f"the fleet report counts no archive or run of the stack's volume for {missing}")
 PY
-echo "== the worker's coord backed up the stack's service with stop through the gateway"
+
+say "a gateway on every manager: node1 drained, the worker's next scheduled stop goes through node2's gateway"
+# compose/stack.yml runs the gateway global on the managers, and `gateway` resolves (dnsrr) to every task: a manager
+# that is gone costs coord a refused connection, not the claim. Drain node1 (its tasks stop; it stays a manager) and
+# require the worker's daemon, on its one-minute schedule, to claim and scale its service to 0 and back again, now
+# logged by node2's gateway, and to publish a good archive.
+gateway_log() {  # the log of the gateway task on a node
+  local task
+  task=$(on "$1" docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)
+  [ -n "$task" ] && on "$1" docker logs "$task" 2>&1
+}
+worker_scaled() { gateway_log "$1" | grep "node 'node3'" | grep -cF "replicas 0 -> 1" || true; }
+node3_task=$(on node3 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
+echo "   gateway tasks: $(on node1 docker service ps coord-fleet_gateway --filter desired-state=running --format '{{.Node}}' | sort | tr '\n' ' ')"
+echo "   'gateway' resolves, in node3's coord task, to: $(on node3 docker exec "$node3_task" python3 -c \
+  "import socket; print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo('gateway', 8733)})))")"
+scaled_before=$(worker_scaled node2)
+node3_archives() { find "$work/shared/target" -path '*/_nodes/node3/coord-fleet_clickhouse-data/*' -name '*.manifest.json' | sort; }
+node3_archives >"$work/node3-before-drain"
+on node1 docker node update --availability drain node1 >/dev/null
+for _ in $(seq 120); do
+  [ -z "$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)" ] && break; sleep 0.5
+done
+[ -z "$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)" ] || { echo "node1's gateway still runs"; exit 1; }
+echo "   node1 drained at $(date -u +%H:%M:%S): gateway tasks now on $(on node1 docker service ps coord-fleet_gateway --filter desired-state=running --format '{{.Node}}' | sort | tr '\n' ' ')"
+for _ in $(seq 240); do
+  [ "$(worker_scaled node2)" -gt "$scaled_before" ] && [ -n "$(node3_archives | comm -13 "$work/node3-before-drain" -)" ] && break
+  sleep 1
+done
+echo "   node2's gateway, from node3, since the drain:"
+gateway_log node2 | grep "node 'node3'" | tail -n 4 | sed 's/^/     /'
+[ "$(worker_scaled node2)" -gt "$scaled_before" ] || { echo "node2's gateway never scaled node3's service back after the drain"; exit 1; }
+fresh=$(node3_archives | comm -13 "$work/node3-before-drain" - | tail -n 1)
+[ -n "$fresh" ] || { echo "node3 published no archive after the drain"; exit 1; }
+python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print("   node3 after the drain:", m["volume"], m["status"], m.get("verdict")); sys.exit(m["status"] not in ("ok", "warning"))' "$fresh"
+on node1 docker service inspect -f 'coord-fleet_clickhouse after it: {{.Spec.Mode.Replicated.Replicas}} replica(s), claim label: "{{index .Spec.Labels "coord.claim"}}"' coord-fleet_clickhouse | sed 's/^/   /'
+echo "== the worker's coord backed up the stack's service with stop through the gateway, on either manager's"

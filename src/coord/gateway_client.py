@@ -30,13 +30,17 @@ from coord.node import this_node
 GATEWAY_ENV = "COORD_SWARM_GATEWAY"
 GATEWAY_TOKEN_FILE_ENV = "COORD_SWARM_GATEWAY_TOKEN_FILE"
 READ_TIMEOUT_S = 15.0
+# Per address the gateway's name resolves to (compose/stack.yml runs a gateway on every manager, `dnsrr`: one
+# address each): a manager that is down answers nothing, and the next address is tried once this has passed.
+CONNECT_TIMEOUT_S = 5.0
 # The gateway's own engine call retries for up to a minute (docker_ops.RESTORE_DEADLINE_S, plus one call's 60 s).
 UPDATE_TIMEOUT_S = 150.0
-# Connection errors are retried for up to a minute (backoff 0.25 s doubling to 8 s): a gateway task being
+# Connection errors are retried for up to two minutes (backoff 0.25 s doubling to 8 s): a gateway task being
 # rescheduled, or the name `gateway` not yet known on a node that just joined the stack's network (seen in the
-# multi-node run: "Failed to resolve 'gateway'" on the worker for 45 s after the deploy).
-ATTEMPTS = 12
-DEADLINE_S = 60.0
+# multi-node runs: "Failed to resolve 'gateway'" on the worker for 45 s, and 56 s, after the deploy). Nothing is
+# paused or stopped while the claim waits: it is taken before the first change.
+ATTEMPTS = 20
+DEADLINE_S = 120.0
 
 
 class GatewayClient:
@@ -106,7 +110,9 @@ class GatewayClient:
         self, what: str, method: str, path: str, body: dict[str, Any] | None, timeout_s: float
     ) -> requests.Response:
         def swarm_gateway_request() -> requests.Response:  # the name the retry log shows
-            return self.session.request(method, self.url + path, json=body, headers=self.headers, timeout=timeout_s)
+            return self.session.request(
+                method, self.url + path, json=body, headers=self.headers, timeout=(CONNECT_TIMEOUT_S, timeout_s)
+            )
 
         try:
             return with_retries(swarm_gateway_request, self.attempts, deadline_s=DEADLINE_S)

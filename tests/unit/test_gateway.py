@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -210,6 +211,30 @@ def test_an_unreachable_gateway_is_a_docker_error_naming_it_and_what_to_check() 
     unreachable = GatewayClient("http://127.0.0.1:9", TOKEN, "worker-1", attempts=2)  # nothing listens on 9
     with pytest.raises(DockerError, match=f"cannot reach the Swarm gateway at http://127.0.0.1:9 \\({GATEWAY_ENV}\\)"):
         unreachable.service("db")
+
+
+def test_a_name_resolving_to_several_gateways_is_served_by_the_first_that_accepts_within_one_attempt(
+    gateway: GatewayServer, manager: FakeEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # compose/stack.yml runs a gateway on every manager and `gateway` resolves (dnsrr) to each: a manager that is
+    # down must cost a refused connection, not the claim. The name's first address has nothing listening.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refusing = closed.getsockname()
+    serving = gateway.server_address[:2]
+    resolve = socket.getaddrinfo
+
+    def gateways(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host != "gateway":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in (refusing, serving)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", gateways)
+    one_attempt = GatewayClient("http://gateway:8733", TOKEN, "worker-1", attempts=1)
+    db = one_attempt.service("db")
+    assert db is not None and db.replicas == 2
+    claim, _ = swarm.take_claim(one_attempt, Journal(tmp_path / "state"), db.id, "worker-1", "run-1")
+    assert service(manager, "db").labels[swarm.CLAIM_LABEL] == claim.to_label()
 
 
 def test_the_token_must_be_readable_and_long_enough(tmp_path: Path) -> None:
