@@ -97,6 +97,8 @@ def test_sidecar_backs_up_on_schedule_and_reports(example_stack, docker_client) 
         what="the writer to run",
     )
     assert container_state(docker_client, docker_client.containers.get(coord)) == "running"
+    # stop_grace_period: 2m reached the engine: docker stop gives coord that long to put containers back
+    assert docker_client.containers.get(coord).attrs["Config"]["StopTimeout"] == 120
 
     report = coord_in(coord, "report", "--json")
     assert report.returncode == 0, report.stderr
