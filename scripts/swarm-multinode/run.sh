@@ -189,6 +189,9 @@ docker exec -e COORD_IMAGE="$coord_image" -e COORD_SCHEDULE="* * * * *" \
   "$prefix-node1" docker stack deploy --resolve-image never -c /shared/compose/stack.yml \
   -c /coord-src/scripts/swarm-multinode/stack.override.yml coord-fleet
 echo "-- waiting until node3's daemon published a backup of the stack's service volume (up to 6 minutes)"
+task_of() {  # the container of a stack service's task running on a node (empty when none runs there)
+  on "$1" docker ps -q -f "label=com.docker.swarm.service.name=coord-fleet_$2"
+}
 manifests() {  # node volume status of every manifest on the shared server
   find "$work/shared/target" -name '*.manifest.json' -exec python3 -c '
 import json, sys
@@ -202,7 +205,7 @@ for _ in $(seq 360); do
 done
 on node1 docker stack ps coord-fleet --format '{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}' | sed 's/^/   /'
 for node in "${nodes[@]}"; do
-  task=$(on "$node" docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
+  task=$(task_of "$node" coord)
   echo "-- $node: the coord task's daemon log"
   on "$node" docker logs "$task" 2>&1 | grep -v next-run | tail -n 8 | sed 's/^/   /'
   on "$node" docker logs "$task" 2>&1 | grep -F 'volume: failed' | sed 's/^/   earlier failure: /' || true
@@ -227,7 +230,7 @@ for _ in $(seq 180); do
     [ "$(manifests | grep ' coord-fleet_clickhouse-data ' | cut -d' ' -f1 | sort -u | wc -l)" -ge 3 ] && break
   sleep 1
 done
-task=$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
+task=$(task_of node1 coord)
 on node1 docker exec "$task" coord report --fleet | sed 's/^/   /'
 on node1 docker exec "$task" coord report --fleet --json >"$work/fleet.json"
 on node1 docker exec "$task" coord report --fleet --html /tmp/fleet.html
@@ -260,12 +263,15 @@ say "a gateway on every manager: node1 drained, the worker's next scheduled stop
 # logged by node2's gateway, and to publish a good archive.
 gateway_log() {  # the log of the gateway task on a node
   local task
-  task=$(on "$1" docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)
+  task=$(task_of "$1" gateway)
   [ -n "$task" ] && on "$1" docker logs "$task" 2>&1
 }
+gateway_nodes() {  # the nodes the gateway service runs on now
+  on node1 docker service ps coord-fleet_gateway --filter desired-state=running --format '{{.Node}}' | sort | tr '\n' ' '
+}
 worker_scaled() { gateway_log "$1" | grep "node 'node3'" | grep -cF "replicas 0 -> 1" || true; }
-node3_task=$(on node3 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_coord)
-echo "   gateway tasks: $(on node1 docker service ps coord-fleet_gateway --filter desired-state=running --format '{{.Node}}' | sort | tr '\n' ' ')"
+node3_task=$(task_of node3 coord)
+echo "   gateway tasks: $(gateway_nodes)"
 echo "   'gateway' resolves, in node3's coord task, to: $(on node3 docker exec "$node3_task" python3 -c \
   "import socket; print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo('gateway', 8733)})))")"
 scaled_before=$(worker_scaled node2)
@@ -273,10 +279,10 @@ node3_archives() { find "$work/shared/target" -path '*/_nodes/node3/coord-fleet_
 node3_archives >"$work/node3-before-drain"
 on node1 docker node update --availability drain node1 >/dev/null
 for _ in $(seq 120); do
-  [ -z "$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)" ] && break; sleep 0.5
+  [ -z "$(task_of node1 gateway)" ] && break; sleep 0.5
 done
-[ -z "$(on node1 docker ps -q -f label=com.docker.swarm.service.name=coord-fleet_gateway)" ] || { echo "node1's gateway still runs"; exit 1; }
-echo "   node1 drained at $(date -u +%H:%M:%S): gateway tasks now on $(on node1 docker service ps coord-fleet_gateway --filter desired-state=running --format '{{.Node}}' | sort | tr '\n' ' ')"
+[ -z "$(task_of node1 gateway)" ] || { echo "node1's gateway still runs"; exit 1; }
+echo "   node1 drained at $(date -u +%H:%M:%S): gateway tasks now on $(gateway_nodes)"
 for _ in $(seq 240); do
   [ "$(worker_scaled node2)" -gt "$scaled_before" ] && [ -n "$(node3_archives | comm -13 "$work/node3-before-drain" -)" ] && break
   sleep 1
