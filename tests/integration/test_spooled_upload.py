@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from tests.fakes import FakeEngine
 from tests.rclone_servers import ServedRemote
 from typer.testing import CliRunner
 
+import coord.backup.job
 from coord.backup.context import BackupRequest
 from coord.backup.plan import describe_group
 from coord.backup.run import run_backup
 from coord.backup.steps import Step, StepKind, group_steps, remote_only_volumes
+from coord.backup.upload import probe_target
 from coord.cli import app
 from coord.docker_ops import DockerControl
 from coord.journal import PARTIAL, Journal
@@ -35,6 +38,7 @@ from coord.policy import load_policies
 from coord.results import TargetStatus, VolumeStatus
 from coord.sources import VolumeSources
 from coord.targets import Target
+from coord.timestamps import file_stamp
 
 Servers = Callable[[str], ServedRemote]
 FILES = {"a.txt": "alpha\n", "dir/a": "in a directory\n"}
@@ -291,3 +295,72 @@ def test_coord_recover_removes_the_spool_of_a_run_killed_while_spooling(
     assert str(spool / left[0]) in report["removed_partials"]
     assert files_under(spool) == [] and Journal(request.state_dir).entries() == []
     assert landed(remote, "spool-killed") == []  # nothing was uploaded while the container waited
+
+
+def plant_names_for_the_next_minute(directory: Path, suffix: str) -> set[str]:
+    """Files in `directory` at every name coord wants first for a backup of `v` started in the next minute, as a
+    run a moment earlier (or another coord) leaves them: taken, and not this run's to replace."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    planted = {f"v-{file_stamp(now + timedelta(seconds=second))}{suffix}" for second in range(-1, 60)}
+    for name in planted:
+        (directory / name).write_bytes(b"not this run's\n")
+    return planted
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kind", "planted_suffix"),
+    [("live", "s3", ".tar.zst"), ("pause", "sftp", ".tar.zst"), ("snapshot", "webdav", ".tar.zst.partial")],
+)
+def test_a_name_taken_on_the_remote_in_the_same_second_gets_a_counter_not_a_failure(
+    strategy: str,
+    kind: str,
+    planted_suffix: str,
+    tmp_path: Path,
+    rclone_servers: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs in one second want the same name, and the local spool directory (or none: streamed) cannot know the
+    remote's names: the name is looked up there (streamed: before archiving; spooled: once the containers are
+    back), and an archive, or an upload's temporary (webdav is not atomic), takes the name with the next counter."""
+    remote = rclone_servers(kind)
+    where = f"taken-{strategy}"
+    request, engine = scene(tmp_path, monkeypatch, remote, strategy, where)
+    volume_dir = remote.local_root / where / "v"
+    planted = plant_names_for_the_next_minute(volume_dir, planted_suffix)
+    volume = run_backup(request, engine).volumes[0]
+
+    assert (volume.status, volume.errors) == (VolumeStatus.OK, [])
+    name = (volume.archive or "").removeprefix("offsite:v/")
+    assert name.startswith("v-") and name.endswith("-1.tar.zst")
+    assert name.removesuffix("-1.tar.zst") + planted_suffix in planted  # the second it was taken in
+    assert set(landed(remote, where)) == planted | {name, name + MANIFEST_SUFFIX}
+    assert {path.read_bytes() for path in volume_dir.iterdir() if path.name in planted} == {b"not this run's\n"}
+    manifest = json.loads((volume_dir / (name + MANIFEST_SUFFIX)).read_text())
+    assert manifest["archive"] == name and manifest["size"] == (volume_dir / name).stat().st_size
+    assert files_under(tmp_path / "state" / "uploads") == [] and Journal(request.state_dir).entries() == []
+
+
+def test_a_streamed_volume_whose_target_cannot_be_asked_fails_before_anything_is_read(
+    tmp_path: Path, rclone_servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = rclone_servers("webdav")
+    request, engine = scene(tmp_path, monkeypatch, remote, "live", "unreachable")
+
+    def probe_then_lose_the_server(*arguments: object, **keywords: object) -> object:  # admitted, then it dies
+        probed = probe_target(*arguments, **keywords)
+        remote.stop()
+        return probed
+
+    monkeypatch.setattr(coord.backup.job, "probe_target", probe_then_lose_the_server)
+    watcher = SeeLocalFiles(tmp_path / "state")  # begins when tar starts reading
+    try:
+        volume = run_backup(request, engine, watcher).volumes[0]
+    finally:
+        remote.start()
+
+    assert volume.status is VolumeStatus.FAILED and volume.archive is None
+    [error] = volume.errors
+    assert error.startswith("nothing archived: target offsite: looking up "), error
+    assert (watcher.seen, watcher.updates) == (set(), 0)  # nothing was read
+    assert Journal(request.state_dir).entries() == [] and landed(remote, "unreachable") == []

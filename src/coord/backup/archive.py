@@ -8,17 +8,18 @@ uploads once the containers are back and then removes."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coord.archive import ArchiveSettings, archive_suffix, compressor_command, create_archive
+from coord.archive import ArchiveSettings, compressor_command, create_archive
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.backup.restic import ResticArchiveCheck, ResticSink, archive_tags
 from coord.backup.upload import RemoteArchive, RemoteArchiveCheck, RemoteStore, record_upload
-from coord.encrypt import GPG_SUFFIX
 from coord.errors import JournalError
 from coord.excludes import ExcludeMatcher
 from coord.journal import PARTIAL, WRITING, JournalEntry
@@ -26,6 +27,7 @@ from coord.policy import Strategy
 from coord.restore_swap import STAGING_PREFIX
 from coord.signals import deferred
 from coord.snapshot import SNAPSHOT_PREFIX
+from coord.targets.rclone import RemoteError
 from coord.timestamps import file_stamp
 from coord.verify import WrittenArchiveCheck
 
@@ -37,16 +39,31 @@ COORD_ROOT_PREFIXES = (SNAPSHOT_PREFIX, STAGING_PREFIX)
 UPLOADS_DIRECTORY = "uploads"  # <state dir>/uploads/<volume>: spooled archives; names only when streamed
 
 
-def archive_path(dest: Path, volume: str, started: datetime, suffix: str) -> Path:
-    """<dest>/<volume>/<volume>-<UTC timestamp><suffix>, with a counter if that second is already taken."""
-    directory = dest / volume
+def archive_names(volume: str, started: datetime, suffix: str) -> Iterator[str]:
+    """The names an archive of `volume` started at `started` may take, in order: <volume>-<UTC stamp><suffix>,
+    then with a counter (-1, -2, ...) for a second already taken. Archives are ordered by their manifest's
+    start time, never by name."""
     stamp = file_stamp(started)
-    candidate = directory / f"{volume}-{stamp}{suffix}"
-    counter = 1
-    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
-        candidate = directory / f"{volume}-{stamp}-{counter}{suffix}"
-        counter += 1
-    return candidate
+    yield f"{volume}-{stamp}{suffix}"
+    for counter in itertools.count(1):
+        yield f"{volume}-{stamp}-{counter}{suffix}"
+
+
+def _taken_nowhere_else(file_name: str) -> bool:
+    return False
+
+
+def archive_path(
+    dest: Path, volume: str, started: datetime, suffix: str, taken: Callable[[str], bool] = _taken_nowhere_else
+) -> Path:
+    """<dest>/<volume>/<first of archive_names> that is neither there (as an archive or its .partial) nor
+    `taken` (on the remote target the archive streams to: Job.name_taken_on_primary)."""
+    directory = dest / volume
+    return next(
+        directory / name
+        for name in archive_names(volume, started, suffix)
+        if not ((directory / name).exists() or (directory / f"{name}.partial").exists() or taken(name))
+    )
 
 
 def matcher_of(job: Job) -> ExcludeMatcher:
@@ -86,6 +103,25 @@ def _record_archive(job: Job, ctx: RunContext, partial: Path, remote: RemoteArch
     return recorded
 
 
+def _final_path(job: Job, ctx: RunContext, started: datetime, *, spooled: bool, streamed: bool) -> Path | None:
+    """The archive's final path: in the primary target's directory, or with no local target the same name decided
+    in a directory of coord's own (the spool's, if any). None, with the problem recorded on the result, when the
+    destination cannot be written or the remote asked."""
+    dest = job.local_dest or ctx.request.state_dir / UPLOADS_DIRECTORY
+    try:
+        if spooled:
+            (dest / job.volume).mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Streamed, the name must be free on the remote too. Spooled, publish.py asks once the containers are back:
+        # a lookup on the network would lengthen their downtime.
+        taken = job.name_taken_on_primary if streamed else _taken_nowhere_else
+        return archive_path(dest, job.volume, started, job.file_suffix, taken)
+    except OSError as error:
+        job.result.errors.append(f"{'spool directory' if spooled else 'destination'} {dest}: {error.strerror}")
+    except RemoteError as error:  # the target cannot be reached: nothing is written for it
+        job.result.errors.append(f"nothing archived: {error.message}")
+    return None
+
+
 def archive_job(
     job: Job, ctx: RunContext, strategy: Strategy, source: Path | None = None, *, spool: bool = False
 ) -> None:
@@ -95,19 +131,12 @@ def archive_job(
     written); an exception of archiving is raised after the journal entry was cleared."""
     policy = job.plan.policy.policy
     started, clock = datetime.now(UTC), time.monotonic()
-    # No local target: the name is decided the same way, in a directory of coord's own (the spool's, if any).
     spooled = spool and job.local_dest is None and not job.primary.is_restic  # restic reads the stream itself
-    dest = job.local_dest or ctx.request.state_dir / UPLOADS_DIRECTORY
-    try:
-        if spooled:
-            (dest / job.volume).mkdir(mode=0o700, parents=True, exist_ok=True)
-        suffix = archive_suffix(job.compression) + (GPG_SUFFIX if job.encryption else "")
-        final = archive_path(dest, job.volume, started, suffix)
-    except OSError as error:
-        job.result.errors.append(f"{'spool directory' if spooled else 'destination'} {dest}: {error.strerror}")
+    streamed = job.local_dest is None and not spooled and not job.primary.is_restic
+    final = _final_path(job, ctx, started, spooled=spooled, streamed=streamed)
+    if final is None:
         return
     partial = final.with_name(final.name + ".partial")
-    streamed = job.local_dest is None and not spooled and not job.primary.is_restic
     remote = job.remote_archive(job.primary, final.name) if streamed else None
     check = _check_for(job, remote, final, started)
     try:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from coord.archive import ArchiveOutcome
+from coord.archive import ArchiveOutcome, archive_suffix
 from coord.backup.context import RunContext
 from coord.backup.upload import CHECKED_HASHES, Capabilities, RemoteArchive, capabilities_of, probe_target
-from coord.encrypt import Encryption, encryption_for, warm_up
+from coord.encrypt import GPG_SUFFIX, Encryption, encryption_for, warm_up
 from coord.errors import CoordError
 from coord.fsutil import open_directory
 from coord.journal import JournalEntry
@@ -107,9 +107,23 @@ class Job:
         `<root>/_nodes/<node>` (None: the archive streams to a remote)."""
         return self.primary.archive_root
 
+    @property
+    def file_suffix(self) -> str:
+        """How its archive's file name ends: `.tar.zst`, `.tar.zst.gpg`, ..."""
+        return archive_suffix(self.compression) + (GPG_SUFFIX if self.encryption else "")
+
     def remote_archive(self, target: Target, file_name: str) -> RemoteArchive:
         """The archive's names on `target` (uploaded straight to its name where uploads are atomic)."""
         return RemoteArchive(target, self.volume, file_name, direct=target.name in self.atomic_targets)
+
+    def name_taken_on_primary(self, file_name: str) -> bool:
+        """Whether `file_name` is taken in the volume's directory on the (remote) primary target, by an archive or
+        an upload's temporary: an upload never replaces a file, and two runs in one second want the same name.
+        The other targets get their copies from the primary, so a name free there is free on them. Raises
+        RemoteError."""
+        archive = self.remote_archive(self.primary, file_name)
+        rclone = self.primary.rclone()
+        return any(rclone.stat(path) is not None for path in dict.fromkeys((archive.location, archive.temporary)))
 
     @property
     def other_targets(self) -> list[Target]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from coord.anomaly import Baseline, drop_warning, missing_expected
 from coord.archive import ArchiveOutcome, remove_partial
+from coord.backup.archive import archive_names
 from coord.backup.context import RunContext
 from coord.backup.job import Job, Written, clear_entry
 from coord.backup.manifest import build_manifest
@@ -264,7 +265,7 @@ def upload_spooled(job: Job, written: Written, read: ReadBack, ctx: RunContext) 
     each of the volume's targets (all remote) as a published local archive goes (upload.upload_published), then
     remove the spool, whatever the uploads did. The volume fails when no target got it (a target that failed
     fails it too: settle_targets)."""
-    result, name = job.result, written.final.name
+    result, name = job.result, remote_name(job, written)
     ctx.record(Step(StepKind.UPLOAD, volume=job.volume, strategy=written.strategy))
     result.archive = job.primary.ref(job.volume, name)  # the manifest names its file
     manifest = manifest_bytes(build_manifest(job, written, read))
@@ -279,6 +280,21 @@ def upload_spooled(job: Job, written: Written, read: ReadBack, ctx: RunContext) 
         result.status, result.archive, result.manifest = VolumeStatus.FAILED, None, None
         return
     result.archive, result.manifest = landed, landed + MANIFEST_SUFFIX
+
+
+def remote_name(job: Job, written: Written) -> str:
+    """The spooled archive's name on the targets: the first of its names free on the primary target (the spool's
+    own name was only free locally). A primary that cannot be asked keeps the spool's name: each target's upload
+    then reports its own failure, and the others still get the archive."""
+    try:
+        return next(
+            name
+            for name in archive_names(job.volume, written.started, job.file_suffix)
+            if not job.name_taken_on_primary(name)
+        )
+    except RemoteError as error:
+        log.warning("%s: %s; uploading as %s", job.volume, error.message, written.final.name)
+        return written.final.name
 
 
 def remove_spool(job: Job, written: Written, ctx: RunContext) -> None:
